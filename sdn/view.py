@@ -1,0 +1,103 @@
+"""Read-only snapshots of state, the input of flow compilation and DHCP decisions.
+
+The database layer (``sdn.db.api.load_views``) builds these from SQL; everything downstream
+(``sdn.flows``, ``sdn.dhcp``) is pure and only ever sees these frozen dataclasses, so it can be
+unit-tested without a database or a switch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+#: reg6 value of a flat (untagged) network is FLAT_KEY_BASE | network id; VLAN networks use the VLAN id
+#: (1-4094), so the two ranges never collide.
+FLAT_KEY_BASE = 0x10000
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """One fixed-IP network (nova ``networks`` row) as the data plane needs it.
+
+    Addresses are dotted-quad strings; ``lease_time`` is in seconds; ``mtu`` None means "do not
+    send DHCP option 26".
+    """
+
+    id: int
+    label: str
+    cidr: str
+    netmask: str
+    gateway: str
+    broadcast: str
+    dns: tuple[str, ...] = ()
+    vlan: int | None = None
+    project_id: str | None = None
+    dhcp_server: str = ""
+    domain: str = "novalocal"
+    lease_time: int = 120
+    mtu: int | None = None
+
+    @property
+    def key(self) -> int:
+        """Segment key carried in reg6: the VLAN id, or FLAT_KEY_BASE | id for a flat network."""
+        return self.vlan if self.vlan else FLAT_KEY_BASE | self.id
+
+    @property
+    def gateway_mac(self) -> str:
+        """Virtual MAC answering for the gateway (and DHCP server) address of this network.
+
+        ``0a:58`` + the 4 bytes of the gateway IPv4 address: locally administered, unicast,
+        deterministic (every controller and restart agrees), and readable in a flow dump.
+        """
+        return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(self.gateway).packed)
+
+    @property
+    def server_address(self) -> str:
+        """DHCP server identifier (option 54); nova's dnsmasq listened on the gateway."""
+        return self.dhcp_server or self.gateway
+
+
+@dataclass(frozen=True)
+class VifView:
+    """One virtual interface (nova ``virtual_interfaces`` row) with its fixed IPs.
+
+    ``addresses`` holds the IPv4 fixed IPs currently allocated to this VIF on its network.
+    ``port_security`` False disables anti-spoofing for this VIF only (set explicitly by an operator).
+    ``allowed_address_pairs`` is a tuple of (mac, ip-or-cidr) accepted in addition to the VIF's own.
+    """
+
+    uuid: str
+    mac: str
+    network_id: int
+    instance: str
+    hostname: str
+    addresses: tuple[str, ...] = ()
+    project_id: str | None = None
+    port_security: bool = True
+    allowed_address_pairs: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def port_name(self) -> str:
+        """Name of the VIF's port on the integration bridge: ``tap`` + first 11 chars of the
+        VIF uuid (nova/Neutron convention; 14 chars fits IFNAMSIZ)."""
+        return vif_port_name(self.uuid)
+
+
+def vif_port_name(vif_uuid: str) -> str:
+    """``tap`` + the first 11 characters of ``vif_uuid``; see VifView.port_name."""
+    return "tap" + vif_uuid[:11]
+
+
+@dataclass(frozen=True)
+class StateView:
+    """Everything the data plane needs, read in one transaction at ``revision``."""
+
+    revision: int
+    networks: dict[int, NetworkView]
+    vifs: tuple[VifView, ...]
+
+    def vif_by_port_name(self, name: str) -> VifView | None:
+        for vif in self.vifs:
+            if vif.port_name == name:
+                return vif
+        return None
