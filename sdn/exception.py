@@ -1,0 +1,93 @@
+"""Errors an operator can act on.
+
+Every message says what is wrong and what is allowed. ``exit_code`` is what the CLI returns:
+2 for bad input (usage), 1 for an operation the current state refuses.
+"""
+
+from __future__ import annotations
+
+
+class SdnError(Exception):
+    """Base class; ``str(err)`` is a complete one-line message for the operator."""
+
+    exit_code = 1
+    msg_fmt = "an unknown error occurred"
+
+    def __init__(self, message: str | None = None, **kwargs):
+        self.kwargs = kwargs
+        super().__init__(message if message is not None else self.msg_fmt.format(**kwargs))
+
+
+class Invalid(SdnError):
+    """Input that can never succeed, whatever the state: a usage error."""
+
+    exit_code = 2
+
+
+class ConfigError(Invalid):
+    msg_fmt = "invalid value {value!r} for option [{group}] {name}: {allowed}"
+
+
+class InvalidCidr(Invalid):
+    msg_fmt = "invalid CIDR {cidr!r}: {reason}"
+
+
+class VlanOutOfRange(Invalid):
+    msg_fmt = "{reason}; VLAN ids must be within 1-4094"
+
+
+class CidrConflict(SdnError):
+    msg_fmt = "requested CIDR {cidr} overlaps existing network {existing} ({label}); choose a range that does not overlap"
+
+
+class VlanInUse(SdnError):
+    msg_fmt = "VLAN {vlan} is already used by network {cidr} ({label}); choose another --vlan"
+
+
+class NetworkNotFound(SdnError):
+    msg_fmt = "no network {what}; see 'sdn network list'"
+
+
+class NetworkInUse(SdnError):
+    msg_fmt = "network {cidr} still has {count} allocated fixed IP(s); delete those instances first"
+
+
+class NoNetworks(SdnError):
+    msg_fmt = "no networks exist; create one with 'sdn network create'"
+
+
+class NoMoreNetworks(SdnError):
+    msg_fmt = ("no unassigned network left for project {project}; every network already belongs to a "
+               "project, create more with 'sdn network create'")
+
+
+class NoMoreFixedIps(SdnError):
+    msg_fmt = "no free fixed IP left in {where}; release addresses or create a larger network"
+
+
+class FixedIpNotFound(SdnError):
+    msg_fmt = "no fixed IP {address} exists in any network"
+
+
+class AddressAlreadyAllocated(SdnError):
+    msg_fmt = "fixed IP {address} is already allocated to instance {instance}"
+
+
+class FixedIpMacMismatch(SdnError):
+    msg_fmt = "fixed IP {address} belongs to MAC {expected}, not {mac}; the lease event is ignored"
+
+
+class VirtualInterfaceMacAddressException(SdnError):
+    msg_fmt = "could not generate a unique MAC address after {attempts} attempts; raise create_unique_mac_address_attempts"
+
+
+class InstanceNotFound(SdnError):
+    msg_fmt = "no instance named {name}; see 'sdn fixed list'"
+
+
+class InstanceProjectMismatch(SdnError):
+    msg_fmt = "instance {name} already exists in project {existing}, not {project}; use another name"
+
+
+class OvsError(SdnError):
+    msg_fmt = "Open vSwitch refused {what}: {reason}"
