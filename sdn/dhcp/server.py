@@ -1,0 +1,277 @@
+"""RFC 2131 server decisions for one VIF: request frame + binding + now -> reply frame + lease event.
+
+Pure: no I/O, no clock, no globals. The controller calls ``DhcpResponder.handle`` on every
+packet-in from a VIF's DHCP punt flow, packet-outs ``Decision.reply`` (if any) to that VIF and
+records ``Decision.event`` (if any).
+
+Every VIF has exactly one fixed address per network (nova-network), so there is no pool: the
+server only ever offers/acknowledges ``binding.address`` and only to ``binding.mac``. Requests
+whose chaddr is not the VIF's MAC get no answer at all, so a guest cycling random chaddrs
+(DHCP starvation) gets nothing and can exhaust nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from sdn.dhcp import packet as p
+from sdn.view import NetworkView
+
+_inet_aton = socket.inet_aton
+_inet_ntoa = socket.inet_ntoa
+_U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
+
+
+@dataclass(frozen=True)
+class DhcpBinding:
+    """What the controller knows about the VIF a frame came from."""
+
+    mac: str  #: the VIF's MAC; only this chaddr gets an answer
+    address: str | None  #: its fixed IP on this network (None -> never answer)
+    hostname: str
+    network: NetworkView
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    kind: str  #: "lease" (ACK of a REQUEST), "release", "decline"
+    address: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    reply: bytes | None  #: full Ethernet frame to packet-out to the VIF, or None
+    event: LeaseEvent | None
+    reason: str  #: short human-readable reason, for logs
+
+
+class _Prepared:
+    """Per-(binding) constant parts of replies, computed once and cached by the responder."""
+
+    __slots__ = ("mac", "mac_bytes", "address", "address_bytes", "server_id", "server_mac",
+                 "lease_opts", "mandatory", "optional", "nak_head")
+
+    def __init__(self, b: DhcpBinding):
+        net = b.network
+        self.mac = b.mac.lower()
+        self.mac_bytes = bytes.fromhex(self.mac.replace(":", "").replace("-", ""))
+        if len(self.mac_bytes) != 6:
+            raise ValueError(f"binding MAC {b.mac!r} is not a 6-byte Ethernet address")
+        self.address = b.address
+        self.address_bytes = _inet_aton(b.address) if b.address else None
+        self.server_id = _inet_aton(net.server_address)
+        self.server_mac = bytes.fromhex(net.gateway_mac.replace(":", ""))
+        lease = max(0, min(int(net.lease_time), 0xFFFFFFFF))
+        self.lease_opts = (p.tlv(p.OPT_LEASE_TIME, _U32.pack(lease))
+                           + p.tlv(p.OPT_T1, _U32.pack(lease // 2))
+                           + p.tlv(p.OPT_T2, _U32.pack(lease * 7 // 8)))
+        mandatory = p.tlv(p.OPT_SERVER_ID, self.server_id) + p.tlv(p.OPT_SUBNET_MASK,
+                                                                     _inet_aton(net.netmask))
+        if net.gateway:
+            mandatory += p.tlv(p.OPT_ROUTER, _inet_aton(net.gateway))
+        self.mandatory = mandatory
+        optional: dict[int, bytes] = {}
+        if net.dns:
+            optional[p.OPT_DNS] = p.tlv(p.OPT_DNS, b"".join(_inet_aton(a) for a in net.dns))
+        if net.domain:
+            optional[p.OPT_DOMAIN] = p.tlv(p.OPT_DOMAIN, net.domain.encode())
+        if b.hostname:
+            optional[p.OPT_HOSTNAME] = p.tlv(p.OPT_HOSTNAME, b.hostname.encode())
+        if net.broadcast:
+            optional[p.OPT_BROADCAST] = p.tlv(p.OPT_BROADCAST, _inet_aton(net.broadcast))
+        if net.mtu:
+            optional[p.OPT_MTU] = p.tlv(p.OPT_MTU, _U16.pack(net.mtu))
+        self.optional = optional  # insertion order = default priority
+        self.nak_head = p.tlv(p.OPT_SERVER_ID, self.server_id)
+
+
+def _mt(code: int) -> bytes:
+    return bytes((p.OPT_MESSAGE_TYPE, 1, code))
+
+
+_MT_OFFER = _mt(p.OFFER)
+_MT_ACK = _mt(p.ACK)
+_MT_NAK = _mt(p.NAK)
+
+
+class DhcpResponder:
+    """Stateless RFC 2131 responder (the only state is a cache of per-binding constants)."""
+
+    _CACHE_MAX = 4096
+
+    def __init__(self) -> None:
+        self._cache: dict[DhcpBinding, _Prepared] = {}
+
+    def _prepared(self, binding: DhcpBinding) -> _Prepared:
+        prep = self._cache.get(binding)
+        if prep is None:
+            if len(self._cache) >= self._CACHE_MAX:
+                self._cache.clear()
+            prep = self._cache[binding] = _Prepared(binding)
+        return prep
+
+    def handle(self, frame: bytes, binding: DhcpBinding | None, now: float) -> Decision:
+        """Decide what to answer to ``frame`` received from the VIF described by ``binding``.
+
+        Never raises on frame contents: undecodable input gives ``Decision(None, None,
+        "malformed: ...")``. ``now`` is accepted for the controller's bookkeeping contract; the
+        decision itself does not depend on time (fixed addresses, no pool to expire).
+        """
+        try:
+            req = p.parse_request(frame)
+        except p.MalformedFrame as exc:
+            return Decision(None, None, f"malformed: {exc}")
+        except Exception as exc:  # belt and braces: a decoder bug must not kill the controller
+            return Decision(None, None, f"malformed: {type(exc).__name__}: {exc}")
+        if req.op != p.BOOTREQUEST:
+            return Decision(None, None, f"ignored: BOOTP op {req.op} is not BOOTREQUEST")
+        mtype = req.message_type
+        name = p.MESSAGE_TYPE_NAMES.get(mtype)
+        if name is None or mtype in (p.OFFER, p.ACK, p.NAK):
+            return Decision(None, None, f"ignored: message type {mtype} ({name or 'unknown'})")
+        if binding is None:
+            return Decision(None, None, f"ignored: {name} from a port with no VIF binding")
+        try:
+            prep = self._prepared(binding)
+        except (ValueError, TypeError, OSError) as exc:  # controller data, not the guest's
+            return Decision(None, None, f"error: unusable binding for {binding.mac!r}: {exc}")
+        if req.htype != 1 or req.hlen != 6 or req.chaddr[:6] != prep.mac_bytes:
+            return Decision(None, None, f"ignored: {name} chaddr {_mac(req)} is not the VIF's MAC "
+                                        f"{prep.mac}")
+        if prep.address_bytes is None:
+            return Decision(None, None, f"ignored: {name} from {prep.mac}: VIF has no fixed address")
+        opts = req.options
+        server_id = opts.get(p.OPT_SERVER_ID)
+        if server_id is not None and server_id != prep.server_id and mtype != p.DISCOVER:
+            return Decision(None, None, f"ignored: {name} for server {_inet_ntoa(server_id)} "
+                                        f"(not us, {_inet_ntoa(prep.server_id)})")
+
+        if mtype == p.DISCOVER:
+            return Decision(self._reply(req, prep, _MT_OFFER, True), None,
+                            f"OFFER {prep.address} to {prep.mac}")
+
+        if mtype == p.REQUEST:
+            requested = opts.get(p.OPT_REQUESTED_IP)
+            if server_id is not None:
+                state = "SELECTING"
+                wanted = requested if requested is not None else (
+                    req.ciaddr if req.ciaddr != p.ZERO_IP else None)
+            elif req.ciaddr != p.ZERO_IP:
+                state = "REBINDING" if req.ip_dst == p.BROADCAST_IP else "RENEWING"
+                wanted = req.ciaddr
+            elif requested is not None:
+                state = "INIT-REBOOT"
+                wanted = requested
+            else:
+                return Decision(None, None, "ignored: REQUEST with neither ciaddr, requested "
+                                            "address nor server id")
+            if wanted == prep.address_bytes:
+                return Decision(self._reply(req, prep, _MT_ACK, True),
+                                LeaseEvent("lease", prep.address, prep.mac),
+                                f"ACK {prep.address} to {prep.mac} ({state})")
+            shown = _inet_ntoa(wanted) if wanted is not None else "nothing"
+            return Decision(self._nak(req, prep, f"requested {shown}, lease is {prep.address}"),
+                            None, f"NAK {shown} to {prep.mac} ({state}, VIF has {prep.address})")
+
+        if mtype == p.RELEASE:
+            if req.ciaddr != prep.address_bytes:
+                return Decision(None, None, f"ignored: RELEASE of {_inet_ntoa(req.ciaddr)}, "
+                                            f"VIF has {prep.address}")
+            return Decision(None, LeaseEvent("release", prep.address, prep.mac),
+                            f"RELEASE {prep.address} by {prep.mac}")
+
+        if mtype == p.DECLINE:
+            declined = opts.get(p.OPT_REQUESTED_IP)
+            if declined != prep.address_bytes:
+                shown = _inet_ntoa(declined) if declined is not None else "nothing"
+                return Decision(None, None, f"ignored: DECLINE of {shown}, VIF has {prep.address}")
+            return Decision(None, LeaseEvent("decline", prep.address, prep.mac),
+                            f"DECLINE {prep.address} by {prep.mac} (address in use on the wire?)")
+
+        # INFORM (RFC 2131 §4.3.5): configuration only, to the address the client already has
+        if req.ciaddr != prep.address_bytes:
+            return Decision(None, None, f"ignored: INFORM from ciaddr {_inet_ntoa(req.ciaddr)}, "
+                                        f"VIF has {prep.address}")
+        return Decision(self._reply(req, prep, _MT_ACK, False), None,
+                        f"ACK (INFORM) to {prep.address} at {prep.mac}")
+
+    # ------------------------------------------------------------------------------- replies
+
+    @staticmethod
+    def _limit(req: p.DhcpRequest) -> int:
+        """Largest BOOTP payload the client accepts (option 57 counts the IP datagram)."""
+        raw = req.options.get(p.OPT_MAX_MESSAGE_SIZE)
+        size = _U16.unpack(raw)[0] if raw is not None else p.MIN_MAX_MESSAGE_SIZE
+        return max(size, p.MIN_MAX_MESSAGE_SIZE) - p.IP_UDP_HEADERS_LEN
+
+    @staticmethod
+    def _echo(req: p.DhcpRequest) -> tuple[bytes, bytes]:
+        """Client identifier (RFC 6842) and relay agent information (RFC 3046 §2.2) to echo."""
+        opts = req.options
+        cid = opts.get(p.OPT_CLIENT_ID)
+        rai = opts.get(p.OPT_RELAY_AGENT)
+        return (p.tlv(p.OPT_CLIENT_ID, cid) if cid is not None else b"",
+                p.tlv(p.OPT_RELAY_AGENT, rai) if rai is not None else b"")
+
+    def _reply(self, req: p.DhcpRequest, prep: _Prepared, mt: bytes, lease: bool) -> bytes:
+        """OFFER/ACK (lease=True: yiaddr + lease times) or the ACK to an INFORM (lease=False)."""
+        cid, rai = self._echo(req)
+        options = mt + prep.mandatory + (prep.lease_opts if lease else b"")
+        budget = self._limit(req) - p.BOOTP_HEADER_LEN - 1 - len(rai) - len(options)
+        optional = prep.optional
+        prl = req.options.get(p.OPT_PARAM_REQUEST)
+        if prl:  # requested options first, in the client's order, then the rest
+            order = [c for c in dict.fromkeys(prl) if c in optional]
+            order += [c for c in optional if c not in order]
+        else:
+            order = optional
+        extra = []
+        for code in order:
+            enc = optional[code]
+            if len(enc) <= budget:
+                extra.append(enc)
+                budget -= len(enc)
+        if cid and len(cid) <= budget:
+            extra.append(cid)
+        options += b"".join(extra) + rai
+        yiaddr = prep.address_bytes if lease else p.ZERO_IP
+        eth_dst, ip_dst, port = _destination(req, yiaddr, nak=False)
+        return p.build_reply(eth_dst=eth_dst, eth_src=prep.server_mac, ip_src=prep.server_id,
+                             ip_dst=ip_dst, udp_dport=port, htype=req.htype, hlen=req.hlen,
+                             xid=req.xid, flags=req.flags, ciaddr=req.ciaddr, yiaddr=yiaddr,
+                             siaddr=p.ZERO_IP, giaddr=req.giaddr, chaddr=req.chaddr,
+                             options=options)
+
+    def _nak(self, req: p.DhcpRequest, prep: _Prepared, message: str) -> bytes:
+        cid, rai = self._echo(req)
+        options = _MT_NAK + prep.nak_head + p.tlv(p.OPT_MESSAGE, message.encode()[:200]) + cid + rai
+        flags = req.flags
+        if req.giaddr != p.ZERO_IP:  # §4.3.2: make the relay broadcast the NAK
+            flags |= p.BROADCAST_FLAG
+        eth_dst, ip_dst, port = _destination(req, p.ZERO_IP, nak=True)
+        return p.build_reply(eth_dst=eth_dst, eth_src=prep.server_mac, ip_src=prep.server_id,
+                             ip_dst=ip_dst, udp_dport=port, htype=req.htype, hlen=req.hlen,
+                             xid=req.xid, flags=flags, ciaddr=p.ZERO_IP, yiaddr=p.ZERO_IP,
+                             siaddr=p.ZERO_IP, giaddr=req.giaddr, chaddr=req.chaddr,
+                             options=options)
+
+
+def _destination(req: p.DhcpRequest, yiaddr: bytes, nak: bool) -> tuple[bytes, bytes, int]:
+    """(Ethernet dst, IP dst, UDP dst port) per RFC 2131 §4.1 and §4.3.2."""
+    if req.giaddr != p.ZERO_IP:
+        return req.eth_src, req.giaddr, p.SERVER_PORT
+    if nak:
+        return p.BROADCAST_MAC, p.BROADCAST_IP, p.CLIENT_PORT
+    if req.ciaddr != p.ZERO_IP:
+        return req.chaddr[:6], req.ciaddr, p.CLIENT_PORT
+    if req.flags & p.BROADCAST_FLAG or yiaddr == p.ZERO_IP:
+        return p.BROADCAST_MAC, p.BROADCAST_IP, p.CLIENT_PORT
+    return req.chaddr[:6], yiaddr, p.CLIENT_PORT
+
+
+def _mac(req: p.DhcpRequest) -> str:
+    return ":".join(f"{x:02x}" for x in req.chaddr[: min(req.hlen, 16)]) or "(empty)"
