@@ -69,6 +69,10 @@ class FixedIpNotFound(SdnError):
     msg_fmt = "no fixed IP {address} exists in any network"
 
 
+class FixedIpNotAssociated(SdnError):
+    msg_fmt = "fixed IP {address} was {event} but is not associated with any instance; the event is ignored"
+
+
 class AddressAlreadyAllocated(SdnError):
     msg_fmt = "fixed IP {address} is already allocated to instance {instance}"
 
@@ -79,6 +83,10 @@ class FixedIpMacMismatch(SdnError):
 
 class VirtualInterfaceMacAddressException(SdnError):
     msg_fmt = "could not generate a unique MAC address after {attempts} attempts; raise create_unique_mac_address_attempts"
+
+
+class InvalidInstanceName(Invalid):
+    msg_fmt = "invalid instance name {name!r}: use letters, digits, '-' or '_' (up to 63 characters)"
 
 
 class InstanceNotFound(SdnError):

@@ -1,0 +1,124 @@
+"""Engine, transactions, migrations and the StateView reader.
+
+Concurrency: every write goes through ``transaction()``. On SQLite it starts with ``BEGIN
+IMMEDIATE`` (the write lock is taken up front, so two processes can never both read "address X is
+free" and both take it; the loser waits up to the busy timeout) in WAL mode (readers never block
+the writer). On PostgreSQL the pick of a free row uses ``SELECT ... FOR UPDATE SKIP LOCKED``
+(``with_for_update(skip_locked=True)``, which SQLite ignores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from importlib import resources
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, selectinload
+
+from sdn import view
+from sdn.db import models
+
+#: seconds a SQLite writer waits for another process's write transaction to finish
+SQLITE_BUSY_TIMEOUT = 30
+
+
+def get_engine(url: str) -> Engine:
+    """An engine for ``url``; for a SQLite file, creates its parent directory and sets up
+    WAL + busy timeout + BEGIN IMMEDIATE for writers (plain deferred BEGIN for readers)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy emit BEGIN itself (pysqlite's implicit BEGIN is deferred and too late).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sdn_readonly") else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+@contextlib.contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One write transaction: yields a Session, bumps ``state_revision`` and commits on success,
+    rolls everything back on any exception (no partial write)."""
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+        session.flush()
+        session.execute(update(models.StateRevision).where(models.StateRevision.id == 1)
+                        .values(value=models.StateRevision.value + 1))
+
+
+@contextlib.contextmanager
+def read_transaction(engine: Engine) -> Iterator[Session]:
+    """One read-only transaction (a consistent snapshot; takes no write lock on SQLite)."""
+    with Session(engine.execution_options(sdn_readonly=True)) as session, session.begin():
+        yield session
+
+
+def sync(engine: Engine) -> None:
+    """``alembic upgrade head`` on ``engine`` with the migrations shipped in this package."""
+    from alembic import command
+    from alembic.config import Config
+
+    ini = resources.files("sdn.db") / "alembic.ini"
+    cfg = Config(str(ini))
+    cfg.set_main_option("script_location", str(resources.files("sdn.db") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def current_revision(engine: Engine) -> int:
+    """The state revision: increases on every committed write."""
+    with read_transaction(engine) as session:
+        return session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
+
+
+def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 120,
+               mtu: int | None = None) -> view.StateView:
+    """Every network and VIF as a StateView, read in one transaction.
+
+    ``domain``/``lease_time``/``mtu`` are the dhcp_domain, dhcp_lease_time (s) and
+    network_device_mtu options. A VIF's ``addresses`` are the fixed IPs allocated to it.
+    """
+    with read_transaction(engine) as session:
+        revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
+        networks = {}
+        for net in session.scalars(select(models.Network).order_by(models.Network.id)):
+            networks[net.id] = view.NetworkView(
+                id=net.id, label=net.label or "", cidr=net.cidr, netmask=net.netmask, gateway=net.gateway,
+                broadcast=net.broadcast, dns=tuple(d for d in (net.dns1, net.dns2) if d), vlan=net.vlan,
+                project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
+                mtu=mtu)
+        addresses: dict[int, list[str]] = {}
+        for vif_id, address in session.execute(
+                select(models.FixedIp.virtual_interface_id, models.FixedIp.address)
+                .where(models.FixedIp.allocated.is_(True), models.FixedIp.virtual_interface_id.is_not(None))
+                .order_by(models.FixedIp.id)):
+            addresses.setdefault(vif_id, []).append(address)
+        vifs = tuple(
+            view.VifView(uuid=vif.uuid, mac=vif.address, network_id=vif.network_id,
+                         instance=vif.instance.name, hostname=vif.instance.hostname,
+                         addresses=tuple(addresses.get(vif.id, ())), project_id=vif.instance.project_id,
+                         port_security=vif.port_security,
+                         allowed_address_pairs=tuple((p.mac, p.ip_cidr) for p in vif.allowed_address_pairs))
+            for vif in session.scalars(
+                select(models.VirtualInterface).order_by(models.VirtualInterface.id)
+                .options(selectinload(models.VirtualInterface.instance),
+                         selectinload(models.VirtualInterface.allowed_address_pairs))))
+        return view.StateView(revision=revision or 0, networks=networks, vifs=vifs)

@@ -1,0 +1,130 @@
+"""SQLAlchemy models in nova-network's terms (Essex schema, trimmed to what sdn uses).
+
+Timestamps are naive UTC datetimes. ``state_revision`` is a single row whose ``value`` every
+committing write transaction increments (see ``sdn.db.api.transaction``); the controller polls it.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Network(Base):
+    __tablename__ = "networks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label: Mapped[str | None] = mapped_column(String(255))
+    cidr: Mapped[str] = mapped_column(String(43), unique=True)
+    netmask: Mapped[str] = mapped_column(String(39))
+    gateway: Mapped[str] = mapped_column(String(39))
+    broadcast: Mapped[str] = mapped_column(String(39))
+    dns1: Mapped[str | None] = mapped_column(String(39))
+    dns2: Mapped[str | None] = mapped_column(String(39))
+    vlan: Mapped[int | None] = mapped_column(Integer, unique=True)
+    bridge: Mapped[str | None] = mapped_column(String(255))
+    bridge_interface: Mapped[str | None] = mapped_column(String(255))
+    dhcp_start: Mapped[str | None] = mapped_column(String(39))
+    project_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    vpn_public_address: Mapped[str | None] = mapped_column(String(39))
+    vpn_public_port: Mapped[int | None] = mapped_column(Integer)
+    vpn_private_address: Mapped[str | None] = mapped_column(String(39))
+    cidr_v6: Mapped[str | None] = mapped_column(String(43))
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+class Instance(Base):
+    """sdn stands in for nova-compute, so it keeps the instances it networks."""
+
+    __tablename__ = "instances"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class VirtualInterface(Base):
+    __tablename__ = "virtual_interfaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    address: Mapped[str] = mapped_column(String(17), unique=True)  # the MAC
+    instance_uuid: Mapped[str] = mapped_column(ForeignKey("instances.uuid"), index=True)
+    network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"))
+    port_security: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+    instance: Mapped[Instance] = relationship()
+    allowed_address_pairs: Mapped[list[AllowedAddressPair]] = relationship(
+        cascade="all, delete-orphan", order_by="AllowedAddressPair.id")
+
+
+class FixedIp(Base):
+    """One address of a network. ``instance_uuid`` is the association (kept after deallocation in
+    DHCP modes until released or timed out); ``allocated`` says the instance still holds it."""
+
+    __tablename__ = "fixed_ips"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(39), unique=True)
+    network_id: Mapped[int] = mapped_column(ForeignKey("networks.id"), index=True)
+    # No foreign key: the association outlives the instance row until release/timeout, as in nova.
+    instance_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
+    virtual_interface_id: Mapped[int | None] = mapped_column(
+        ForeignKey("virtual_interfaces.id", ondelete="SET NULL"))
+    allocated: Mapped[bool] = mapped_column(Boolean, default=False)
+    leased: Mapped[bool] = mapped_column(Boolean, default=False)
+    reserved: Mapped[bool] = mapped_column(Boolean, default=False)
+    host: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+    network: Mapped[Network] = relationship()
+    virtual_interface: Mapped[VirtualInterface | None] = relationship()
+
+
+class FloatingIp(Base):
+    __tablename__ = "floating_ips"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(39), unique=True)
+    pool: Mapped[str | None] = mapped_column(String(255))
+    interface: Mapped[str | None] = mapped_column(String(255))
+    project_id: Mapped[str | None] = mapped_column(String(255))
+    fixed_ip_id: Mapped[int | None] = mapped_column(ForeignKey("fixed_ips.id"))
+    host: Mapped[str | None] = mapped_column(String(255))
+    auto_assigned: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class AllowedAddressPair(Base):
+    """Extra (mac, ip-or-cidr) a VIF may send from, beyond its own MAC and fixed IPs."""
+
+    __tablename__ = "allowed_address_pairs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vif_id: Mapped[int] = mapped_column(ForeignKey("virtual_interfaces.id", ondelete="CASCADE"), index=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    ip_cidr: Mapped[str] = mapped_column(String(43))
+
+
+class StateRevision(Base):
+    __tablename__ = "state_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,450 @@
+"""Network managers with nova-network (Essex 2012.1) semantics.
+
+``FlatManager``: networks shared by every project; a fixed IP is disassociated as soon as the
+instance deallocates it. ``FlatDHCPManager``: the same, but the association outlives
+deallocation until the DHCP lease is released or ``fixed_ip_disassociate_timeout`` passes.
+``VlanManager``: one network (VLAN, bridge ``br<vlan>``, subnet, cloudpipe VPN address/port)
+per project, associated with the project at its first instance.
+
+Every public method is one database transaction (``sdn.db.api.transaction``): it either
+commits completely (and bumps the state revision) or raises an ``sdn.exception.SdnError`` and
+writes nothing. Deviation from nova: an instance gets exactly one VIF, on the first network
+of its project (VLAN) or the first shared network with a free address (flat modes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import re
+import uuid as uuidlib
+
+import netaddr
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from sdn import exception, view
+from sdn.db import api as db
+from sdn.db import models
+
+MAX_VLAN = 4094
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def generate_mac(rng: random.Random | None = None) -> str:
+    """nova/Neutron MAC: ``fa:16:3e`` + 3 random bytes, the first at most 0x7f."""
+    rng = rng or random
+    return "fa:16:3e:%02x:%02x:%02x" % (rng.randint(0, 0x7F), rng.randint(0, 0xFF), rng.randint(0, 0xFF))
+
+
+def hostname_for(name: str) -> str:
+    """DNS label for an instance name: lower case, ``_``/``.`` become ``-``."""
+    return re.sub(r"[_.]", "-", name.lower()).strip("-")
+
+
+class NetworkManager:
+    """Shared allocation logic; subclasses set the mode flags below.
+
+    ``conf`` is an ``sdn.config`` ConfigOpts (or any object with the same attribute names).
+    """
+
+    #: network address and gateway
+    bottom_reserved = 2
+    #: broadcast address
+    top_reserved = 1
+    #: VLAN per project (networks associated with a project at its first instance)
+    vlan_mode = False
+    #: the association of a deallocated fixed IP lasts until DHCP release / timeout
+    dhcp = False
+
+    def __init__(self, engine: Engine, conf):
+        self.engine = engine
+        self.conf = conf
+
+    # -- networks ---------------------------------------------------------------------------
+
+    def create_networks(self, label: str, cidr: str | None = None, num_networks: int | None = None,
+                        network_size: int | None = None, vlan_start: int | None = None,
+                        vpn_start: int | None = None, bridge: str | None = None,
+                        bridge_interface: str | None = None, dns1: str | None = None,
+                        dns2: str | None = None, project_id: str | None = None) -> list[dict]:
+        """Carve ``num_networks`` subnets of ``network_size`` addresses (rounded up to a power of
+        two) out of ``cidr`` and create them with all their fixed IPs.
+
+        Unset arguments take the nova flag defaults (fixed_range, num_networks, network_size,
+        vlan_start, vpn_start, flat_network_bridge, flat_interface, flat_network_dns).
+        Returns one ``network_dict`` per network. Raises InvalidCidr, VlanOutOfRange,
+        CidrConflict, VlanInUse, Invalid.
+        """
+        conf = self.conf
+        cidr = cidr or conf.fixed_range
+        num_networks = conf.num_networks if num_networks is None else num_networks
+        network_size = conf.network_size if network_size is None else network_size
+        vlan_start = conf.vlan_start if vlan_start is None else vlan_start
+        vpn_start = conf.vpn_start if vpn_start is None else vpn_start
+        dns1 = dns1 or conf.flat_network_dns
+        if not self.vlan_mode:
+            bridge = bridge or conf.flat_network_bridge
+            bridge_interface = bridge_interface or conf.flat_interface
+        if not label:
+            raise exception.Invalid("a network needs a label (--label)")
+        if num_networks < 1:
+            raise exception.Invalid(f"num_networks must be at least 1, not {num_networks}")
+        subnets = self._carve(cidr, num_networks, network_size)
+        if self.vlan_mode:
+            self._check_vlans(vlan_start, num_networks)
+        for dns in (dns1, dns2):
+            if dns and not netaddr.valid_ipv4(dns):
+                raise exception.Invalid(f"invalid DNS server {dns!r}: expected an IPv4 address")
+
+        with db.transaction(self.engine) as session:
+            for subnet in subnets:
+                self._check_overlap(session, subnet)
+            if self.vlan_mode:
+                for vlan in range(vlan_start, vlan_start + num_networks):
+                    used = session.scalar(select(models.Network).where(models.Network.vlan == vlan))
+                    if used is not None:
+                        raise exception.VlanInUse(vlan=vlan, cidr=used.cidr, label=used.label)
+            created = []
+            for index, subnet in enumerate(subnets):
+                net = models.Network(
+                    label=f"{label}_{index}" if num_networks > 1 else label,
+                    cidr=str(subnet), netmask=str(subnet.netmask), gateway=str(subnet[1]),
+                    broadcast=str(subnet.broadcast), dhcp_start=str(subnet[2]), dns1=dns1, dns2=dns2,
+                    bridge=bridge, bridge_interface=bridge_interface, project_id=project_id,
+                    host=conf.host)
+                if self.vlan_mode:
+                    net.vlan = vlan_start + index
+                    net.bridge = f"br{net.vlan}"
+                    net.vpn_private_address = str(subnet[2])
+                    net.dhcp_start = str(subnet[3])
+                    net.vpn_public_address = conf.vpn_ip
+                    net.vpn_public_port = vpn_start + index
+                session.add(net)
+                session.flush()
+                self._create_fixed_ips(session, net.id, subnet)
+                created.append(net)
+            return [network_dict(n) for n in created]
+
+    def _carve(self, cidr: str, num_networks: int, network_size: int) -> list[netaddr.IPNetwork]:
+        try:
+            fixed_net = netaddr.IPNetwork(cidr)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            raise exception.InvalidCidr(cidr=cidr, reason="expected an IPv4 network such as 10.0.0.0/24") from None
+        if fixed_net.version != 4:
+            raise exception.InvalidCidr(cidr=cidr, reason="only IPv4 fixed ranges are supported")
+        if fixed_net.ip != fixed_net.network:
+            raise exception.InvalidCidr(cidr=cidr, reason=f"host bits are set; did you mean {fixed_net.cidr}?")
+        if network_size < 4:
+            raise exception.Invalid(f"network_size must be at least 4 (network, gateway, one address, "
+                                    f"broadcast), not {network_size}")
+        bits = int(math.ceil(math.log2(network_size)))
+        if 2 ** bits * num_networks > fixed_net.size:
+            raise exception.InvalidCidr(
+                cidr=cidr, reason=f"{num_networks} network(s) of {2 ** bits} addresses do not fit in "
+                                  f"{fixed_net.size} addresses; use a larger range or fewer/smaller networks")
+        return list(fixed_net.subnet(32 - bits, count=num_networks))
+
+    @staticmethod
+    def _check_vlans(vlan_start: int, num_networks: int) -> None:
+        if vlan_start < 1 or vlan_start > MAX_VLAN:
+            raise exception.VlanOutOfRange(reason=f"VLAN {vlan_start} is out of range")
+        if num_networks + vlan_start > MAX_VLAN:  # nova's rule (lp708025)
+            raise exception.VlanOutOfRange(
+                reason=f"num_networks ({num_networks}) + vlan_start ({vlan_start}) is greater than {MAX_VLAN}")
+
+    @staticmethod
+    def _check_overlap(session: Session, subnet: netaddr.IPNetwork) -> None:
+        for net in session.scalars(select(models.Network)):
+            existing = netaddr.IPNetwork(net.cidr)
+            if subnet in existing or existing in subnet:
+                raise exception.CidrConflict(cidr=str(subnet), existing=net.cidr, label=net.label)
+
+    def _create_fixed_ips(self, session: Session, network_id: int, subnet: netaddr.IPNetwork) -> None:
+        size = subnet.size
+        bottom, top = self.bottom_reserved, self.top_reserved
+        rows = [{"address": str(subnet[i]), "network_id": network_id, "reserved": i < bottom or size - i <= top,
+                 "allocated": False, "leased": False} for i in range(size)]
+        session.execute(models.FixedIp.__table__.insert(), [dict(r, created_at=models.utcnow()) for r in rows])
+
+    def delete_network(self, cidr: str) -> dict:
+        """Delete the network whose CIDR is ``cidr`` and its fixed IPs. Raises NetworkNotFound,
+        NetworkInUse (while any fixed IP is allocated or associated)."""
+        with db.transaction(self.engine) as session:
+            net = _network_by_cidr(session, cidr)
+            busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
+                models.FixedIp.network_id == net.id,
+                or_(models.FixedIp.allocated.is_(True), models.FixedIp.instance_uuid.is_not(None))))
+            if busy:
+                raise exception.NetworkInUse(cidr=net.cidr, count=busy)
+            result = network_dict(net)
+            ip_ids = select(models.FixedIp.id).where(models.FixedIp.network_id == net.id)
+            session.execute(update(models.FloatingIp).where(models.FloatingIp.fixed_ip_id.in_(ip_ids))
+                            .values(fixed_ip_id=None))
+            session.execute(delete(models.FixedIp).where(models.FixedIp.network_id == net.id))
+            session.delete(net)
+            return result
+
+    def list_networks(self) -> list[dict]:
+        """Every network as ``network_dict``, by id."""
+        with db.read_transaction(self.engine) as session:
+            return [network_dict(n) for n in session.scalars(select(models.Network).order_by(models.Network.id))]
+
+    def list_fixed_ips(self) -> list[dict]:
+        """Every fixed IP: {network (cidr), address, reserved, allocated, leased, instance, hostname, host, mac}."""
+        with db.read_transaction(self.engine) as session:
+            rows = session.execute(
+                select(models.FixedIp, models.Network.cidr, models.Instance, models.VirtualInterface.address)
+                .join(models.Network, models.FixedIp.network_id == models.Network.id)
+                .outerjoin(models.Instance, models.FixedIp.instance_uuid == models.Instance.uuid)
+                .outerjoin(models.VirtualInterface, models.FixedIp.virtual_interface_id == models.VirtualInterface.id)
+                .order_by(models.FixedIp.id))
+            return [{"network": cidr, "address": ip.address, "reserved": ip.reserved, "allocated": ip.allocated,
+                     "leased": ip.leased, "instance": inst.name if inst else None,
+                     "hostname": inst.hostname if inst else None, "host": ip.host, "mac": mac}
+                    for ip, cidr, inst, mac in rows]
+
+    # -- instances --------------------------------------------------------------------------
+
+    def allocate_for_instance(self, instance_name: str, project_id: str, host: str | None = None) -> dict:
+        """Create the instance (if new), one VIF with a unique MAC and one fixed IP.
+
+        Idempotent: for an existing instance, returns its current allocation. Returns an
+        ``allocation`` dict. Raises InvalidInstanceName, InstanceProjectMismatch, NoNetworks,
+        NoMoreNetworks, NoMoreFixedIps, VirtualInterfaceMacAddressException.
+        """
+        if not instance_name or not _NAME_RE.match(instance_name) or not hostname_for(instance_name):
+            raise exception.InvalidInstanceName(name=instance_name)
+        if not project_id:
+            raise exception.Invalid("an instance needs a project (--project)")
+        host = host or self.conf.host
+        with db.transaction(self.engine) as session:
+            inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
+            if inst is not None:
+                if inst.project_id != project_id:
+                    raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
+                                                            project=project_id)
+                return _allocation(session, inst)
+            if session.scalar(select(func.count()).select_from(models.Network)) == 0:
+                raise exception.NoNetworks()
+            fixed_ip = self._pick_fixed_ip(session, project_id)
+            inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
+                                   hostname=hostname_for(instance_name), project_id=project_id, host=host)
+            session.add(inst)
+            vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
+                                          instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
+                                          port_security=True)
+            session.add(vif)
+            session.flush()
+            fixed_ip.instance_uuid = inst.uuid
+            fixed_ip.virtual_interface_id = vif.id
+            fixed_ip.allocated = True
+            fixed_ip.leased = False
+            fixed_ip.host = host
+            fixed_ip.updated_at = models.utcnow()
+            session.flush()
+            return _allocation(session, inst)
+
+    def _candidate_networks(self, session: Session, project_id: str) -> list[models.Network]:
+        """Networks to allocate from, in order of preference (flat: the project's own, then shared)."""
+        own = list(session.scalars(select(models.Network).where(models.Network.project_id == project_id)
+                                   .order_by(models.Network.id)))
+        shared = list(session.scalars(select(models.Network).where(models.Network.project_id.is_(None))
+                                      .order_by(models.Network.id)))
+        return own + shared
+
+    def _pick_fixed_ip(self, session: Session, project_id: str) -> models.FixedIp:
+        networks = self._candidate_networks(session, project_id)
+        for net in networks:
+            ip = _free_fixed_ip(session, net.id)
+            if ip is not None:
+                return ip
+        where = ", ".join(n.cidr for n in networks) if networks else f"any network usable by project {project_id}"
+        raise exception.NoMoreFixedIps(where=where)
+
+    def _unique_mac(self, session: Session) -> str:
+        attempts = self.conf.create_unique_mac_address_attempts
+        for _ in range(attempts):
+            mac = generate_mac()
+            taken = session.scalar(select(models.VirtualInterface.id).where(models.VirtualInterface.address == mac))
+            if taken is None:
+                return mac
+        raise exception.VirtualInterfaceMacAddressException(attempts=attempts)
+
+    def get_allocation(self, instance_name: str) -> dict:
+        """The ``allocation`` dict of an existing instance. Raises InstanceNotFound."""
+        with db.read_transaction(self.engine) as session:
+            return _allocation(session, _instance_by_name(session, instance_name))
+
+    def deallocate_for_instance(self, instance_name: str) -> dict:
+        """Delete the instance's VIF and instance row and deallocate its fixed IP.
+
+        The fixed IP stays associated (unusable by others) until its lease is released or
+        ``timeout_fixed_ips`` disassociates it, except in FlatManager (no DHCP) or with
+        force_dhcp_release, where it is disassociated at once. Returns the allocation that was
+        freed. Raises InstanceNotFound.
+        """
+        with db.transaction(self.engine) as session:
+            inst = _instance_by_name(session, instance_name)
+            result = _allocation(session, inst)
+            release_now = not self.dhcp or self.conf.force_dhcp_release
+            now = models.utcnow()
+            for ip in session.scalars(select(models.FixedIp).where(models.FixedIp.instance_uuid == inst.uuid)):
+                ip.allocated = False
+                ip.virtual_interface_id = None
+                ip.updated_at = now
+                if release_now:
+                    ip.leased = False
+                    ip.instance_uuid = None
+                    ip.host = None
+            session.flush()
+            for vif in session.scalars(select(models.VirtualInterface)
+                                       .where(models.VirtualInterface.instance_uuid == inst.uuid)):
+                session.delete(vif)
+            session.flush()
+            session.delete(inst)
+            return result
+
+    # -- DHCP lease events and the disassociation task ----------------------------------------
+
+    def lease_fixed_ip(self, address: str, mac: str | None = None) -> None:
+        """DHCP ACK sent for ``address`` (nova's dhcpbridge ``add``/``old``): mark it leased.
+        Raises FixedIpNotFound, FixedIpNotAssociated, FixedIpMacMismatch."""
+        with db.transaction(self.engine) as session:
+            ip = self._lease_target(session, address, mac, "leased")
+            ip.leased = True
+            ip.updated_at = models.utcnow()
+
+    def release_fixed_ip(self, address: str, mac: str | None = None) -> None:
+        """DHCP lease of ``address`` released or expired (dhcpbridge ``del``): clear ``leased``,
+        and disassociate the address if the instance no longer holds it.
+        Raises FixedIpNotFound, FixedIpNotAssociated, FixedIpMacMismatch."""
+        with db.transaction(self.engine) as session:
+            ip = self._lease_target(session, address, mac, "released")
+            ip.leased = False
+            ip.updated_at = models.utcnow()
+            if not ip.allocated:
+                ip.instance_uuid = None
+                ip.host = None
+
+    @staticmethod
+    def _lease_target(session: Session, address: str, mac: str | None, event: str) -> models.FixedIp:
+        ip = session.scalar(select(models.FixedIp).where(models.FixedIp.address == address))
+        if ip is None:
+            raise exception.FixedIpNotFound(address=address)
+        if ip.instance_uuid is None:
+            raise exception.FixedIpNotAssociated(address=address, event=event)
+        vif = ip.virtual_interface
+        if mac and vif is not None and vif.address.lower() != mac.lower():
+            raise exception.FixedIpMacMismatch(address=address, expected=vif.address, mac=mac)
+        return ip
+
+    def timeout_fixed_ips(self, now: datetime.datetime | None = None) -> int:
+        """Disassociate fixed IPs deallocated and unleased for longer than
+        fixed_ip_disassociate_timeout seconds before ``now`` (naive UTC). Returns how many."""
+        now = now or models.utcnow()
+        cutoff = now - datetime.timedelta(seconds=self.conf.fixed_ip_disassociate_timeout)
+        with db.transaction(self.engine) as session:
+            result = session.execute(
+                update(models.FixedIp)
+                .where(models.FixedIp.allocated.is_(False), models.FixedIp.leased.is_(False),
+                       models.FixedIp.instance_uuid.is_not(None), models.FixedIp.updated_at < cutoff)
+                .values(instance_uuid=None, host=None, updated_at=now))
+            return result.rowcount
+
+
+class FlatManager(NetworkManager):
+    """No DHCP: fixed IPs are disassociated immediately on deallocation."""
+
+
+class FlatDHCPManager(NetworkManager):
+    dhcp = True
+
+
+class VlanManager(NetworkManager):
+    """One network per project; each VLAN network also reserves its cloudpipe VPN address
+    (subnet[2]) and ``cnt_vpn_clients`` addresses below the broadcast."""
+
+    dhcp = True
+    vlan_mode = True
+    bottom_reserved = NetworkManager.bottom_reserved + 1
+
+    @property
+    def top_reserved(self) -> int:
+        return NetworkManager.top_reserved + self.conf.cnt_vpn_clients
+
+    def _candidate_networks(self, session: Session, project_id: str) -> list[models.Network]:
+        """The project's networks; at its first instance, associate the lowest free network."""
+        own = list(session.scalars(select(models.Network).where(models.Network.project_id == project_id)
+                                   .order_by(models.Network.id)))
+        if own:
+            return own
+        free = session.scalar(select(models.Network).where(models.Network.project_id.is_(None))
+                              .order_by(models.Network.id).limit(1).with_for_update(skip_locked=True))
+        if free is None:
+            raise exception.NoMoreNetworks(project=project_id)
+        free.project_id = project_id
+        session.flush()
+        return [free]
+
+
+MANAGERS = {"flat": FlatManager, "flatdhcp": FlatDHCPManager, "vlan": VlanManager}
+
+
+def get_manager(engine: Engine, conf) -> NetworkManager:
+    """The manager class named by ``conf.network_manager`` (flat, flatdhcp or vlan)."""
+    return MANAGERS[conf.network_manager](engine, conf)
+
+
+# -- helpers shared by the managers -------------------------------------------------------------
+
+def _free_fixed_ip(session: Session, network_id: int) -> models.FixedIp | None:
+    return session.scalar(
+        select(models.FixedIp)
+        .where(models.FixedIp.network_id == network_id, models.FixedIp.reserved.is_(False),
+               models.FixedIp.allocated.is_(False), models.FixedIp.instance_uuid.is_(None))
+        .order_by(models.FixedIp.id).limit(1).with_for_update(skip_locked=True))
+
+
+def _network_by_cidr(session: Session, cidr: str) -> models.Network:
+    try:
+        normal = str(netaddr.IPNetwork(cidr))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise exception.InvalidCidr(cidr=cidr, reason="expected an IPv4 network such as 10.0.0.0/24") from None
+    net = session.scalar(select(models.Network).where(models.Network.cidr == normal))
+    if net is None:
+        raise exception.NetworkNotFound(what=f"with CIDR {normal}")
+    return net
+
+
+def _instance_by_name(session: Session, name: str) -> models.Instance:
+    inst = session.scalar(select(models.Instance).where(models.Instance.name == name))
+    if inst is None:
+        raise exception.InstanceNotFound(name=name)
+    return inst
+
+
+def network_dict(net: models.Network) -> dict:
+    """{id, label, cidr, netmask, gateway, broadcast, dhcp_start, dns1, dns2, vlan, bridge,
+    bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address}."""
+    keys = ("id", "label", "cidr", "netmask", "gateway", "broadcast", "dhcp_start", "dns1", "dns2", "vlan",
+            "bridge", "bridge_interface", "project_id", "vpn_public_address", "vpn_public_port",
+            "vpn_private_address")
+    return {k: getattr(net, k) for k in keys}
+
+
+def _allocation(session: Session, inst: models.Instance) -> dict:
+    """{instance, project, host, network_id, cidr, vlan, vif_uuid, mac, address, port_name, gateway}."""
+    vif = session.scalar(select(models.VirtualInterface).where(models.VirtualInterface.instance_uuid == inst.uuid)
+                         .order_by(models.VirtualInterface.id).limit(1))
+    ip = None if vif is None else session.scalar(
+        select(models.FixedIp).where(models.FixedIp.virtual_interface_id == vif.id).order_by(models.FixedIp.id))
+    net = None if vif is None else session.get(models.Network, vif.network_id)
+    return {"instance": inst.name, "project": inst.project_id, "host": inst.host,
+            "network_id": net.id if net else None, "cidr": net.cidr if net else None,
+            "vlan": net.vlan if net else None, "vif_uuid": vif.uuid if vif else None,
+            "mac": vif.address if vif else None, "address": ip.address if ip else None,
+            "port_name": view.vif_port_name(vif.uuid) if vif else None,
+            "gateway": net.gateway if net else None}
