@@ -1,0 +1,379 @@
+"""RFC 2131 decisions of DhcpResponder; every reply is parsed and checksum-checked with Scapy."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+from scapy.layers.dhcp import BOOTP, DHCP
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
+
+from sdn.dhcp import Decision, DhcpBinding, DhcpResponder, LeaseEvent
+from sdn.view import NetworkView
+from tests.unit.test_dhcp_packet import MAC, craft, dissect, mutations, option_codes, options_of
+
+NET = NetworkView(id=1, label="private", cidr="10.0.0.0/24", netmask="255.255.255.0",
+                  gateway="10.0.0.1", broadcast="10.0.0.255", dns=("8.8.8.8", "8.8.4.4"),
+                  domain="novalocal", lease_time=120, mtu=1450)
+SERVER = "10.0.0.1"
+SERVER_MAC = "0a:58:0a:00:00:01"
+ADDR = "10.0.0.5"
+BINDING = DhcpBinding(mac=MAC.upper(), address=ADDR, hostname="vm-1", network=NET)
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def responder():
+    return DhcpResponder()
+
+
+def handle(responder, frame, binding=BINDING) -> Decision:
+    d = responder.handle(frame, binding, NOW)
+    assert isinstance(d, Decision) and d.reason
+    return d
+
+
+def reply_of(d: Decision):
+    assert d.reply is not None, d.reason
+    return dissect(d.reply)
+
+
+def assert_from_server(pkt):
+    assert pkt[Ether].src == SERVER_MAC
+    assert pkt[IP].src == SERVER and pkt[IP].ttl == 64
+    assert pkt[UDP].sport == 67
+    assert pkt[BOOTP].op == 2 and pkt[BOOTP].chaddr[:6] == bytes.fromhex(MAC.replace(":", ""))
+    assert len(pkt[BOOTP]) >= 300
+
+
+def assert_unicast_to(pkt, ip, mac=MAC, port=68):
+    assert (pkt[Ether].dst, pkt[IP].dst, pkt[UDP].dport) == (mac, ip, port)
+
+
+def assert_broadcast(pkt):
+    assert_unicast_to(pkt, "255.255.255.255", "ff:ff:ff:ff:ff:ff")
+
+
+SELECTING = [("requested_addr", ADDR), ("server_id", SERVER)]
+
+
+# ------------------------------------------------------------------------------------- DISCOVER
+
+def test_discover_offers_the_fixed_address_with_all_options(responder):
+    d = handle(responder, craft("discover", xid=0xCAFE, options=[("requested_addr", "10.0.0.99")]))
+    assert d.event is None and d.reason == f"OFFER {ADDR} to {MAC}"
+    pkt = reply_of(d)
+    assert_from_server(pkt)
+    assert_unicast_to(pkt, ADDR)  # no broadcast flag, giaddr/ciaddr 0: unicast to yiaddr/chaddr
+    b = pkt[BOOTP]
+    assert (b.xid, b.flags, b.ciaddr, b.yiaddr, b.siaddr, b.giaddr) == (
+        0xCAFE, 0, "0.0.0.0", ADDR, "0.0.0.0", "0.0.0.0")
+    assert options_of(pkt) == {
+        "message-type": 2, "server_id": SERVER, "lease_time": 120, "renewal_time": 60,
+        "rebinding_time": 105, "subnet_mask": "255.255.255.0", "router": "10.0.0.1",
+        "name_server": ("8.8.8.8", "8.8.4.4"), "domain": b"novalocal", "hostname": b"vm-1",
+        "interface-mtu": 1450, "broadcast_address": "10.0.0.255",
+    }
+    assert option_codes(d.reply)[-1] == 255
+
+
+def test_discover_broadcast_flag(responder):
+    d = handle(responder, craft("discover", flags=0x8000))
+    pkt = reply_of(d)
+    assert_broadcast(pkt)
+    assert pkt[BOOTP].flags == 0x8000
+
+
+def test_discover_via_relay_goes_to_giaddr_port_67(responder):
+    d = handle(responder, craft("discover", giaddr="10.0.0.254", eth_src="02:00:00:00:00:fe",
+                                flags=0x8000, src="10.0.0.254", dst=SERVER, sport=67,
+                                options=[("relay_agent_information", b"\x01\x03abc")]))
+    pkt = reply_of(d)
+    assert_unicast_to(pkt, "10.0.0.254", "02:00:00:00:00:fe", port=67)
+    assert pkt[BOOTP].giaddr == "10.0.0.254" and pkt[BOOTP].flags == 0x8000
+    assert options_of(pkt)["relay_agent_information"] == b"\x01\x03abc"
+    codes = option_codes(d.reply)
+    assert codes[-2:] == [82, 255]  # RFC 3046 §2.2: echoed last
+
+
+def test_long_lease_times():
+    net = dataclasses.replace(NET, lease_time=86400, mtu=None, dns=(), domain="")
+    d = handle(DhcpResponder(), craft("discover"), dataclasses.replace(BINDING, network=net,
+                                                                      hostname=""))
+    opts = options_of(reply_of(d))
+    assert (opts["lease_time"], opts["renewal_time"], opts["rebinding_time"]) == (86400, 43200, 75600)
+    for absent in ("interface-mtu", "name_server", "domain", "hostname"):
+        assert absent not in opts
+
+
+def test_dhcp_server_option_overrides_gateway():
+    net = dataclasses.replace(NET, dhcp_server="10.0.0.2")
+    d = handle(DhcpResponder(), craft("discover"), dataclasses.replace(BINDING, network=net))
+    pkt = reply_of(d)
+    assert pkt[IP].src == "10.0.0.2" and options_of(pkt)["server_id"] == "10.0.0.2"
+    assert options_of(pkt)["router"] == "10.0.0.1"
+
+
+def test_parameter_request_list_order_is_honoured(responder):
+    d = handle(responder, craft("discover", options=[("param_req_list", [26, 12, 1, 6])]))
+    codes = option_codes(d.reply)
+    requested_optional = [c for c in codes if c in (26, 12, 6)]
+    assert requested_optional == [26, 12, 6]
+    assert {15, 28} <= set(codes)  # unrequested options are still sent
+
+
+def test_client_identifier_is_echoed(responder):
+    d = handle(responder, craft("discover", options=[("client_id", b"\x01" + b"\xfa\x16\x3e\x12\x34\x56")]))
+    assert options_of(reply_of(d))["client_id"] == b"\x01\xfa\x16\x3e\x12\x34\x56"
+
+
+@pytest.mark.parametrize("max_size", [None, 300, 576, 600])
+def test_max_message_size_is_never_exceeded(max_size):
+    net = dataclasses.replace(NET, dns=tuple(f"10.1.0.{i}" for i in range(1, 60)),
+                              domain="d" * 200)
+    binding = dataclasses.replace(BINDING, network=net, hostname="h" * 60)
+    opts = [("max_dhcp_size", max_size)] if max_size else []
+    d = handle(DhcpResponder(), craft("discover", options=opts))
+    pkt = reply_of(d)
+    limit = max(max_size or 576, 576)
+    assert len(pkt[IP]) <= limit
+    got = options_of(pkt)
+    for name in ("message-type", "server_id", "lease_time", "subnet_mask", "router"):
+        assert name in got
+
+
+def test_big_datagram_allowed_by_option_57_carries_everything():
+    net = dataclasses.replace(NET, dns=tuple(f"10.1.0.{i}" for i in range(1, 60)))
+    d = handle(DhcpResponder(), craft("discover", options=[("max_dhcp_size", 1500)]),
+               dataclasses.replace(BINDING, network=net))
+    assert len(options_of(reply_of(d))["name_server"]) == 59
+
+
+# -------------------------------------------------------------------------------------- REQUEST
+
+def test_request_selecting_ack(responder):
+    d = handle(responder, craft("request", options=SELECTING, flags=0x8000))
+    assert d.event == LeaseEvent("lease", ADDR, MAC)
+    assert "SELECTING" in d.reason and d.reason.startswith(f"ACK {ADDR}")
+    pkt = reply_of(d)
+    assert_from_server(pkt)
+    assert_broadcast(pkt)
+    assert pkt[BOOTP].yiaddr == ADDR
+    opts = options_of(pkt)
+    assert opts["message-type"] == 5 and opts["lease_time"] == 120 and opts["server_id"] == SERVER
+
+
+def test_request_selecting_wrong_address_naks_broadcast(responder):
+    d = handle(responder, craft("request", options=[("requested_addr", "10.0.0.9"),
+                                                    ("server_id", SERVER)]))
+    assert d.event is None and d.reason.startswith("NAK 10.0.0.9")
+    pkt = reply_of(d)
+    assert_from_server(pkt)
+    assert_broadcast(pkt)  # giaddr 0: NAK is always broadcast, even without the flag
+    b = pkt[BOOTP]
+    assert (b.ciaddr, b.yiaddr, b.siaddr) == ("0.0.0.0", "0.0.0.0", "0.0.0.0")
+    opts = options_of(pkt)
+    assert set(opts) == {"message-type", "server_id", "error_message"}
+    assert opts["message-type"] == 6 and opts["server_id"] == SERVER
+
+
+def test_request_for_another_server_is_silently_ignored(responder):
+    d = handle(responder, craft("request", options=[("requested_addr", ADDR),
+                                                    ("server_id", "10.0.0.77")]))
+    assert d.reply is None and d.event is None
+    assert d.reason.startswith("ignored") and "10.0.0.77" in d.reason
+
+
+def test_request_init_reboot_right_address_acks(responder):
+    d = handle(responder, craft("request", options=[("requested_addr", ADDR)]))
+    assert d.event == LeaseEvent("lease", ADDR, MAC) and "INIT-REBOOT" in d.reason
+    pkt = reply_of(d)
+    assert_unicast_to(pkt, ADDR)
+    assert options_of(pkt)["message-type"] == 5
+
+
+def test_request_init_reboot_wrong_address_naks(responder):
+    d = handle(responder, craft("request", options=[("requested_addr", "192.168.1.50")]))
+    assert d.event is None and "INIT-REBOOT" in d.reason
+    pkt = reply_of(d)
+    assert_broadcast(pkt)
+    assert options_of(pkt)["message-type"] == 6
+
+
+def test_request_renewing_unicast(responder):
+    d = handle(responder, craft("request", ciaddr=ADDR, src=ADDR, dst=SERVER))
+    assert d.event == LeaseEvent("lease", ADDR, MAC) and "RENEWING" in d.reason
+    pkt = reply_of(d)
+    assert_unicast_to(pkt, ADDR)
+    assert pkt[BOOTP].ciaddr == ADDR and pkt[BOOTP].yiaddr == ADDR
+
+
+def test_request_rebinding_broadcast(responder):
+    d = handle(responder, craft("request", ciaddr=ADDR, src=ADDR, flags=0x8000))
+    assert d.event == LeaseEvent("lease", ADDR, MAC) and "REBINDING" in d.reason
+    assert_unicast_to(reply_of(d), ADDR)  # ciaddr set: unicast even with the broadcast flag
+
+
+@pytest.mark.parametrize("dst", [SERVER, "255.255.255.255"])
+def test_request_renewing_or_rebinding_wrong_ciaddr_naks(responder, dst):
+    d = handle(responder, craft("request", ciaddr="10.0.0.66", src="10.0.0.66", dst=dst))
+    assert d.event is None
+    pkt = reply_of(d)
+    assert_broadcast(pkt)
+    assert options_of(pkt)["message-type"] == 6
+
+
+def test_nak_via_relay_sets_broadcast_flag(responder):
+    d = handle(responder, craft("request", giaddr="10.0.0.254", eth_src="02:00:00:00:00:fe",
+                                options=[("requested_addr", "10.0.0.9")]))
+    pkt = reply_of(d)
+    assert_unicast_to(pkt, "10.0.0.254", "02:00:00:00:00:fe", port=67)
+    assert pkt[BOOTP].flags & 0x8000 and options_of(pkt)["message-type"] == 6
+
+
+def test_request_without_any_address_is_ignored(responder):
+    d = handle(responder, craft("request"))
+    assert d.reply is None and d.event is None and d.reason.startswith("ignored")
+
+
+# --------------------------------------------------------------------- RELEASE / DECLINE / INFORM
+
+def test_release(responder):
+    d = handle(responder, craft("release", ciaddr=ADDR, src=ADDR, dst=SERVER,
+                                options=[("server_id", SERVER)]))
+    assert d.reply is None and d.event == LeaseEvent("release", ADDR, MAC)
+
+
+def test_release_of_another_address_is_ignored(responder):
+    d = handle(responder, craft("release", ciaddr="10.0.0.66", options=[("server_id", SERVER)]))
+    assert d.reply is None and d.event is None and d.reason.startswith("ignored")
+
+
+def test_decline(responder):
+    d = handle(responder, craft("decline", options=[("requested_addr", ADDR),
+                                                    ("server_id", SERVER)]))
+    assert d.reply is None and d.event == LeaseEvent("decline", ADDR, MAC)
+
+
+def test_decline_of_another_address_is_ignored(responder):
+    d = handle(responder, craft("decline", options=[("requested_addr", "10.0.0.66")]))
+    assert d.reply is None and d.event is None
+
+
+def test_inform_acks_without_lease(responder):
+    d = handle(responder, craft("inform", ciaddr=ADDR, src=ADDR, dst="255.255.255.255",
+                                flags=0x8000))
+    assert d.event is None and "INFORM" in d.reason
+    pkt = reply_of(d)
+    assert_from_server(pkt)
+    assert_unicast_to(pkt, ADDR)  # §4.3.5: to ciaddr
+    b = pkt[BOOTP]
+    assert b.yiaddr == "0.0.0.0" and b.ciaddr == ADDR
+    opts = options_of(pkt)
+    assert opts["message-type"] == 5 and opts["server_id"] == SERVER
+    assert opts["subnet_mask"] == "255.255.255.0" and opts["router"] == "10.0.0.1"
+    for absent in ("lease_time", "renewal_time", "rebinding_time"):
+        assert absent not in opts
+
+
+def test_inform_from_another_address_is_ignored(responder):
+    d = handle(responder, craft("inform", ciaddr="10.0.0.66", src="10.0.0.66"))
+    assert d.reply is None and d.reason.startswith("ignored")
+
+
+@pytest.mark.parametrize("mtype", ["offer", "ack", "nak", "force_renew", "lease_query", 99])
+def test_server_and_unknown_message_types_are_ignored(responder, mtype):
+    d = handle(responder, craft(mtype))
+    assert d.reply is None and d.event is None and d.reason.startswith("ignored")
+
+
+def test_bootreply_op_is_ignored(responder):
+    frame = craft("discover", bootp=BOOTP(op=2, chaddr=bytes.fromhex(MAC.replace(":", ""))))
+    d = handle(responder, frame)
+    assert d.reply is None and "BOOTREQUEST" in d.reason
+
+
+# ---------------------------------------------------------------------- who gets an answer at all
+
+@pytest.mark.parametrize("mtype,opts", [("discover", []), ("request", SELECTING),
+                                         ("inform", []), ("release", [])])
+def test_other_chaddr_gets_nothing(responder, mtype, opts):
+    d = handle(responder, craft(mtype, chaddr="fa:16:3e:99:99:99", ciaddr=ADDR, options=opts))
+    assert d.reply is None and d.event is None
+    assert "not the VIF's MAC" in d.reason
+
+
+def test_starvation_random_chaddrs_get_nothing(responder):
+    rng = random.Random(7)
+    for _ in range(200):
+        mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
+        if mac == MAC:
+            continue
+        assert handle(responder, craft("discover", chaddr=mac, eth_src=MAC)).reply is None
+
+
+def test_mac_comparison_is_case_insensitive(responder):
+    for mac in (MAC.upper(), MAC.lower()):
+        d = handle(responder, craft("discover"), dataclasses.replace(BINDING, mac=mac))
+        assert d.reply is not None
+
+
+def test_no_address_means_no_answer(responder):
+    for mtype, opts in (("discover", []), ("request", SELECTING)):
+        d = handle(responder, craft(mtype, options=opts), dataclasses.replace(BINDING, address=None))
+        assert d.reply is None and d.event is None and "no fixed address" in d.reason
+
+
+def test_no_binding_means_no_answer(responder):
+    d = handle(responder, craft("discover"), None)
+    assert d.reply is None and d.event is None and d.reason.startswith("ignored")
+
+
+def test_unusable_binding_is_reported_not_raised(responder):
+    d = handle(responder, craft("discover"), dataclasses.replace(BINDING, mac="nonsense"))
+    assert d.reply is None and d.reason.startswith("error")
+
+
+def test_vlan_tagged_request_is_answered_untagged(responder):
+    d = handle(responder, craft("discover", vlan=42))
+    assert reply_of(d)[Ether].type == 0x0800
+
+
+def test_decisions_are_immutable(responder):
+    d = handle(responder, craft("discover"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.reply = None  # type: ignore[misc]
+
+
+def test_responder_is_deterministic_and_time_independent():
+    frame = craft("request", options=SELECTING)
+    a = DhcpResponder().handle(frame, BINDING, 0.0)
+    b = DhcpResponder().handle(frame, BINDING, 1e9)
+    assert a == b
+
+
+# ------------------------------------------------------------------------------------------ fuzz
+
+def test_fuzz_handle_never_raises(responder):
+    """Seeded random, truncated, bit-flipped and spliced frames: never an exception; malformed
+    frames say so; any reply that still comes out is a valid frame for Scapy."""
+    replies = malformed = 0
+    for frame in mutations(seed=4361, count=6000):
+        d = responder.handle(frame, BINDING, NOW)
+        assert isinstance(d, Decision) and d.reason
+        if d.reason.startswith("malformed"):
+            malformed += 1
+            assert d.reply is None and d.event is None
+        if d.reply is not None:
+            replies += 1
+            if replies % 10 == 0:
+                dissect(d.reply)
+    assert malformed > 3000 and replies > 50
+
+
+def test_fuzz_garbage_types_never_raise(responder):
+    for junk in (None, 12, "x" * 400, bytearray(300), memoryview(bytes(400)), b""):
+        d = responder.handle(junk, BINDING, NOW)  # type: ignore[arg-type]
+        assert d.reply is None and d.reason.startswith("malformed")
