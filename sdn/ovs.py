@@ -1,0 +1,88 @@
+"""Open vSwitch plumbing through ovsdbapp: bridges and VIF ports.
+
+VIF ports carry Neutron's Interface external_ids (iface-id = VIF uuid, attached-mac, vm-uuid,
+iface-status=active) so other OVS tools recognise them; the sdn controller binds ports to VIFs
+by name (``sdn.view.vif_port_name``).
+"""
+
+from __future__ import annotations
+
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from sdn import exception
+
+DEFAULT_TIMEOUT = 10
+
+
+class Ovs:
+    """A connection to ovsdb-server at ``ovsdb_connection`` (e.g. ``unix:/var/run/openvswitch/db.sock``)."""
+
+    def __init__(self, ovsdb_connection: str, timeout: int = DEFAULT_TIMEOUT):
+        try:
+            idl = connection.OvsdbIdl.from_server(ovsdb_connection, "Open_vSwitch")
+            self.api = impl_idl.OvsdbIdl(connection.Connection(idl=idl, timeout=timeout))
+        except Exception as err:  # ovsdbapp raises assorted errors for an unreachable server
+            raise exception.OvsError(what=f"a connection to {ovsdb_connection}", reason=err) from None
+
+    def _commit(self, what: str, commands) -> None:
+        try:
+            with self.api.transaction(check_error=True) as txn:
+                for cmd in commands:
+                    txn.add(cmd)
+        except exception.SdnError:
+            raise
+        except Exception as err:  # surfaced to the operator as one line
+            raise exception.OvsError(what=what, reason=err) from None
+
+    def ensure_bridge(self, name: str, datapath_type: str, controller_target: str | None,
+                      fail_mode: str = "secure", protocols: str = "OpenFlow13",
+                      table_names: dict[int, str] | None = None) -> None:
+        """Create ``name`` if missing and (re)set its datapath type, controller (e.g.
+        ``tcp:127.0.0.1:6653``), fail mode, OpenFlow version and, given ``{table_id: name}``,
+        the Flow_Table names shown by ``ovs-ofctl dump-tables``. Idempotent."""
+        api = self.api
+        cmds = [api.add_br(name, may_exist=True, datapath_type=datapath_type),
+                api.db_set("Bridge", name, ("datapath_type", datapath_type), ("protocols", [protocols])),
+                api.set_fail_mode(name, fail_mode)]
+        if controller_target:
+            cmds.append(api.set_controller(name, [controller_target]))
+        self._commit(f"bridge {name}", cmds)
+        if table_names:
+            self._name_tables(name, {int(tid): tname for tid, tname in table_names.items()})
+
+    def _name_tables(self, bridge: str, table_names: dict[int, str]) -> None:
+        # A separate transaction once the bridge row exists; skipped when the names already match
+        # so a restart does not churn Flow_Table rows (unreferenced old rows are garbage-collected).
+        current = self.api.db_get("Bridge", bridge, "flow_tables").execute(check_error=True) or {}
+        if {tid: row.name for tid, row in current.items()} == table_names:
+            return
+        api = self.api
+        creates = {tid: api.db_create("Flow_Table", name=tname) for tid, tname in table_names.items()}
+        self._commit(f"flow table names on {bridge}",
+                     [*creates.values(), api.db_set("Bridge", bridge, ("flow_tables", creates))])
+
+    def plug_vif(self, bridge: str, port_name: str, vif_uuid: str, mac: str, instance_uuid: str,
+                 internal: bool = False) -> None:
+        """Add ``port_name`` to ``bridge`` (an internal port when ``internal``; otherwise the
+        device must exist, e.g. a veth end) with the Neutron external_ids. Idempotent."""
+        api = self.api
+        external_ids = {"iface-id": vif_uuid, "attached-mac": mac, "vm-uuid": instance_uuid,
+                        "iface-status": "active"}
+        cols = [("external_ids", external_ids)]
+        if internal:
+            cols.append(("type", "internal"))
+        self._commit(f"port {port_name} on {bridge}",
+                     [api.add_port(bridge, port_name, may_exist=True),
+                      api.db_set("Interface", port_name, *cols)])
+
+    def unplug_vif(self, bridge: str, port_name: str) -> None:
+        """Remove ``port_name`` from ``bridge``; no error if it is not there."""
+        self._commit(f"removal of port {port_name}", [self.api.del_port(port_name, bridge, if_exists=True)])
+
+    def port_exists(self, bridge: str, port_name: str) -> bool:
+        """Whether ``port_name`` is a port of ``bridge``."""
+        return port_name in self.api.list_ports(bridge).execute(check_error=True)
+
+    def bridge_exists(self, name: str) -> bool:
+        return bool(self.api.br_exists(name).execute(check_error=True))
