@@ -1,0 +1,46 @@
+"""Table CLASSIFY: which VIF or which network segment a packet belongs to.
+
+From a VIF: untagged frames only (a tagged frame from an instance is VLAN hopping, dropped by
+the table default), reg5 := in_port, reg6 := the VIF's network key, on to port security.
+From a trunk: VLAN networks by tag (tag popped), the flat network untagged; straight to delivery
+since the far end already ran ingress checks.
+"""
+
+from __future__ import annotations
+
+from sdn.flows.model import (OFPVID_NONE, Feature, Flow, PopVlan, Reg, SetField, Table, flow,
+                             vlan_vid)
+from sdn.view import NetworkView
+
+PRIO_PORT = 100
+
+
+def compile_vif(ofport: int, network: NetworkView) -> list[Flow]:
+    """Classify untagged frames from VIF ``ofport`` into ``network``."""
+    return [flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,
+                 {"in_port": ofport, "vlan_vid": OFPVID_NONE},
+                 [SetField(Reg.SRC_PORT, ofport), SetField(Reg.NET, network.key)],
+                 goto=Table.PORT_SECURITY)]
+
+
+def compile_trunk(ofport: int, networks: list[NetworkView]) -> list[Flow]:
+    """Classify frames arriving on trunk ``ofport`` for each of ``networks``.
+
+    Untagged frames go to the flat network with the lowest id (a trunk carries at most one
+    untagged segment).
+    """
+    flows = []
+    flat = sorted((n for n in networks if not n.vlan), key=lambda n: n.id)
+    for net in networks:
+        if net.vlan:
+            flows.append(flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,
+                              {"in_port": ofport, "vlan_vid": vlan_vid(net.vlan)},
+                              [PopVlan(), SetField(Reg.SRC_PORT, ofport),
+                               SetField(Reg.NET, net.key)],
+                              goto=Table.DELIVERY))
+    if flat:
+        flows.append(flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,
+                          {"in_port": ofport, "vlan_vid": OFPVID_NONE},
+                          [SetField(Reg.SRC_PORT, ofport), SetField(Reg.NET, flat[0].key)],
+                          goto=Table.DELIVERY))
+    return flows

@@ -1,0 +1,166 @@
+"""Flows as data: the pipeline's tables, registers and cookies, declared once.
+
+Every flow sdn installs is a :class:`Flow` built by one feature module in ``sdn.flows``; its
+cookie names that feature, so ``ovs-ofctl -O OpenFlow13 dump-flows --names br-int`` leads to
+the module in one hop (see :func:`describe_cookie` and docs/ARCHITECTURE.md).
+
+Match fields and set-field targets use OpenFlow 1.3 OXM names as os-ken spells them
+(``eth_dst``, ``ipv4_src``, ``udp_dst``, ``reg6`` ...). Values are ints or strings (MAC/IPv4),
+or ``(value, mask)`` tuples.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+
+class Table(enum.IntEnum):
+    """Pipeline tables (goto_table only moves forward). Names appear in dump-flows --names."""
+
+    CLASSIFY = 0          # by in_port (VIF) or trunk VLAN tag -> reg5/reg6
+    PORT_SECURITY = 10    # anti-spoof: MAC/IP/ARP/ND, no rogue DHCP/RA
+    SERVICES = 20         # DHCP punt, gateway ARP responder (metadata later)
+    EGRESS_ACL = 30       # reserved: egress security groups (conntrack)
+    EGRESS_L3 = 40        # reserved: floating-IP SNAT, default SNAT, routing
+    FROM_UPLINK = 50      # reserved: floating-IP ARP responder and DNAT
+    INGRESS_ACL = 60      # reserved: ingress security groups
+    DELIVERY = 70         # L2 within the network: local port, trunk (tagged), flood
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+class Reg:
+    """Registers carried through the pipeline (NXM reg0-7, OpenFlow 1.3 via OVS extensions)."""
+
+    SRC_PORT = "reg5"     # ofport the packet came in on
+    NET = "reg6"          # segment key: VLAN id, or FLAT_KEY_BASE | network id (sdn.view)
+    DST_PORT = "reg7"     # reserved: destination ofport once resolved
+
+
+class Feature(enum.IntEnum):
+    """Which module a flow comes from; byte 6 of its cookie."""
+
+    PIPELINE = 0x01       # sdn/flows/pipeline.py: table defaults (drops, pass-through)
+    CLASSIFIER = 0x02     # sdn/flows/classifier.py
+    PORT_SECURITY = 0x03  # sdn/flows/port_security.py
+    DHCP = 0x04           # sdn/flows/dhcp.py
+    GATEWAY_ARP = 0x05    # sdn/flows/arp_responder.py
+    L2 = 0x06             # sdn/flows/l2.py
+
+
+#: Top byte of every sdn cookie; lets sdn find its own flows and leave others' alone.
+COOKIE_APP = 0x5D
+COOKIE_APP_MASK = 0xFF << 56
+COOKIE_FEATURE_MASK = 0xFFFF << 48
+GENERATION_MASK = (1 << 48) - 1
+
+
+def cookie(feature: Feature, generation: int) -> int:
+    """64-bit cookie: 0x5d | feature (8 bits) | generation (48 bits).
+
+    e.g. ``0x5d06000000000007`` is an L2 flow installed by generation 7.
+    """
+    return (COOKIE_APP << 56) | (int(feature) << 48) | (generation & GENERATION_MASK)
+
+
+def describe_cookie(value: int) -> str:
+    """Human-readable origin of a cookie: ``"l2 gen 7"``, or ``"foreign"`` if not sdn's."""
+    if value >> 56 != COOKIE_APP:
+        return "foreign"
+    try:
+        feature = Feature((value >> 48) & 0xFF).name.lower()
+    except ValueError:
+        feature = f"feature-{(value >> 48) & 0xFF:#x}"
+    return f"{feature} gen {value & GENERATION_MASK}"
+
+
+# OpenFlow special ports / values used by the compiler.
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_CONTROLLER = 0xFFFFFFFD
+OFPCML_NO_BUFFER = 0xFFFF
+OFPVID_PRESENT = 0x1000
+OFPVID_NONE = 0x0000
+
+MatchValue = Union[int, str, tuple]
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True)
+class Controller:
+    max_len: int = OFPCML_NO_BUFFER
+
+
+@dataclass(frozen=True)
+class PushVlan:
+    ethertype: int = 0x8100
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    pass
+
+
+@dataclass(frozen=True)
+class SetField:
+    field: str
+    value: MatchValue
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy ``n_bits`` from ``src`` to ``dst`` (Nicira reg_move; whole fields here)."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+
+@dataclass(frozen=True)
+class Meter:
+    meter_id: int
+
+
+Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow entry as data. ``actions`` are apply-actions; ``goto`` an optional next table.
+
+    A flow with no actions and no goto drops. ``match`` is a tuple of (field, value) pairs
+    sorted by field name, so equal flows compare and hash equal (see :func:`flow`).
+    """
+
+    feature: Feature
+    table: Table
+    priority: int
+    match: tuple[tuple[str, MatchValue], ...]
+    actions: tuple[Action, ...] = ()
+    goto: Table | None = None
+
+    @property
+    def key(self) -> tuple:
+        """Identity on the switch (OpenFlow 1.3 §6.4): table, priority and match."""
+        return (int(self.table), self.priority, self.match)
+
+
+def flow(feature: Feature, table: Table, priority: int, match: dict | None = None,
+         actions: tuple | list = (), goto: Table | None = None) -> Flow:
+    """Build a :class:`Flow`, normalising ``match`` (dict) into a sorted tuple."""
+    items = tuple(sorted((match or {}).items()))
+    return Flow(feature, table, priority, items, tuple(actions), goto)
+
+
+def vlan_vid(vlan: int) -> int:
+    """OXM vlan_vid value for a tagged frame: OFPVID_PRESENT | vlan (OpenFlow 1.3 §7.2.3.7)."""
+    if not 1 <= vlan <= 4094:
+        raise ValueError(f"VLAN {vlan} is outside 1-4094")
+    return OFPVID_PRESENT | vlan

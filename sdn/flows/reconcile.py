@@ -1,0 +1,54 @@
+"""Decide what to send so a datapath's flow table becomes the desired one, without a wipe.
+
+Two situations (the os-ken shell executes the plan, see sdn/apps/controller.py):
+
+- **Full sync** (switch connected or reconnected, controller restarted): every desired flow is
+  sent as an OpenFlow ADD carrying a *new generation* in its cookie. An ADD whose table,
+  priority and match equal an installed flow's replaces it in place (OpenFlow 1.3 §6.4), so
+  forwarding never stops. Flows still carrying an older sdn generation afterwards are stale
+  and are deleted by exact cookie. All of it goes in one bundle, committed atomically.
+- **Incremental** (state or ports changed): diff the new desired set against what this
+  controller installed; ADD new or changed flows, DELETE_STRICT vanished ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Flow
+
+
+@dataclass
+class Plan:
+    """Messages to send: ``adds`` (OFPFC_ADD), ``deletes`` (OFPFC_DELETE_STRICT by key) and
+    ``stale_cookies`` (OFPFC_DELETE of every flow with exactly that cookie)."""
+
+    adds: list[Flow] = field(default_factory=list)
+    deletes: list[Flow] = field(default_factory=list)
+    stale_cookies: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.deletes or self.stale_cookies)
+
+
+def index(flows: Iterable[Flow]) -> dict[tuple, Flow]:
+    """Flows by switch identity (table, priority, match). A later duplicate key wins."""
+    return {f.key: f for f in flows}
+
+
+def plan_full(desired: Mapping[tuple, Flow], installed_cookies: Iterable[int],
+              generation: int) -> Plan:
+    """Full sync: add all ``desired``; delete every sdn cookie on the switch whose generation
+    is not ``generation``. ``installed_cookies`` are the cookies a flow-stats dump returned."""
+    stale = sorted({c for c in installed_cookies
+                    if c >> 56 == COOKIE_APP and c & GENERATION_MASK != generation})
+    return Plan(adds=list(desired.values()), stale_cookies=stale)
+
+
+def plan_incremental(installed: Mapping[tuple, Flow], desired: Mapping[tuple, Flow]) -> Plan:
+    """Diff: flows to add or replace (new key, or same key with other actions/feature) and flows
+    to delete (key no longer desired)."""
+    adds = [f for k, f in desired.items() if installed.get(k) != f]
+    deletes = [f for k, f in installed.items() if k not in desired]
+    return Plan(adds=adds, deletes=deletes)

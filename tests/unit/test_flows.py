@@ -1,0 +1,170 @@
+"""Flow compilation, asserted by what packets do (sdn.flows.trace), not by flow text."""
+
+import pytest
+
+from sdn.flows import reconcile
+from sdn.flows.compiler import bind_ports, compile_datapath
+from sdn.flows.model import Feature, Table, cookie, describe_cookie
+from sdn.flows.ofctl import render
+from sdn.flows.trace import trace
+from sdn.view import NetworkView, StateView, VifView
+
+ALPHA = NetworkView(1, "alpha", "10.10.0.0/26", "255.255.255.192", "10.10.0.1", "10.10.0.63",
+                    ("8.8.4.4",), vlan=100, project_id="alpha")
+BETA = NetworkView(2, "beta", "10.10.0.64/26", "255.255.255.192", "10.10.0.65", "10.10.0.127",
+                   vlan=101, project_id="beta")
+A1 = VifView("aaaa1111-0000-0000-0000-000000000001", "fa:16:3e:00:00:a1", 1, "a1", "a1",
+             ("10.10.0.4",), "alpha")
+A2 = VifView("aaaa2222-0000-0000-0000-000000000002", "fa:16:3e:00:00:a2", 1, "a2", "a2",
+             ("10.10.0.5",), "alpha")
+A3 = VifView("aaaa3333-0000-0000-0000-000000000003", "fa:16:3e:00:00:a3", 1, "a3", "a3",
+             ("10.10.0.6",), "alpha")
+B1 = VifView("bbbb1111-0000-0000-0000-000000000001", "fa:16:3e:00:00:b1", 2, "b1", "b1",
+             ("10.10.0.68",), "beta")
+VIEW = StateView(1, {1: ALPHA, 2: BETA}, (A1, A2, A3, B1))
+TRUNK = 9
+# This datapath hosts a1 (port 1), a3 (port 3), b1 (port 2); a2 lives behind the trunk.
+PORTS = {A1.port_name: 1, B1.port_name: 2, A3.port_name: 3, "s1-trunk": TRUNK, "other": 7}
+
+
+def flows(view=VIEW, ports=PORTS):
+    return compile_datapath(view, bind_ports(view, ports, frozenset({"s1-trunk"})))
+
+
+def ipv4(vif, dst_mac, dst_ip, port, **extra):
+    return {"in_port": port, "eth_src": vif.mac, "eth_dst": dst_mac, "eth_type": 0x0800,
+            "ipv4_src": vif.addresses[0], "ipv4_dst": dst_ip, "ip_proto": 1, **extra}
+
+
+def test_same_project_local_unicast_is_delivered_untagged():
+    r = trace(flows(), ipv4(A1, A3.mac, "10.10.0.6", 1))
+    assert r.outputs == [(3, None)]
+
+
+def test_same_project_remote_unicast_leaves_on_trunk_with_project_vlan():
+    r = trace(flows(), ipv4(A1, A2.mac, "10.10.0.5", 1))
+    assert r.outputs == [(TRUNK, 100)]
+
+
+def test_cross_project_unicast_is_dropped_even_with_right_mac():
+    r = trace(flows(), ipv4(A1, B1.mac, "10.10.0.68", 1))
+    assert r.dropped
+
+
+def test_broadcast_floods_only_own_network_and_trunk_never_back_to_sender():
+    r = trace(flows(), {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff",
+                        "eth_type": 0x0806, "arp_op": 1, "arp_sha": A1.mac,
+                        "arp_spa": "10.10.0.4", "arp_tpa": "10.10.0.6"})
+    assert sorted(r.outputs) == [(3, None), (TRUNK, 100)]
+
+
+def test_trunk_frame_is_classified_by_tag_and_delivered_to_that_project_only():
+    tagged = {"in_port": TRUNK, "vlan_vid": 0x1000 | 101, "eth_src": "fa:16:3e:00:00:b2",
+              "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0800}
+    assert trace(flows(), tagged).outputs == [(2, None)]
+    wrong_tag = {**tagged, "vlan_vid": 0x1000 | 555}
+    assert trace(flows(), wrong_tag).dropped
+
+
+def test_vlan_tagged_frame_from_instance_is_dropped():
+    pkt = ipv4(A1, A3.mac, "10.10.0.6", 1, vlan_vid=0x1000 | 101)
+    assert trace(flows(), pkt).dropped
+
+
+def test_unknown_port_is_dropped():
+    assert trace(flows(), ipv4(A1, A3.mac, "10.10.0.6", 7)).dropped
+
+
+@pytest.mark.parametrize("dst_ip,dst_mac", [("255.255.255.255", "ff:ff:ff:ff:ff:ff"),
+                                            ("10.10.0.1", ALPHA.gateway_mac)])
+def test_dhcp_is_punted_broadcast_and_unicast_renewal(dst_ip, dst_mac):
+    pkt = {"in_port": 1, "eth_src": A1.mac, "eth_dst": dst_mac, "eth_type": 0x0800,
+           "ip_proto": 17, "ipv4_src": "10.10.0.4", "ipv4_dst": dst_ip, "udp_src": 68,
+           "udp_dst": 67}
+    r = trace(flows(), pkt)
+    assert r.to_controller and not r.outputs
+
+
+def test_dhcp_discover_from_unspecified_address_is_punted():
+    pkt = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0800,
+           "ip_proto": 17, "ipv4_src": "0.0.0.0", "ipv4_dst": "255.255.255.255",
+           "udp_src": 68, "udp_dst": 67}
+    assert trace(flows(), pkt).to_controller
+
+
+def test_gateway_arp_is_answered_in_the_switch():
+    req = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": A1.mac, "arp_spa": "10.10.0.4", "arp_tha": "00:00:00:00:00:00",
+           "arp_tpa": "10.10.0.1"}
+    r = trace(flows(), req)
+    assert r.outputs == [(1, None)]
+    p = r.packet
+    assert (p["arp_op"], p["eth_src"], p["arp_sha"], p["arp_spa"]) == (
+        2, ALPHA.gateway_mac, ALPHA.gateway_mac, "10.10.0.1")
+    assert (p["eth_dst"], p["arp_tha"], p["arp_tpa"]) == (A1.mac, A1.mac, "10.10.0.4")
+
+
+def test_other_projects_gateway_is_not_answered_and_not_delivered():
+    req = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": A1.mac, "arp_spa": "10.10.0.4", "arp_tpa": "10.10.0.65"}
+    r = trace(flows(), req)
+    assert 2 not in r.ports()
+
+
+def test_flat_network_is_untagged_on_trunk():
+    flat = NetworkView(3, "flat", "10.20.0.0/24", "255.255.255.0", "10.20.0.1", "10.20.0.255")
+    f1 = VifView("ffff1111-0000", "fa:16:3e:00:00:f1", 3, "f1", "f1", ("10.20.0.4",))
+    f2 = VifView("ffff2222-0000", "fa:16:3e:00:00:f2", 3, "f2", "f2", ("10.20.0.5",))
+    view = StateView(1, {3: flat}, (f1, f2))
+    fl = flows(view, {f1.port_name: 1, "s1-trunk": TRUNK})
+    assert trace(fl, ipv4(f1, f2.mac, "10.20.0.5", 1)).outputs == [(TRUNK, None)]
+    back = {"in_port": TRUNK, "eth_src": f2.mac, "eth_dst": f1.mac, "eth_type": 0x0800}
+    assert trace(fl, back).outputs == [(1, None)]
+
+
+def test_every_used_table_ends_in_an_explicit_default():
+    defaults = {(int(f.table), f.goto) for f in flows() if f.priority == 0}
+    assert defaults == {(0, None), (10, None), (20, Table.DELIVERY), (70, None)}
+
+
+def test_cookie_names_feature_and_generation():
+    c = cookie(Feature.L2, 7)
+    assert hex(c) == "0x5d06000000000007"
+    assert describe_cookie(c) == "l2 gen 7"
+    assert describe_cookie(0x1234) == "foreign"
+
+
+def test_render_is_ovs_ofctl_syntax():
+    text = [render(f, 3) for f in flows()]
+    assert any(t.startswith("cookie=0x5d04000000000003,table=20,priority=300,")
+               and "actions=controller(max_len=65535)" in t for t in text)
+
+
+def test_compilation_is_deterministic():
+    assert flows() == flows()
+
+
+def test_incremental_plan_touches_only_what_changed():
+    before = reconcile.index(flows())
+    a4 = VifView("aaaa4444-0000-0000-0000-000000000004", "fa:16:3e:00:00:a4", 1, "a4", "a4",
+                 ("10.10.0.7",), "alpha")
+    view = StateView(2, VIEW.networks, VIEW.vifs + (a4,))
+    after = reconcile.index(flows(view, {**PORTS, a4.port_name: 4}))
+    plan = reconcile.plan_incremental(before, after)
+    assert not plan.deletes
+    touched_ports = {dict(f.match).get("in_port", dict(f.match).get("reg5")) for f in plan.adds}
+    # new VIF's own flows, plus the alpha flood flow that now includes port 4
+    assert touched_ports <= {4, None}
+    assert any(f.table == Table.DELIVERY and f.priority == 50 for f in plan.adds)
+    assert reconcile.plan_incremental(after, after).adds == []
+    back = reconcile.plan_incremental(after, before)
+    assert back.deletes and all(f.key not in before for f in back.deletes)
+
+
+def test_full_plan_deletes_only_stale_sdn_generations():
+    desired = reconcile.index(flows())
+    installed = [cookie(Feature.L2, 5), cookie(Feature.L2, 6), cookie(Feature.DHCP, 6), 0x0,
+                 0xABCD]
+    plan = reconcile.plan_full(desired, installed, generation=6)
+    assert plan.stale_cookies == [cookie(Feature.L2, 5)]
+    assert len(plan.adds) == len(desired)
