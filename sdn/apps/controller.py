@@ -1,0 +1,306 @@
+"""The sdn controller: a thin os-ken shell around pure compilation and DHCP decisions.
+
+Events in (switch connect, port changes, packet-in, state revision changes), OpenFlow messages
+out. All decisions live elsewhere: flows in ``sdn.flows`` (compile + reconcile plan), DHCP in
+``sdn.dhcp.server``, state in ``sdn.db``. Syncs run on one worker thread because they wait for
+switch replies, which the os-ken event loop delivers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER,
+                                       set_ev_cls)
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from sdn.apps import ofmsgs
+from sdn.apps.state import StateSource
+from sdn.dhcp.server import DhcpBinding, DhcpResponder
+from sdn.flows import reconcile
+from sdn.flows.compiler import Binding, bind_ports, compile_datapath
+from sdn.flows.model import GENERATION_MASK, Flow
+from sdn.view import StateView
+
+LOG = logging.getLogger("sdn.controller")
+
+#: Settings handed from main() to the app instance os-ken creates (os-ken builds apps itself).
+_SETTINGS: dict = {}
+
+REPLY_TIMEOUT = 15.0      # seconds to wait for a flow-stats or barrier reply
+POLL_INTERVAL = 0.25      # seconds between state revision checks
+DISASSOCIATE_INTERVAL = 10.0
+
+
+@dataclass
+class Switch:
+    """What the controller knows about one connected datapath."""
+
+    dp: object
+    ports: dict[str, int] = field(default_factory=dict)     # port name -> ofport
+    ports_known: bool = False
+    generation: int = 0
+    installed: dict[tuple, Flow] = field(default_factory=dict)
+    binding: Binding = field(default_factory=lambda: Binding({}, ()))
+    synced: bool = False
+
+
+class _Waiter:
+    """Collects replies for one xid and wakes the waiting worker thread."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.cookies: list[int] = []
+        self.errors: list[str] = []
+
+
+class SdnController(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.state: StateSource = _SETTINGS["state"]
+        self.trunk_names = frozenset(_SETTINGS.get("trunk_names", ()))
+        self.switches: dict[int, Switch] = {}
+        self.view: StateView = self.state.load()
+        self.responder = DhcpResponder()
+        self._work: queue.Queue = queue.Queue()
+        self._waiters: dict[int, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._bundle_ids = itertools.count(1)
+        # A fresh generation per controller start: any flow from an earlier run is stale
+        # after this run's first full sync.
+        self._generation = int(time.time() * 1000) & GENERATION_MASK
+        self._lease_events: queue.Queue = queue.Queue()
+        for target in (self._sync_loop, self._poll_loop, self._lease_loop):
+            threading.Thread(target=target, name=target.__name__, daemon=True).start()
+
+    # ---- switch lifecycle ---------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _on_features(self, ev):
+        dp = ev.msg.datapath
+        LOG.info("datapath %016x connected", dp.id)
+        with self._lock:
+            self.switches[dp.id] = Switch(dp)
+        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def _on_port_desc(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is None:
+            return
+        for port in ev.msg.body:
+            if port.port_no < ofp.OFPP_MAX:
+                sw.ports[port.name.decode()] = port.port_no
+        if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+            sw.ports_known = True
+            self._work.put((sw.dp.id, "full"))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _on_port_status(self, ev):
+        sw = self.switches.get(ev.msg.datapath.id)
+        if sw is None:
+            return
+        desc, name = ev.msg.desc, ev.msg.desc.name.decode()
+        if ev.msg.reason == ofp.OFPPR_DELETE:
+            sw.ports.pop(name, None)
+        elif desc.port_no < ofp.OFPP_MAX:
+            sw.ports[name] = desc.port_no
+        LOG.info("datapath %016x port %s %s", sw.dp.id, name,
+                 {ofp.OFPPR_ADD: "added", ofp.OFPPR_DELETE: "deleted"}.get(ev.msg.reason,
+                                                                         "modified"))
+        self._work.put((sw.dp.id, "incremental"))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def _on_dead(self, ev):
+        dp = ev.datapath
+        if dp.id is not None and self.switches.get(dp.id, Switch(None)).dp is dp:
+            LOG.info("datapath %016x disconnected; its flows stay (fail_mode secure)", dp.id)
+            with self._lock:
+                self.switches.pop(dp.id, None)
+
+    # ---- replies ------------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _on_flow_stats(self, ev):
+        waiter = self._waiters.get(ev.msg.xid)
+        if waiter:
+            waiter.cookies += [stat.cookie for stat in ev.msg.body]
+            if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+                waiter.event.set()
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _on_barrier(self, ev):
+        waiter = self._waiters.get(ev.msg.xid)
+        if waiter:
+            waiter.event.set()
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _on_error(self, ev):
+        msg = ev.msg
+        LOG.error("datapath %016x rejected xid %s: type %s code %s", msg.datapath.id, msg.xid,
+                  msg.type, msg.code)
+        for waiter in self._waiters.values():
+            waiter.errors.append(f"type {msg.type} code {msg.code}")
+
+    def _request(self, dp, msg) -> _Waiter:
+        """Send ``msg`` and wait for its reply (flow stats or barrier) on the worker thread."""
+        waiter = _Waiter()
+        dp.set_xid(msg)
+        self._waiters[msg.xid] = waiter
+        try:
+            dp.send_msg(msg)
+            if not waiter.event.wait(REPLY_TIMEOUT):
+                raise TimeoutError(f"datapath {dp.id:016x} did not answer xid {msg.xid}")
+        finally:
+            self._waiters.pop(msg.xid, None)
+        return waiter
+
+    # ---- flow programming ---------------------------------------------------------------
+
+    def _sync_loop(self):
+        while True:
+            dpid, kind = self._work.get()
+            pending = {(dpid, kind)}
+            while not self._work.empty():      # coalesce bursts of changes
+                pending.add(self._work.get_nowait())
+            for dpid, kind in sorted(pending, key=lambda p: p[1] != "full"):
+                if kind == "incremental" and (dpid, "full") in pending:
+                    continue
+                try:
+                    self._sync(dpid, full=(kind == "full"))
+                except Exception:  # one datapath's failure must not stop the others
+                    LOG.exception("sync of datapath %016x failed", dpid)
+
+    def _sync(self, dpid: int, full: bool):
+        sw = self.switches.get(dpid)
+        if sw is None or not sw.ports_known:
+            return
+        if not full and not sw.synced:
+            full = True
+        dp = sw.dp
+        sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names)
+        desired = reconcile.index(compile_datapath(self.view, sw.binding))
+        started = time.monotonic()
+        if full:
+            self._generation = (self._generation + 1) & GENERATION_MASK
+            sw.generation = self._generation
+            cookies = self._request(dp, ofmsgs.sdn_flow_stats_request(dp)).cookies
+            plan = reconcile.plan_full(desired, cookies, sw.generation)
+        else:
+            plan = reconcile.plan_incremental(sw.installed, desired)
+        if plan:
+            self._send_plan(dp, plan, sw.generation)
+        sw.installed = desired
+        sw.synced = True
+        LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, gen %d, "
+                 "%d flows, %.3fs", dpid, "full" if full else "incremental", len(plan.adds),
+                 len(plan.deletes), len(plan.stale_cookies), sw.generation, len(desired),
+                 time.monotonic() - started)
+
+    def _send_plan(self, dp, plan: reconcile.Plan, generation: int):
+        """Apply ``plan`` atomically in one bundle, then wait for a barrier."""
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        msgs = [ofmsgs.flow_delete_strict(dp, f) for f in plan.deletes]
+        msgs += [ofmsgs.flow_add(dp, f, generation) for f in plan.adds]
+        msgs += [ofmsgs.delete_cookie(dp, c) for c in plan.stale_cookies]
+        dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+        for msg in msgs:
+            dp.set_xid(msg)
+            dp.send_msg(ofmsgs.bundle_add(dp, bundle_id, msg))
+        dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+        waiter = self._request(dp, dp.ofproto_parser.OFPBarrierRequest(dp))
+        if waiter.errors:
+            raise RuntimeError(f"datapath {dp.id:016x} rejected bundle {bundle_id}: "
+                               f"{waiter.errors[:3]}")
+
+    # ---- state changes ------------------------------------------------------------------
+
+    def _poll_loop(self):
+        revision = self.view.revision
+        last_timeout = 0.0
+        while True:
+            time.sleep(POLL_INTERVAL)
+            try:
+                now = time.time()
+                if now - last_timeout > DISASSOCIATE_INTERVAL:
+                    last_timeout = now
+                    self.state.timeout_fixed_ips(now)
+                current = self.state.revision()
+                if current == revision:
+                    continue
+                self.view = self.state.load()
+                revision = self.view.revision
+                for dpid in list(self.switches):
+                    self._work.put((dpid, "incremental"))
+            except Exception:  # a database hiccup must not kill the poller
+                LOG.exception("state poll failed")
+
+    # ---- DHCP ---------------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _on_packet_in(self, ev):
+        msg = ev.msg
+        dp = msg.datapath
+        sw = self.switches.get(dp.id)
+        in_port = msg.match.get("in_port")
+        vif = sw.binding.vifs.get(in_port) if sw else None
+        network = self.view.networks.get(vif.network_id) if vif else None
+        binding = None
+        if vif and network:
+            binding = DhcpBinding(mac=vif.mac, address=vif.addresses[0] if vif.addresses else None,
+                                  hostname=vif.hostname, network=network)
+        decision = self.responder.handle(msg.data, binding, time.time())
+        LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
+        if decision.reply:
+            dp.send_msg(ofmsgs.packet_out(dp, in_port, decision.reply))
+        if decision.event:
+            self._lease_events.put(decision.event)
+
+    def _lease_loop(self):
+        """Write lease events to state off the packet-in path."""
+        while True:
+            event = self._lease_events.get()
+            try:
+                self.state.apply_lease_event(event)
+            except Exception:
+                LOG.exception("could not record DHCP %s of %s", event.kind, event.address)
+
+
+def main(conf) -> int:
+    """Run the controller in-process (os-ken no longer ships osken-manager).
+
+    ``conf`` is sdn's oslo.config ConfigOpts. Returns only on SIGTERM/SIGINT; the switches
+    keep their flows (fail_mode secure) and a restarted controller resyncs without a wipe.
+    """
+    from os_ken import cfg as osken_cfg
+
+    logging.basicConfig(level=logging.DEBUG if getattr(conf, "debug", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _SETTINGS["state"] = StateSource.from_conf(conf)
+    _SETTINGS["trunk_names"] = conf.ovs.trunk_interfaces
+    osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
+                         "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
+                   project="os_ken")
+
+    def _stop(signum, _frame):
+        LOG.info("signal %d: controller exiting, flows stay on the switches", signum)
+        logging.shutdown()
+        os._exit(0)  # os-ken's native-thread apps are non-daemon; do not wait for them
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    LOG.info("listening for OpenFlow 1.3 on %s:%d", conf.ovs.ofp_listen_host,
+             conf.ovs.ofp_tcp_listen_port)
+    app_manager.AppManager.run_apps(["sdn.apps.controller"])
+    return 0

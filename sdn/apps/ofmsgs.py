@@ -1,0 +1,100 @@
+"""Encode :class:`sdn.flows.model.Flow` data into os-ken OpenFlow 1.3 messages.
+
+The only place where flow data meets os-ken's parser classes; everything above it is pure.
+"""
+
+from __future__ import annotations
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from sdn.flows import model as m
+from sdn.flows.model import Flow
+
+_ALL_ONES = (1 << 64) - 1
+
+
+def _action(action: m.Action):
+    if isinstance(action, m.Output):
+        return parser.OFPActionOutput(action.port, 0)
+    if isinstance(action, m.Controller):
+        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, action.max_len)
+    if isinstance(action, m.PushVlan):
+        return parser.OFPActionPushVlan(action.ethertype)
+    if isinstance(action, m.PopVlan):
+        return parser.OFPActionPopVlan()
+    if isinstance(action, m.SetField):
+        return parser.OFPActionSetField(**{action.field: action.value})
+    if isinstance(action, m.Move):
+        return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,
+                                      n_bits=action.n_bits)
+    raise TypeError(f"cannot encode {action!r} as an apply-action")
+
+
+def instructions(flow: Flow) -> list:
+    """OF1.3 instructions: meter, apply-actions, goto-table (in the order §5.9 executes them)."""
+    insts = []
+    actions = []
+    for action in flow.actions:
+        if isinstance(action, m.Meter):
+            insts.append(parser.OFPInstructionMeter(action.meter_id))
+        else:
+            actions.append(_action(action))
+    if actions:
+        insts.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+    if flow.goto is not None:
+        insts.append(parser.OFPInstructionGotoTable(int(flow.goto)))
+    return insts
+
+
+def flow_add(dp, flow: Flow, generation: int):
+    """OFPFC_ADD of ``flow`` with its feature/generation cookie."""
+    return parser.OFPFlowMod(dp, cookie=m.cookie(flow.feature, generation), table_id=int(flow.table),
+                             command=ofp.OFPFC_ADD, priority=flow.priority,
+                             match=parser.OFPMatch(**dict(flow.match)),
+                             instructions=instructions(flow))
+
+
+def flow_delete_strict(dp, flow: Flow):
+    """OFPFC_DELETE_STRICT of ``flow``'s key, restricted to sdn's cookies (others' flows stay)."""
+    return parser.OFPFlowMod(dp, cookie=m.COOKIE_APP << 56, cookie_mask=m.COOKIE_APP_MASK,
+                             table_id=int(flow.table), command=ofp.OFPFC_DELETE_STRICT,
+                             priority=flow.priority, out_port=ofp.OFPP_ANY,
+                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch(**dict(flow.match)))
+
+
+def delete_cookie(dp, cookie: int):
+    """OFPFC_DELETE of every flow, any table, whose cookie is exactly ``cookie``."""
+    return parser.OFPFlowMod(dp, cookie=cookie, cookie_mask=_ALL_ONES, table_id=ofp.OFPTT_ALL,
+                             command=ofp.OFPFC_DELETE, out_port=ofp.OFPP_ANY,
+                             out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+
+
+def sdn_flow_stats_request(dp):
+    """Flow stats of every sdn flow (cookie top byte 0x5d), all tables."""
+    return parser.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                      m.COOKIE_APP << 56, m.COOKIE_APP_MASK, parser.OFPMatch())
+
+
+def bundle_ctrl(dp, bundle_id: int, type_: int):
+    """ONF bundle control (OpenFlow 1.3 extension 230, as ovs-ofctl --bundle uses)."""
+    return parser.ONFBundleCtrlMsg(dp, bundle_id, type_, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED, [])
+
+
+def bundle_add(dp, bundle_id: int, msg):
+    return parser.ONFBundleAddMsg(dp, bundle_id, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED, msg, [])
+
+
+def meter_mod(dp, meter_id: int, rate_pps: int, command=ofp.OFPMC_ADD):
+    """A packets-per-second drop meter (used to rate-limit DHCP punts per VIF)."""
+    bands = [parser.OFPMeterBandDrop(rate=rate_pps, burst_size=max(1, rate_pps // 10))]
+    flags = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST
+    return parser.OFPMeterMod(dp, command=command, flags=flags, meter_id=meter_id, bands=bands)
+
+
+def packet_out(dp, port: int, data: bytes):
+    """Send ``data`` out of ``port`` (from the controller, no buffer)."""
+    return parser.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                               actions=[parser.OFPActionOutput(port, 0)], data=data)
+
+
