@@ -696,16 +696,30 @@ class SdnEnv:
             self.wait_connected(timeout)
         return self._controller
 
+    def openflow_connections(self) -> int:
+        """Established TCP connections to this env's OpenFlow port (switch side is OVS).
+
+        Immediate, unlike the OVSDB ``is_connected`` column, which ovs-vswitchd refreshes only
+        every few seconds after a disconnect.
+        """
+        out = sh(["ss", "-tnH", "state", "established", f"( sport = :{self.port} )"], check=False).stdout
+        return len([line for line in out.splitlines() if line.strip()])
+
     def wait_connected(self, timeout: float = 30) -> None:
+        """Wait until the controller has the bridge's connection and OVSDB says is_connected."""
         def pred():
             if self._controller is not None and self._controller.poll() is not None:
                 raise RuntimeError(f"sdn controller exited {self._controller.returncode}; log:\n"
                                    f"{self.controller_log()[-4000:]}")
-            return self.bridge.controller_connected()
+            return self.openflow_connections() > 0 and self.bridge.controller_connected()
         wait_for(pred, timeout, interval=0.1, what=f"bridge {self.bridge.name} connected to the controller")
 
     def stop_controller(self, kill: bool = False, wait_disconnected: bool = True) -> int | None:
-        """SIGTERM (or with ``kill`` SIGKILL) the controller's process group; return its exit code."""
+        """SIGTERM (or with ``kill`` SIGKILL) the controller's process group; return its exit code.
+
+        With ``wait_disconnected`` also waits until no OpenFlow connection to the port is left
+        (the OVSDB ``is_connected`` column may still say true for ~5 s afterwards).
+        """
         proc = self._controller
         if proc is None:
             return None
@@ -721,9 +735,9 @@ class SdnEnv:
         if self._ctl_log and not self._ctl_log.closed:
             self._ctl_log.close()
         self._controller = None
-        if wait_disconnected and not self.bridge.closed:
-            wait_for(lambda: not self.bridge.controller_connected(), 15, interval=0.1,
-                     what=f"bridge {self.bridge.name} to notice the controller is gone")
+        if wait_disconnected:
+            wait_for(lambda: self.openflow_connections() == 0, 10, interval=0.05,
+                     what=f"OpenFlow connections to port {self.port} to close")
         return proc.returncode
 
     def close(self) -> None:

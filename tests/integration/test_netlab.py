@@ -158,7 +158,10 @@ def test_sdn_env_controller_connects_and_stops(sdn_env):
     assert sdn_env.config_file.exists()
     assert not sdn_env.bridge.controller_connected()
     proc = sdn_env.start_controller()
-    assert sdn_env.bridge.controller_connected()
-    sdn_env.stop_controller()
-    assert proc.poll() is not None
-    assert not sdn_env.bridge.controller_connected()
+    assert sdn_env.bridge.controller_connected() and sdn_env.openflow_connections() == 1
+    assert sdn_env.stop_controller() == 0  # SIGTERM is a clean exit
+    assert proc.poll() is not None and sdn_env.openflow_connections() == 0
+    sdn_env.start_controller()  # restart: the bridge reconnects within its 1 s backoff
+    assert sdn_env.openflow_connections() == 1
+    sdn_env.stop_controller(kill=True)
+    wait_for(lambda: not sdn_env.bridge.controller_connected(), 15, what="OVSDB is_connected false")
