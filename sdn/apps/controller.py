@@ -215,8 +215,7 @@ class SdnController(app_manager.OSKenApp):
         msgs += [ofmsgs.flow_add(dp, f, generation) for f in plan.adds]
         msgs += [ofmsgs.delete_cookie(dp, c) for c in plan.stale_cookies]
         dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
-        for msg in msgs:
-            dp.set_xid(msg)
+        for msg in msgs:  # the bundle-add gives the inner message its own xid (ext 230 §3.3)
             dp.send_msg(ofmsgs.bundle_add(dp, bundle_id, msg))
         dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
         waiter = self._request(dp, dp.ofproto_parser.OFPBarrierRequest(dp))
