@@ -26,6 +26,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from sdn.apps import ofmsgs
 from sdn.apps.state import StateSource
 from sdn.dhcp.server import DhcpBinding, DhcpResponder
+from sdn.flows import dhcp as dhcp_flows
 from sdn.flows import reconcile
 from sdn.flows.compiler import Binding, bind_ports, compile_datapath
 from sdn.flows.model import GENERATION_MASK, Flow
@@ -50,6 +51,7 @@ class Switch:
     ports_known: bool = False
     generation: int = 0
     installed: dict[tuple, Flow] = field(default_factory=dict)
+    meters: dict[int, int | None] = field(default_factory=dict)   # sdn meter id -> pps
     binding: Binding = field(default_factory=lambda: Binding({}, ()))
     synced: bool = False
 
@@ -59,7 +61,7 @@ class _Waiter:
 
     def __init__(self):
         self.event = threading.Event()
-        self.cookies: list[int] = []
+        self.body: list = []              # multipart reply entries, all parts
         self.errors: list[str] = []
 
 
@@ -70,6 +72,7 @@ class SdnController(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.state: StateSource = _SETTINGS["state"]
         self.trunk_names = frozenset(_SETTINGS.get("trunk_names", ()))
+        self.dhcp_rate_pps = _SETTINGS.get("dhcp_rate_pps")
         self.switches: dict[int, Switch] = {}
         self.view: StateView = self.state.load()
         self.responder = DhcpResponder()
@@ -131,11 +134,12 @@ class SdnController(app_manager.OSKenApp):
 
     # ---- replies ------------------------------------------------------------------------
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
-    def _on_flow_stats(self, ev):
+    @set_ev_cls([ofp_event.EventOFPFlowStatsReply, ofp_event.EventOFPMeterConfigStatsReply],
+                MAIN_DISPATCHER)
+    def _on_multipart(self, ev):
         waiter = self._waiters.get(ev.msg.xid)
         if waiter:
-            waiter.cookies += [stat.cookie for stat in ev.msg.body]
+            waiter.body += ev.msg.body
             if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
                 waiter.event.set()
 
@@ -190,23 +194,42 @@ class SdnController(app_manager.OSKenApp):
             full = True
         dp = sw.dp
         sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names)
-        desired = reconcile.index(compile_datapath(self.view, sw.binding))
+        desired = reconcile.index(compile_datapath(self.view, sw.binding, self.dhcp_rate_pps))
+        meters = dhcp_flows.compile_meters(sw.binding.vifs, self.dhcp_rate_pps)
         started = time.monotonic()
         if full:
             self._generation = (self._generation + 1) & GENERATION_MASK
             sw.generation = self._generation
-            cookies = self._request(dp, ofmsgs.sdn_flow_stats_request(dp)).cookies
-            plan = reconcile.plan_full(desired, cookies, sw.generation)
+            stats = self._request(dp, ofmsgs.sdn_flow_stats_request(dp)).body
+            plan = reconcile.plan_full(desired, [s.cookie for s in stats], sw.generation)
+            sw.meters = {c.meter_id: c.bands[0].rate if c.bands else None
+                         for c in self._request(dp, ofmsgs.meter_config_request(dp)).body
+                         if dhcp_flows.is_sdn_meter(c.meter_id)}
         else:
             plan = reconcile.plan_incremental(sw.installed, desired)
+        meter_plan = reconcile.plan_meters(sw.meters, meters)
+        self._send_meters(dp, meter_plan.add, ofp.OFPMC_ADD)
+        self._send_meters(dp, meter_plan.modify, ofp.OFPMC_MODIFY)
         if plan:
             self._send_plan(dp, plan, sw.generation)
         sw.installed = desired
+        self._send_meters(dp, dict.fromkeys(meter_plan.delete, 0), ofp.OFPMC_DELETE)
+        sw.meters = dict(meters)
         sw.synced = True
         LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, gen %d, "
                  "%d flows, %.3fs", dpid, "full" if full else "incremental", len(plan.adds),
                  len(plan.deletes), len(plan.stale_cookies), sw.generation, len(desired),
                  time.monotonic() - started)
+
+    def _send_meters(self, dp, meters: dict[int, int], command: int):
+        """Meter mods (not bundleable in OVS), confirmed by a barrier before flows use them."""
+        if not meters:
+            return
+        for meter_id, rate in sorted(meters.items()):
+            dp.send_msg(ofmsgs.meter_mod(dp, meter_id, rate, command))
+        waiter = self._request(dp, dp.ofproto_parser.OFPBarrierRequest(dp))
+        if waiter.errors:
+            raise RuntimeError(f"datapath {dp.id:016x} rejected meter mods: {waiter.errors[:3]}")
 
     def _send_plan(self, dp, plan: reconcile.Plan, generation: int):
         """Apply ``plan`` atomically in one bundle, then wait for a barrier."""
@@ -288,6 +311,7 @@ def main(conf) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _SETTINGS["state"] = StateSource.from_conf(conf)
     _SETTINGS["trunk_names"] = conf.ovs.trunk_interfaces
+    _SETTINGS["dhcp_rate_pps"] = conf.ovs.dhcp_rate_limit or None
     osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
                          "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
                    project="os_ken")

@@ -76,6 +76,11 @@ def sdn_flow_stats_request(dp):
                                       m.COOKIE_APP << 56, m.COOKIE_APP_MASK, parser.OFPMatch())
 
 
+def meter_config_request(dp):
+    """Configuration of every meter on the switch."""
+    return parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
+
+
 def bundle_ctrl(dp, bundle_id: int, type_: int):
     """ONF bundle control (OpenFlow 1.3 extension 230, as ovs-ofctl --bundle uses)."""
     return parser.ONFBundleCtrlMsg(dp, bundle_id, type_, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED, [])
@@ -87,7 +92,8 @@ def bundle_add(dp, bundle_id: int, msg):
 
 def meter_mod(dp, meter_id: int, rate_pps: int, command=ofp.OFPMC_ADD):
     """A packets-per-second drop meter (used to rate-limit DHCP punts per VIF)."""
-    bands = [parser.OFPMeterBandDrop(rate=rate_pps, burst_size=max(1, rate_pps // 10))]
+    bands = [] if command == ofp.OFPMC_DELETE else [
+        parser.OFPMeterBandDrop(rate=rate_pps, burst_size=max(1, rate_pps // 10))]
     flags = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST
     return parser.OFPMeterMod(dp, command=command, flags=flags, meter_id=meter_id, bands=bands)
 

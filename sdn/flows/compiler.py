@@ -32,12 +32,12 @@ def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset
 
 
 def compile_datapath(view: StateView, binding: Binding,
-                     dhcp_meters: Mapping[int, int] | None = None) -> list[Flow]:
+                     dhcp_rate_pps: int | None = None) -> list[Flow]:
     """All flows of one datapath.
 
     A network is present here if one of its VIFs is plugged here, or if the datapath has two
-    or more trunks (it may be a transit switch). ``dhcp_meters`` maps VIF ofport -> meter id
-    for the DHCP punt rate limit.
+    or more trunks (it may be a transit switch). ``dhcp_rate_pps`` rate-limits each VIF's DHCP
+    punts through its meter (``sdn.flows.dhcp.compile_meters`` gives the meters).
     """
     local_by_net: dict[int, list[tuple[int, VifView]]] = defaultdict(list)
     for port, vif in sorted(binding.vifs.items()):
@@ -52,7 +52,7 @@ def compile_datapath(view: StateView, binding: Binding,
         network = view.networks[vif.network_id]
         flows += classifier.compile_vif(port, network)
         flows += port_security.compile_vif(port, vif)
-        flows += dhcp.compile_vif(port, (dhcp_meters or {}).get(port))
+        flows += dhcp.compile_vif(port, dhcp_rate_pps)
     for trunk in binding.trunks:
         flows += classifier.compile_trunk(trunk, networks)
     local_uuids = {vif.uuid for vif in binding.vifs.values()}

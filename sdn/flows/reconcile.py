@@ -52,3 +52,22 @@ def plan_incremental(installed: Mapping[tuple, Flow], desired: Mapping[tuple, Fl
     adds = [f for k, f in desired.items() if installed.get(k) != f]
     deletes = [f for k, f in installed.items() if k not in desired]
     return Plan(adds=adds, deletes=deletes)
+
+
+@dataclass
+class MeterPlan:
+    """Meter mods: ``add`` and ``modify`` (id -> rate) go before the flows that use them,
+    ``delete`` after the flows that used them are gone (deleting a meter deletes its flows)."""
+
+    add: dict[int, int] = field(default_factory=dict)
+    modify: dict[int, int] = field(default_factory=dict)
+    delete: list[int] = field(default_factory=list)
+
+
+def plan_meters(installed: Mapping[int, int | None], desired: Mapping[int, int]) -> MeterPlan:
+    """Diff meters (id -> rate; an installed rate of None means unknown, so re-set it).
+    ``installed`` must hold only sdn's meters."""
+    return MeterPlan(add={m: r for m, r in desired.items() if m not in installed},
+                     modify={m: r for m, r in desired.items()
+                             if m in installed and installed[m] != r},
+                     delete=sorted(m for m in installed if m not in desired))
