@@ -68,7 +68,7 @@ def load_topology(path: str | os.PathLike) -> dict:
             for n in pair:
                 if n not in names:
                     raise ValueError(f"{path}: expect.{kind} names unknown instance {n!r}")
-    topo["_path"] = str(path)
+    topo["_path"] = str(path.resolve())
     return topo
 
 
