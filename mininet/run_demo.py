@@ -149,7 +149,7 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
     dhclients: dict[str, Dhclient] = {}
     failures: list[str] = []
     try:
-        topo = SdnTopo(spec["_path"], config=str(conf))
+        topo = SdnTopo(spec, config=str(conf))
         allocs = topo.allocations
         net = Mininet(topo=topo, switch=OVSSwitch, build=False, autoSetMacs=False,
                       controller=lambda name: RemoteController(name, ip=ctl_host, port=ctl_port))
@@ -171,7 +171,7 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
 
         for inst in instances:
             h = net.get(inst["name"])
-            files = write_dhclient_files(state_dir / "dhclient" / inst["name"])
+            files = write_dhclient_files(state_dir / "dhclient" / inst["name"], timeout=int(dhcp_timeout))
             dhclients[inst["name"]] = Dhclient(
                 dhclient_argv(files, h.defaultIntf().name), files,
                 lambda argv, **kw: h.popen(argv, **kw))

@@ -22,6 +22,7 @@ that, then prints this command). The sdn executable is ``$SDN_CLI``, else the re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -116,13 +117,15 @@ class SdnTopo(Topo):
     and ``self.spec`` holds the parsed TOML.
     """
 
-    def build(self, topology: str = "topology/demo.toml", config: str | None = None):
-        self.spec = load_topology(topology)
+    def build(self, topology="topology/demo.toml", config: str | None = None):
+        """``topology``: path of a TOML file, or an already loaded ``load_topology`` dict."""
+        self.spec = topology if isinstance(topology, dict) else load_topology(topology)
         self.allocations: dict[str, dict] = {}
         for sw in self.spec["switches"]:
-            opts = {"protocols": "OpenFlow13", "failMode": "secure", "datapath": "user"}
-            if sw.get("dpid"):
-                opts["dpid"] = sw["dpid"]
+            # Mininet's default dpid is the digits of the name ("d77c1" and "d77c2" both give 77),
+            # and the controller tells switches apart by dpid: derive a unique one if not given.
+            dpid = sw.get("dpid") or hashlib.sha1(sw["name"].encode()).hexdigest()[:16]
+            opts = {"protocols": "OpenFlow13", "failMode": "secure", "datapath": "user", "dpid": dpid}
             self.addSwitch(sw["name"], **opts)
         for t in self.spec.get("trunks", []):
             self.addLink(t["a"], t["b"], intfName1=t.get("a_intf", f"{t['a']}-trunk"),

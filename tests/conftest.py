@@ -22,3 +22,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _INTEGRATION_DIR in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config):
+    # Debian's Mininet uses distutils.StrictVersion; not ours to fix.
+    config.addinivalue_line("filterwarnings", "ignore:distutils Version classes are deprecated:DeprecationWarning")
