@@ -81,7 +81,6 @@ class NetworkManager:
         conf = self.conf
         cidr = cidr or conf.fixed_range
         num_networks = conf.num_networks if num_networks is None else num_networks
-        network_size = conf.network_size if network_size is None else network_size
         vlan_start = conf.vlan_start if vlan_start is None else vlan_start
         vpn_start = conf.vpn_start if vpn_start is None else vpn_start
         dns1 = dns1 or conf.flat_network_dns
@@ -92,7 +91,8 @@ class NetworkManager:
             raise exception.Invalid("a network needs a label (--label)")
         if num_networks < 1:
             raise exception.Invalid(f"num_networks must be at least 1, not {num_networks}")
-        subnets = self._carve(cidr, num_networks, network_size)
+        subnets = self._carve(cidr, num_networks, network_size or conf.network_size,
+                              fit=network_size is None)
         if self.vlan_mode:
             self._check_vlans(vlan_start, num_networks)
         for dns in (dns1, dns2):
@@ -128,7 +128,9 @@ class NetworkManager:
                 created.append(net)
             return [network_dict(n) for n in created]
 
-    def _carve(self, cidr: str, num_networks: int, network_size: int) -> list[netaddr.IPNetwork]:
+    def _carve(self, cidr: str, num_networks: int, network_size: int, fit: bool) -> list[netaddr.IPNetwork]:
+        """``num_networks`` subnets of ``cidr`` with ceil(log2(network_size)) host bits; with
+        ``fit`` (no size asked for) the size shrinks to what ``cidr`` holds, as nova-manage does."""
         try:
             fixed_net = netaddr.IPNetwork(cidr)
         except (netaddr.AddrFormatError, ValueError, TypeError):
@@ -141,10 +143,12 @@ class NetworkManager:
             raise exception.Invalid(f"network_size must be at least 4 (network, gateway, one address, "
                                     f"broadcast), not {network_size}")
         bits = int(math.ceil(math.log2(network_size)))
-        if 2 ** bits * num_networks > fixed_net.size:
-            raise exception.InvalidCidr(
-                cidr=cidr, reason=f"{num_networks} network(s) of {2 ** bits} addresses do not fit in "
-                                  f"{fixed_net.size} addresses; use a larger range or fewer/smaller networks")
+        if fit:
+            bits = min(bits, int(math.log2(fixed_net.size // num_networks)) if fixed_net.size >= num_networks else 0)
+        if 2 ** bits * num_networks > fixed_net.size or bits < 2:
+            raise exception.Invalid(
+                f"network range {fixed_net} ({fixed_net.size} addresses) cannot hold {num_networks} network(s) of "
+                f"{max(2 ** bits, 4)} addresses; use a larger range or fewer/smaller networks")
         return list(fixed_net.subnet(32 - bits, count=num_networks))
 
     @staticmethod
@@ -436,13 +440,14 @@ def network_dict(net: models.Network) -> dict:
 
 
 def _allocation(session: Session, inst: models.Instance) -> dict:
-    """{instance, project, host, network_id, cidr, vlan, vif_uuid, mac, address, port_name, gateway}."""
+    """{instance, instance_uuid, project, host, network_id, cidr, vlan, vif_uuid, mac, address,
+    port_name, gateway}; network/VIF keys are None if the instance has no VIF."""
     vif = session.scalar(select(models.VirtualInterface).where(models.VirtualInterface.instance_uuid == inst.uuid)
                          .order_by(models.VirtualInterface.id).limit(1))
     ip = None if vif is None else session.scalar(
         select(models.FixedIp).where(models.FixedIp.virtual_interface_id == vif.id).order_by(models.FixedIp.id))
     net = None if vif is None else session.get(models.Network, vif.network_id)
-    return {"instance": inst.name, "project": inst.project_id, "host": inst.host,
+    return {"instance": inst.name, "instance_uuid": inst.uuid, "project": inst.project_id, "host": inst.host,
             "network_id": net.id if net else None, "cidr": net.cidr if net else None,
             "vlan": net.vlan if net else None, "vif_uuid": vif.uuid if vif else None,
             "mac": vif.address if vif else None, "address": ip.address if ip else None,

@@ -1,0 +1,205 @@
+"""``sdn`` console script: nova-manage style verbs (see docs/ARCHITECTURE.md).
+
+Exit codes: 0 success, 2 bad input (usage), 1 operation refused by the current state or by
+Open vSwitch. Errors are one line on stderr, ``sdn: error: ...``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sqlalchemy import exc as sa_exc
+
+from sdn import config, exception
+
+PROG = "sdn"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump) and exit code 2."""
+
+    def error(self, message):
+        raise exception.Invalid(f"{message} (see '{self.prog} --help')")
+
+
+def _opt(parser, name, **kwargs):
+    """Add ``--name`` plus its dashed spelling (``--fixed_range_v4`` and ``--fixed-range-v4``)."""
+    flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    parser.add_argument(*flags, dest=name, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="nova-network tenant networking on Open vSwitch")
+    parser.add_argument("--config-file", action="append", dest="config_files", metavar="FILE",
+                        help=f"configuration file (repeatable; default {config.DEFAULT_CONFIG_FILE} if it exists)")
+    cats = parser.add_subparsers(dest="category", required=True, parser_class=_Parser)
+
+    db = cats.add_parser("db", help="database schema").add_subparsers(dest="action", required=True)
+    db.add_parser("sync", help="create or upgrade the schema (alembic upgrade head)")
+
+    net = cats.add_parser("network", help="fixed-IP networks").add_subparsers(dest="action", required=True)
+    create = net.add_parser("create", help="carve and create networks")
+    _opt(create, "label", required=True, help="network label (suffixed _N when several)")
+    _opt(create, "fixed_range_v4", required=True, metavar="CIDR", help="IPv4 range to carve networks from")
+    _opt(create, "num_networks", type=int, help="number of networks (default num_networks)")
+    _opt(create, "network_size", type=int, help="addresses per network (default network_size)")
+    _opt(create, "vlan", type=int, help="first VLAN id (vlan manager; default vlan_start)")
+    _opt(create, "vpn", type=int, metavar="PORT", help="first VPN public port (vlan manager; default vpn_start)")
+    _opt(create, "bridge", help="bridge name (flat managers; default flat_network_bridge)")
+    _opt(create, "bridge_interface", help="uplink interface (default flat_interface)")
+    _opt(create, "dns1", help="first DNS server (default flat_network_dns)")
+    _opt(create, "dns2", help="second DNS server")
+    _opt(create, "project_id", help="project owning the network(s)")
+    net.add_parser("list", help="list networks")
+    delete = net.add_parser("delete", help="delete a network with no allocated fixed IPs")
+    _opt(delete, "fixed_range", required=True, metavar="CIDR", help="CIDR of the network to delete")
+
+    fixed = cats.add_parser("fixed", help="fixed IPs").add_subparsers(dest="action", required=True)
+    fixed.add_parser("list", help="list fixed IPs in use")
+
+    inst = cats.add_parser("instance", help="instances (sdn stands in for nova-compute)").add_subparsers(
+        dest="action", required=True)
+    launch = inst.add_parser("launch", help="allocate a VIF and a fixed IP (idempotent)")
+    launch.add_argument("name")
+    launch.add_argument("--project", required=True)
+    launch.add_argument("--host")
+    launch.add_argument("--json", action="store_true", help="print the allocation as a JSON object")
+    plug = inst.add_parser("plug", help="add the instance's port to a bridge")
+    plug.add_argument("name")
+    plug.add_argument("--bridge", required=True)
+    plug.add_argument("--internal", action="store_true", help="create an internal port (else the device must exist)")
+    unplug = inst.add_parser("unplug", help="remove the instance's port from a bridge")
+    unplug.add_argument("name")
+    unplug.add_argument("--bridge", required=True)
+    idel = inst.add_parser("delete", help="unplug (with --bridge) and deallocate")
+    idel.add_argument("name")
+    idel.add_argument("--bridge")
+
+    cats.add_parser("controller", help="run the OpenFlow controller")
+    return parser
+
+
+def _manager(conf):
+    from sdn import manager
+    from sdn.db import api
+
+    return manager.get_manager(api.get_engine(conf.database.connection), conf)
+
+
+def _ovs(conf):
+    from sdn import ovs
+
+    return ovs.Ovs(conf.ovs.ovsdb_connection)
+
+
+def _describe(alloc: dict) -> str:
+    vlan = f" vlan {alloc['vlan']}" if alloc["vlan"] else ""
+    return (f"{alloc['instance']} (project {alloc['project']}, host {alloc['host']}): {alloc['address']} "
+            f"on {alloc['cidr']}{vlan} gw {alloc['gateway']}, mac {alloc['mac']}, port {alloc['port_name']}")
+
+
+def _table(rows: list[list], header: list[str]) -> None:
+    cells = [header] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def cmd_db(args, conf) -> None:
+    from sdn.db import api
+
+    api.sync(api.get_engine(conf.database.connection))
+    print(f"database {conf.database.connection} is up to date")
+
+
+def cmd_network(args, conf) -> None:
+    mgr = _manager(conf)
+    if args.action == "create":
+        if not mgr.vlan_mode and (args.vlan is not None or args.vpn is not None):
+            raise exception.Invalid(f"--vlan/--vpn apply only to network_manager=vlan, "
+                                    f"not {conf.network_manager}")
+        nets = mgr.create_networks(
+            label=args.label, cidr=args.fixed_range_v4, num_networks=args.num_networks,
+            network_size=args.network_size, vlan_start=args.vlan, vpn_start=args.vpn, bridge=args.bridge,
+            bridge_interface=args.bridge_interface, dns1=args.dns1, dns2=args.dns2, project_id=args.project_id)
+        for n in nets:
+            vlan = f" vlan {n['vlan']} bridge {n['bridge']}" if n["vlan"] else ""
+            print(f"created network {n['id']} {n['label']} {n['cidr']} gw {n['gateway']}{vlan}")
+    elif args.action == "list":
+        _table([[n["id"], n["cidr"], n["netmask"], n["gateway"], n["dhcp_start"], n["dns1"], n["dns2"],
+                 n["vlan"], n["project_id"], n["label"]] for n in mgr.list_networks()],
+               ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label"])
+    else:
+        n = mgr.delete_network(args.fixed_range)
+        print(f"deleted network {n['id']} {n['label']} {n['cidr']}")
+
+
+def cmd_fixed(args, conf) -> None:
+    rows = [ip for ip in _manager(conf).list_fixed_ips() if ip["allocated"] or ip["leased"] or ip["host"]]
+    _table([[ip["network"], ip["address"], ip["mac"], ip["hostname"], ip["host"],
+             ",".join(f for f in ("allocated", "leased") if ip[f]) or "associated"] for ip in rows],
+           ["network", "IP address", "MAC address", "hostname", "host", "state"])
+
+
+def cmd_instance(args, conf) -> None:
+    mgr = _manager(conf)
+    if args.action == "launch":
+        alloc = mgr.allocate_for_instance(args.name, args.project, args.host)
+        print(json.dumps({k: v for k, v in alloc.items() if k != "instance_uuid"}) if args.json
+              else _describe(alloc))
+    elif args.action == "plug":
+        alloc = mgr.get_allocation(args.name)
+        _ovs(conf).plug_vif(args.bridge, alloc["port_name"], alloc["vif_uuid"], alloc["mac"],
+                            alloc["instance_uuid"], internal=args.internal)
+        print(f"plugged {alloc['port_name']} ({args.name}) into {args.bridge}")
+    elif args.action == "unplug":
+        alloc = mgr.get_allocation(args.name)
+        _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
+        print(f"unplugged {alloc['port_name']} ({args.name}) from {args.bridge}")
+    else:
+        alloc = mgr.get_allocation(args.name)
+        if args.bridge:
+            _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
+        mgr.deallocate_for_instance(args.name)
+        print(f"deleted {args.name}; released {alloc['address']}")
+
+
+def cmd_controller(args, conf) -> int | None:
+    try:
+        from sdn.apps import controller
+    except ModuleNotFoundError as err:
+        if err.name not in ("sdn.apps.controller", "sdn.apps"):
+            raise
+        raise exception.SdnError("the controller is not installed (module sdn.apps.controller is missing)") from None
+    return controller.main(conf)
+
+
+COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
+            "controller": cmd_controller}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``sdn`` command; returns the exit code."""
+    conf = None
+    try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        conf = config.load([], args.config_files, conf=config.CONF)
+        return COMMANDS[args.category](args, conf) or 0
+    except exception.SdnError as err:
+        return _fail(str(err), err.exit_code)
+    except sa_exc.OperationalError as err:
+        url = conf.database.connection if conf is not None else "?"
+        return _fail(f"database {url} is not usable ({err.orig}); run 'sdn db sync' first", 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
