@@ -91,10 +91,10 @@ class NetworkManager:
             raise exception.Invalid("a network needs a label (--label)")
         if num_networks < 1:
             raise exception.Invalid(f"num_networks must be at least 1, not {num_networks}")
-        subnets = self._carve(cidr, num_networks, network_size or conf.network_size,
-                              fit=network_size is None)
         if self.vlan_mode:
             self._check_vlans(vlan_start, num_networks)
+        subnets = self._carve(cidr, num_networks, network_size or conf.network_size,
+                              fit=network_size is None)
         for dns in (dns1, dns2):
             if dns and not netaddr.valid_ipv4(dns):
                 raise exception.Invalid(f"invalid DNS server {dns!r}: expected an IPv4 address")
@@ -404,12 +404,20 @@ def get_manager(engine: Engine, conf) -> NetworkManager:
 
 # -- helpers shared by the managers -------------------------------------------------------------
 
+def free_fixed_ip_query(network_id: int):
+    """The lowest unreserved, unassociated fixed IP of a network, row-locked for the caller.
+
+    PostgreSQL renders ``FOR UPDATE SKIP LOCKED`` so concurrent allocators take different rows;
+    SQLite ignores it and relies on the BEGIN IMMEDIATE write lock instead.
+    """
+    return (select(models.FixedIp)
+            .where(models.FixedIp.network_id == network_id, models.FixedIp.reserved.is_(False),
+                   models.FixedIp.allocated.is_(False), models.FixedIp.instance_uuid.is_(None))
+            .order_by(models.FixedIp.id).limit(1).with_for_update(skip_locked=True))
+
+
 def _free_fixed_ip(session: Session, network_id: int) -> models.FixedIp | None:
-    return session.scalar(
-        select(models.FixedIp)
-        .where(models.FixedIp.network_id == network_id, models.FixedIp.reserved.is_(False),
-               models.FixedIp.allocated.is_(False), models.FixedIp.instance_uuid.is_(None))
-        .order_by(models.FixedIp.id).limit(1).with_for_update(skip_locked=True))
+    return session.scalar(free_fixed_ip_query(network_id))
 
 
 def _network_by_cidr(session: Session, cidr: str) -> models.Network:

@@ -66,7 +66,8 @@ def transaction(engine: Engine) -> Iterator[Session]:
 @contextlib.contextmanager
 def read_transaction(engine: Engine) -> Iterator[Session]:
     """One read-only transaction (a consistent snapshot; takes no write lock on SQLite)."""
-    with Session(engine.execution_options(sdn_readonly=True)) as session, session.begin():
+    with Session(engine.execution_options(sdn_readonly=True), expire_on_commit=False) as session, \
+            session.begin():
         yield session
 
 
