@@ -127,7 +127,7 @@ class SdnEnvFactory:
         workdir = self.tmp_path / f"sdn{len(self.envs)}"
         workdir.mkdir(parents=True, exist_ok=True)
         port = netlab.free_tcp_port()
-        br = self.bridges(name=bridge, controller_port=port)
+        br = self.bridges(name=bridge)  # pointed at the controller by start_controller
         sections = netlab.merge_sections({
             "DEFAULT": {"state_path": str(workdir)},
             "database": {"connection": f"sqlite:///{workdir / 'sdn.sqlite'}"},

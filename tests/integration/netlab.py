@@ -226,6 +226,13 @@ class Bridge:
     def controller_connected(self) -> bool:
         return controller_connected(self.name)
 
+    def set_controller(self, port: int) -> None:
+        """Point the bridge at ``tcp:127.0.0.1:<port>`` with a new Controller row (connects now)."""
+        self.controller_port = port
+        sh(["ovs-vsctl", "--timeout=10", "--", "--id=@c", "create", "Controller",
+            f"target=\"tcp:127.0.0.1:{port}\"", "max_backoff=1000", "--", "set", "Bridge",
+            self.name, "controller=@c"])
+
     def add_internal_port(self, name: str) -> None:
         sh(["ovs-vsctl", "--timeout=5", "add-port", self.name, name, "--",
             "set", "Interface", name, "type=internal"])
@@ -251,11 +258,11 @@ def create_bridge(name: str | None = None, controller_port: int | None = None,
     cmd = ["ovs-vsctl", "--timeout=10", "add-br", name, "--", "set", "Bridge", name,
            "datapath_type=netdev", "protocols=OpenFlow13", f"fail_mode={fail_mode}",
            "other_config:disable-in-band=true"]
-    if controller_port is not None:
-        cmd += ["--", "--id=@c", "create", "Controller", f"target=\"tcp:127.0.0.1:{controller_port}\"",
-                "max_backoff=1000", "--", "set", "Bridge", name, "controller=@c"]
     sh(cmd)
-    return Bridge(name=name, controller_port=controller_port)
+    bridge = Bridge(name=name, controller_port=controller_port)
+    if controller_port is not None:
+        bridge.set_controller(controller_port)
+    return bridge
 
 
 # --------------------------------------------------------------------------- dhclient
@@ -683,18 +690,43 @@ class SdnEnv:
         return ""
 
     def start_controller(self, timeout: float = 30, wait_connected: bool = True) -> subprocess.Popen:
-        """Start ``sdn --config-file F controller`` (own process group, log in workdir) and wait
-        until the bridge's controller record is connected. Fails fast if the process exits."""
+        """Start ``sdn --config-file F controller`` (own process group, log in workdir), point the
+        bridge at it once it listens, and wait until it has synced the bridge (its table-0
+        default flow carries a new generation). Fails fast if the process exits."""
         if self._controller is not None and self._controller.poll() is None:
             raise RuntimeError("controller already running")
+        before = self.pipeline_cookie()
         self.controller_log_file = self.workdir / "controller.log"
         self._ctl_log = open(self.controller_log_file, "ab")
         argv = [self.sdn_exe, "--config-file", str(self.config_file), "controller"]
         self._controller = subprocess.Popen(argv, stdout=self._ctl_log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=self._env())
         if wait_connected:
-            self.wait_connected(timeout)
+            wait_for(lambda: self._alive() and self.listening(), timeout, interval=0.05,
+                     what=f"the controller to listen on port {self.port}")
+            # A fresh Controller row connects at once; an old one may sit in OVS's reconnect
+            # backoff (seen: 4 s, whatever max_backoff says).
+            self.bridge.set_controller(self.port)
+            wait_for(lambda: self._alive() and self.pipeline_cookie() not in (None, before),
+                     timeout, interval=0.05, what=f"the controller to sync bridge {self.bridge.name}")
         return self._controller
+
+    def _alive(self) -> bool:
+        if self._controller is not None and self._controller.poll() is not None:
+            raise RuntimeError(f"sdn controller exited {self._controller.returncode}; log:\n"
+                               f"{self.controller_log()[-4000:]}")
+        return True
+
+    def listening(self) -> bool:
+        out = sh(["ss", "-tlnH", f"( sport = :{self.port} )"], check=False).stdout
+        return bool(out.strip())
+
+    def pipeline_cookie(self) -> str | None:
+        """Cookie of the table-0 table-miss flow sdn installs (changes with every full sync)."""
+        for line in dump_flows(self.bridge.name, table=0):
+            if "priority=0 " in line + " " and "cookie=0x5d" in line:
+                return line.split(",")[0].strip()
+        return None
 
     def openflow_connections(self) -> int:
         """Established TCP connections to this env's OpenFlow port (switch side is OVS).
@@ -706,13 +738,9 @@ class SdnEnv:
         return len([line for line in out.splitlines() if line.strip()])
 
     def wait_connected(self, timeout: float = 30) -> None:
-        """Wait until the controller has the bridge's connection and OVSDB says is_connected."""
-        def pred():
-            if self._controller is not None and self._controller.poll() is not None:
-                raise RuntimeError(f"sdn controller exited {self._controller.returncode}; log:\n"
-                                   f"{self.controller_log()[-4000:]}")
-            return self.openflow_connections() > 0 and self.bridge.controller_connected()
-        wait_for(pred, timeout, interval=0.1, what=f"bridge {self.bridge.name} connected to the controller")
+        """Wait until the controller holds the bridge's OpenFlow connection."""
+        wait_for(lambda: self._alive() and self.openflow_connections() > 0, timeout, interval=0.05,
+                 what=f"bridge {self.bridge.name} connected to the controller")
 
     def stop_controller(self, kill: bool = False, wait_disconnected: bool = True) -> int | None:
         """SIGTERM (or with ``kill`` SIGKILL) the controller's process group; return its exit code.
