@@ -69,7 +69,8 @@ def _worker(conf_path, prefix, count, queue):
 
 
 def _run_workers(conf_path, workers, per_worker):
-    ctx = multiprocessing.get_context("fork")
+    # spawn: a forked child would inherit eventlet state other test modules may have imported
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(conf_path, f"w{n}", per_worker, queue)) for n in range(workers)]
     for p in procs:
