@@ -351,12 +351,14 @@ class NetworkManager:
         now = now or models.utcnow()
         cutoff = now - datetime.timedelta(seconds=self.conf.fixed_ip_disassociate_timeout)
         with db.transaction(self.engine) as session:
-            result = session.execute(
-                update(models.FixedIp)
-                .where(models.FixedIp.allocated.is_(False), models.FixedIp.leased.is_(False),
-                       models.FixedIp.instance_uuid.is_not(None), models.FixedIp.updated_at < cutoff)
-                .values(instance_uuid=None, host=None, updated_at=now))
-            return result.rowcount
+            expired = list(session.scalars(select(models.FixedIp).where(
+                models.FixedIp.allocated.is_(False), models.FixedIp.leased.is_(False),
+                models.FixedIp.instance_uuid.is_not(None), models.FixedIp.updated_at < cutoff)))
+            for ip in expired:
+                ip.instance_uuid = None
+                ip.host = None
+                ip.updated_at = now
+            return len(expired)
 
 
 class FlatManager(NetworkManager):

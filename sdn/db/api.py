@@ -54,13 +54,23 @@ def get_engine(url: str) -> Engine:
 
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """One write transaction: yields a Session, bumps ``state_revision`` and commits on success,
-    rolls everything back on any exception (no partial write)."""
+    """One write transaction: yields a Session and commits on success, bumping ``state_revision``
+    if anything was written; rolls everything back on any exception (no partial write).
+
+    A transaction that wrote nothing (an idempotent repeat, a periodic task with nothing to do)
+    leaves the revision alone so the controller does not recompile for nothing.
+    """
+    wrote = []
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        event.listen(session, "after_flush", lambda *_: wrote.append(True))
+        event.listen(session, "do_orm_execute",
+                     lambda state: wrote.append(True) if state.is_insert or state.is_update or state.is_delete
+                     else None)
         yield session
         session.flush()
-        session.execute(update(models.StateRevision).where(models.StateRevision.id == 1)
-                        .values(value=models.StateRevision.value + 1))
+        if wrote:
+            session.execute(update(models.StateRevision).where(models.StateRevision.id == 1)
+                            .values(value=models.StateRevision.value + 1))
 
 
 @contextlib.contextmanager

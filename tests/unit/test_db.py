@@ -38,7 +38,22 @@ def test_revision_bumps_on_commit_only(engine):
     except RuntimeError:
         pass
     assert api.current_revision(engine) == 1
+    with api.transaction(engine) as s:  # read-only use of a write transaction
+        s.get(models.Instance, "u1")
+    assert api.current_revision(engine) == 1
     assert len(api.load_views(engine).vifs) == 0
+
+
+def test_noop_manager_calls_keep_revision(make_manager, engine):
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.5.0.0/24")
+    mgr.allocate_for_instance("a", "p")
+    rev = api.current_revision(engine)
+    mgr.allocate_for_instance("a", "p")  # idempotent repeat
+    assert mgr.timeout_fixed_ips() == 0
+    assert api.current_revision(engine) == rev
+    mgr.deallocate_for_instance("a")
+    assert api.current_revision(engine) == rev + 1
 
 
 def test_reader_snapshot_does_not_block_writer(engine, db_url):
