@@ -192,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     except sa_exc.OperationalError as err:
         url = conf.database.connection if conf is not None else "?"
         return _fail(f"database {url} is not usable ({err.orig}); run 'sdn db sync' first", 1)
+    except sa_exc.SQLAlchemyError as err:
+        return _fail(f"database error: {err.__class__.__name__}: {getattr(err, 'orig', None) or err}", 1)
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # noqa: BLE001 - the contract is one line, never a traceback
+        return _fail(f"unexpected {err.__class__.__name__}: {err}", 1)
 
 
 def _fail(message: str, code: int) -> int:

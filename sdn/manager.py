@@ -22,6 +22,7 @@ import uuid as uuidlib
 
 import netaddr
 from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,8 @@ from sdn.db import api as db
 from sdn.db import models
 
 MAX_VLAN = 4094
+#: attempts at an allocation that lost a uniqueness race to a concurrent transaction
+_RACE_RETRIES = 3
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -73,6 +76,7 @@ class NetworkManager:
         """Carve ``num_networks`` subnets of ``network_size`` addresses (rounded up to a power of
         two) out of ``cidr`` and create them with all their fixed IPs.
 
+        With use_ipv6, each network also gets the next free /64 of fixed_range_v6 (cidr_v6).
         Unset arguments take the nova flag defaults (fixed_range, num_networks, network_size,
         vlan_start, vpn_start, flat_network_bridge, flat_interface, flat_network_dns).
         Returns one ``network_dict`` per network. Raises InvalidCidr, VlanOutOfRange,
@@ -107,14 +111,15 @@ class NetworkManager:
                     used = session.scalar(select(models.Network).where(models.Network.vlan == vlan))
                     if used is not None:
                         raise exception.VlanInUse(vlan=vlan, cidr=used.cidr, label=used.label)
+            subnets_v6 = self._free_v6_subnets(session, num_networks) if conf.use_ipv6 else [None] * num_networks
             created = []
-            for index, subnet in enumerate(subnets):
+            for index, (subnet, subnet_v6) in enumerate(zip(subnets, subnets_v6)):
                 net = models.Network(
                     label=f"{label}_{index}" if num_networks > 1 else label,
                     cidr=str(subnet), netmask=str(subnet.netmask), gateway=str(subnet[1]),
                     broadcast=str(subnet.broadcast), dhcp_start=str(subnet[2]), dns1=dns1, dns2=dns2,
                     bridge=bridge, bridge_interface=bridge_interface, project_id=project_id,
-                    host=conf.host)
+                    host=conf.host, cidr_v6=str(subnet_v6) if subnet_v6 else None)
                 if self.vlan_mode:
                     net.vlan = vlan_start + index
                     net.bridge = f"br{net.vlan}"
@@ -127,6 +132,18 @@ class NetworkManager:
                 self._create_fixed_ips(session, net.id, subnet)
                 created.append(net)
             return [network_dict(n) for n in created]
+
+    def _free_v6_subnets(self, session: Session, count: int) -> list[netaddr.IPNetwork]:
+        """The first ``count`` /64s of fixed_range_v6 no network uses yet (use_ipv6)."""
+        used = set(session.scalars(select(models.Network.cidr_v6).where(models.Network.cidr_v6.is_not(None))))
+        free = []
+        for subnet in netaddr.IPNetwork(self.conf.fixed_range_v6).subnet(64):
+            if str(subnet) not in used:
+                free.append(subnet)
+                if len(free) == count:
+                    return free
+        raise exception.Invalid(f"fixed_range_v6 {self.conf.fixed_range_v6} has fewer than {count} free /64s left; "
+                                "use a larger fixed_range_v6")
 
     def _carve(self, cidr: str, num_networks: int, network_size: int, fit: bool) -> list[netaddr.IPNetwork]:
         """``num_networks`` subnets of ``cidr`` with ceil(log2(network_size)) host bits; with
@@ -224,32 +241,43 @@ class NetworkManager:
         if not project_id:
             raise exception.Invalid("an instance needs a project (--project)")
         host = host or self.conf.host
-        with db.transaction(self.engine) as session:
-            inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
-            if inst is not None:
-                if inst.project_id != project_id:
-                    raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
-                                                            project=project_id)
-                return _allocation(session, inst)
-            if session.scalar(select(func.count()).select_from(models.Network)) == 0:
-                raise exception.NoNetworks()
-            fixed_ip = self._pick_fixed_ip(session, project_id)
-            inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
-                                   hostname=hostname_for(instance_name), project_id=project_id, host=host)
-            session.add(inst)
-            vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
-                                          instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
-                                          port_security=True)
-            session.add(vif)
-            session.flush()
-            fixed_ip.instance_uuid = inst.uuid
-            fixed_ip.virtual_interface_id = vif.id
-            fixed_ip.allocated = True
-            fixed_ip.leased = False
-            fixed_ip.host = host
-            fixed_ip.updated_at = models.utcnow()
-            session.flush()
+        for attempt in range(_RACE_RETRIES):
+            try:
+                with db.transaction(self.engine) as session:
+                    return self._allocate(session, instance_name, project_id, host)
+            except sa_exc.IntegrityError:
+                # Only reachable without SQLite's global write lock (PostgreSQL): a concurrent
+                # launch of the same name, or the same random MAC, committed first. Retrying
+                # returns that launch's allocation or picks another MAC.
+                if attempt == _RACE_RETRIES - 1:
+                    raise
+
+    def _allocate(self, session: Session, instance_name: str, project_id: str, host: str) -> dict:
+        inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
+        if inst is not None:
+            if inst.project_id != project_id:
+                raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
+                                                        project=project_id)
             return _allocation(session, inst)
+        if session.scalar(select(func.count()).select_from(models.Network)) == 0:
+            raise exception.NoNetworks()
+        fixed_ip = self._pick_fixed_ip(session, project_id)
+        inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
+                               hostname=hostname_for(instance_name), project_id=project_id, host=host)
+        session.add(inst)
+        vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
+                                      instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
+                                      port_security=True)
+        session.add(vif)
+        session.flush()
+        fixed_ip.instance_uuid = inst.uuid
+        fixed_ip.virtual_interface_id = vif.id
+        fixed_ip.allocated = True
+        fixed_ip.leased = False
+        fixed_ip.host = host
+        fixed_ip.updated_at = models.utcnow()
+        session.flush()
+        return _allocation(session, inst)
 
     def _candidate_networks(self, session: Session, project_id: str) -> list[models.Network]:
         """Networks to allocate from, in order of preference (flat: the project's own, then shared)."""

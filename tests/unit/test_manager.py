@@ -41,6 +41,18 @@ def test_flat_carving_and_reserved(make_manager, engine):
     assert count(engine, models.FixedIp) == 256
 
 
+def test_ipv6_subnets_are_not_reused(make_manager):
+    mgr = make_manager("flatdhcp", use_ipv6=True, fixed_range_v6="fd00:1::/48")
+    mgr.create_networks("a", "10.0.0.0/24")
+    mgr.create_networks("b", "10.0.1.0/24", num_networks=2, network_size=128)
+    assert [n.cidr_v6 for n in _networks(mgr.engine)] == ["fd00:1::/64", "fd00:1:0:1::/64", "fd00:1:0:2::/64"]
+
+
+def _networks(engine):
+    with api.read_transaction(engine) as s:
+        return list(s.scalars(select(models.Network).order_by(models.Network.id)))
+
+
 def test_size_defaults_to_what_the_range_holds(make_manager):
     nets = make_manager("flat").create_networks("small", "192.168.5.0/26")
     assert [n["cidr"] for n in nets] == ["192.168.5.0/26"]
