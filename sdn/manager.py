@@ -77,8 +77,9 @@ class NetworkManager:
         two) out of ``cidr`` and create them with all their fixed IPs.
 
         With use_ipv6, each network also gets the next free /64 of fixed_range_v6 (cidr_v6).
-        Unset arguments take the nova flag defaults (fixed_range, num_networks, network_size,
-        vlan_start, vpn_start, flat_network_bridge, flat_interface, flat_network_dns).
+        Unset arguments take the nova flag defaults (fixed_range, num_networks, vlan_start,
+        vpn_start, flat_network_bridge, flat_interface, flat_network_dns); an unset network_size
+        is what ``cidr`` holds per network, at most the network_size flag (nova-manage).
         Returns one ``network_dict`` per network. Raises InvalidCidr, VlanOutOfRange,
         CidrConflict, VlanInUse, Invalid.
         """
@@ -186,9 +187,10 @@ class NetworkManager:
     def _create_fixed_ips(self, session: Session, network_id: int, subnet: netaddr.IPNetwork) -> None:
         size = subnet.size
         bottom, top = self.bottom_reserved, self.top_reserved
+        now = models.utcnow()
         rows = [{"address": str(subnet[i]), "network_id": network_id, "reserved": i < bottom or size - i <= top,
-                 "allocated": False, "leased": False} for i in range(size)]
-        session.execute(models.FixedIp.__table__.insert(), [dict(r, created_at=models.utcnow()) for r in rows])
+                 "allocated": False, "leased": False, "created_at": now} for i in range(size)]
+        session.execute(models.FixedIp.__table__.insert(), rows)
 
     def delete_network(self, cidr: str) -> dict:
         """Delete the network whose CIDR is ``cidr`` and its fixed IPs. Raises NetworkNotFound,
