@@ -21,7 +21,7 @@ import re
 import uuid as uuidlib
 
 import netaddr
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -194,12 +194,12 @@ class NetworkManager:
 
     def delete_network(self, cidr: str) -> dict:
         """Delete the network whose CIDR is ``cidr`` and its fixed IPs. Raises NetworkNotFound,
-        NetworkInUse (while any fixed IP is allocated or associated)."""
+        NetworkInUse (while any fixed IP is allocated; addresses merely awaiting DHCP release
+        go with the network)."""
         with db.transaction(self.engine) as session:
             net = _network_by_cidr(session, cidr)
             busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
-                models.FixedIp.network_id == net.id,
-                or_(models.FixedIp.allocated.is_(True), models.FixedIp.instance_uuid.is_not(None))))
+                models.FixedIp.network_id == net.id, models.FixedIp.allocated.is_(True)))
             if busy:
                 raise exception.NetworkInUse(cidr=net.cidr, count=busy)
             result = network_dict(net)

@@ -243,8 +243,9 @@ def test_force_dhcp_release(make_manager, engine):
     assert (ip.leased, ip.instance_uuid) == (False, None)
 
 
-def test_delete_network(make_manager, engine):
-    mgr = make_manager("flat")
+@pytest.mark.parametrize("kind", ["flat", "vlan"])
+def test_delete_network(make_manager, engine, kind):
+    mgr = make_manager(kind)
     mgr.create_networks("f", "10.5.0.0/24")
     mgr.allocate_for_instance("a", "p")
     with pytest.raises(exception.NetworkInUse, match="1 allocated"):
