@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(delete, "fixed_range", required=True, metavar="CIDR", help="CIDR of the network to delete")
 
     fixed = cats.add_parser("fixed", help="fixed IPs").add_subparsers(dest="action", required=True)
-    fixed.add_parser("list", help="list fixed IPs in use")
+    fixed_list = fixed.add_parser("list", help="list fixed IPs in use")
+    fixed_list.add_argument("--json", action="store_true", help="print a JSON list of objects")
 
     inst = cats.add_parser("instance", help="instances (sdn stands in for nova-compute)").add_subparsers(
         dest="action", required=True)
@@ -138,6 +139,9 @@ def cmd_network(args, conf) -> None:
 
 def cmd_fixed(args, conf) -> None:
     rows = [ip for ip in _manager(conf).list_fixed_ips() if ip["allocated"] or ip["leased"] or ip["host"]]
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return
     _table([[ip["network"], ip["address"], ip["mac"], ip["hostname"], ip["host"],
              ",".join(f for f in ("allocated", "leased") if ip[f]) or "associated"] for ip in rows],
            ["network", "IP address", "MAC address", "hostname", "host", "state"])

@@ -51,6 +51,19 @@ class Ovs:
         if table_names:
             self._name_tables(name, {int(tid): tname for tid, tname in table_names.items()})
 
+    def bridge_by_datapath_id(self, dpid: int) -> str | None:
+        """Name of the local bridge whose OpenFlow datapath id is ``dpid``, if any."""
+        want = f"{dpid:016x}"
+        for row in self.api.tables["Bridge"].rows.values():
+            ids = row.datapath_id if isinstance(row.datapath_id, list) else [row.datapath_id]
+            if want in ids:  # optional column: the IDL gives a list
+                return row.name
+        return None
+
+    def name_tables(self, bridge: str, table_names: dict[int, str]) -> None:
+        """Set the Flow_Table names ``{table_id: name}`` shown by ``ovs-ofctl dump-flows --names``."""
+        self._name_tables(bridge, {int(tid): tname for tid, tname in table_names.items()})
+
     def _name_tables(self, bridge: str, table_names: dict[int, str]) -> None:
         # A separate transaction once the bridge row exists; skipped when the names already match
         # so a restart does not churn Flow_Table rows (unreferenced old rows are garbage-collected).

@@ -29,7 +29,7 @@ from sdn.dhcp.server import DhcpBinding, DhcpResponder
 from sdn.flows import dhcp as dhcp_flows
 from sdn.flows import reconcile
 from sdn.flows.compiler import Binding, bind_ports, compile_datapath
-from sdn.flows.model import GENERATION_MASK, Flow
+from sdn.flows.model import GENERATION_MASK, Flow, Table
 from sdn.view import StateView
 
 LOG = logging.getLogger("sdn.controller")
@@ -84,6 +84,8 @@ class SdnController(app_manager.OSKenApp):
         # after this run's first full sync.
         self._generation = int(time.time() * 1000) & GENERATION_MASK
         self._lease_events: queue.Queue = queue.Queue()
+        self._ovsdb_connection = _SETTINGS.get("ovsdb_connection")
+        self._ovs = None
         for target in (self._sync_loop, self._poll_loop, self._lease_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
@@ -198,6 +200,7 @@ class SdnController(app_manager.OSKenApp):
         meters = dhcp_flows.compile_meters(sw.binding.vifs, self.dhcp_rate_pps)
         started = time.monotonic()
         if full:
+            self._name_tables(dpid)
             self._generation = (self._generation + 1) & GENERATION_MASK
             sw.generation = self._generation
             stats = self._request(dp, ofmsgs.sdn_flow_stats_request(dp)).body
@@ -220,6 +223,20 @@ class SdnController(app_manager.OSKenApp):
                  "%d flows, %.3fs", dpid, "full" if full else "incremental", len(plan.adds),
                  len(plan.deletes), len(plan.stale_cookies), sw.generation, len(desired),
                  time.monotonic() - started)
+
+    def _name_tables(self, dpid: int) -> None:
+        """Give the pipeline's tables their names in OVSDB (``dump-flows --names`` shows
+        ``table=port-security``). Only possible for bridges on this host; best effort."""
+        if not self._ovsdb_connection:
+            return
+        try:
+            from sdn.ovs import Ovs
+            self._ovs = self._ovs or Ovs(self._ovsdb_connection)
+            bridge = self._ovs.bridge_by_datapath_id(dpid)
+            if bridge:
+                self._ovs.name_tables(bridge, {int(t): t.label for t in Table})
+        except Exception as err:  # a remote switch or no OVSDB access: flows work without names
+            LOG.info("could not name tables of datapath %016x: %s", dpid, err)
 
     def _send_meters(self, dp, meters: dict[int, int], command: int):
         """Meter mods (not bundleable in OVS), confirmed by a barrier before flows use them."""
@@ -312,6 +329,7 @@ def main(conf) -> int:
     _SETTINGS["state"] = StateSource.from_conf(conf)
     _SETTINGS["trunk_names"] = conf.ovs.trunk_interfaces
     _SETTINGS["dhcp_rate_pps"] = conf.ovs.dhcp_rate_limit or None
+    _SETTINGS["ovsdb_connection"] = conf.ovs.ovsdb_connection
     osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
                          "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
                    project="os_ken")
