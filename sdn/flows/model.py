@@ -30,7 +30,7 @@ class Table(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower().replace("_", "-")
+        return self.name.lower()
 
 
 class Reg:
