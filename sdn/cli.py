@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     idel.add_argument("name")
     idel.add_argument("--bridge")
 
+    show = inst.add_parser("show", help="allocation, port security and allowed address pairs")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    psec = inst.add_parser("port-security", help="turn anti-spoofing of the instance's VIF on or off")
+    psec.add_argument("name")
+    psec.add_argument("state", choices=["on", "off"], help="off only for instances that must "
+                      "forward others' traffic (VPN, router)")
+    for verb, what in (("allow-address", "allow the VIF to also send from an address pair"),
+                       ("disallow-address", "remove an allowed address pair")):
+        pair = inst.add_parser(verb, help=what)
+        pair.add_argument("name")
+        pair.add_argument("--ip", required=True, metavar="IP_OR_CIDR")
+        pair.add_argument("--mac", help="source MAC of the pair (default: the VIF's own)")
+
     cats.add_parser("controller", help="run the OpenFlow controller")
     return parser
 
@@ -162,12 +176,27 @@ def cmd_instance(args, conf) -> None:
         alloc = mgr.get_allocation(args.name)
         _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
         print(f"unplugged {alloc['port_name']} ({args.name}) from {args.bridge}")
-    else:
+    elif args.action == "delete":
         alloc = mgr.get_allocation(args.name)
         if args.bridge:
             _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
         mgr.deallocate_for_instance(args.name)
         print(f"deleted {args.name}; released {alloc['address']}")
+    else:
+        if args.action == "show":
+            info = {**mgr.get_allocation(args.name), **mgr.show_port_security(args.name)}
+            if args.json:
+                print(json.dumps(info))
+                return
+        elif args.action == "port-security":
+            info = mgr.set_port_security(args.name, args.state == "on")
+        elif args.action == "allow-address":
+            info = mgr.add_address_pair(args.name, args.ip, args.mac)
+        else:
+            info = mgr.remove_address_pair(args.name, args.ip, args.mac)
+        pairs = ", ".join(f"{p['mac']} {p['ip']}" for p in info["allowed_address_pairs"]) or "none"
+        print(f"{args.name} {info['mac']}: port security {'on' if info['port_security'] else 'OFF'}; "
+              f"allowed address pairs: {pairs}")
 
 
 def cmd_controller(args, conf) -> int | None:

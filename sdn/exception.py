@@ -99,3 +99,19 @@ class InstanceProjectMismatch(SdnError):
 
 class OvsError(SdnError):
     msg_fmt = "Open vSwitch refused {what}: {reason}"
+
+
+class InvalidMac(Invalid):
+    msg_fmt = "invalid MAC address {mac!r}: {reason}"
+
+
+class AddressPairExists(SdnError):
+    msg_fmt = "instance {name} already allows {mac} {ip}; see 'sdn instance show {name}'"
+
+
+class AddressPairNotFound(SdnError):
+    msg_fmt = "instance {name} has no allowed address pair {mac} {ip}; see 'sdn instance show {name}'"
+
+
+class InstanceHasNoVif(SdnError):
+    msg_fmt = "instance {name} has no virtual interface; launch it with 'sdn instance launch'"

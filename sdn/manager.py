@@ -312,6 +312,45 @@ class NetworkManager:
         with db.read_transaction(self.engine) as session:
             return _allocation(session, _instance_by_name(session, instance_name))
 
+    def show_port_security(self, instance_name: str) -> dict:
+        """{instance, port_security, allowed_address_pairs: [{mac, ip}]} of the instance's VIF.
+        Raises InstanceNotFound, InstanceHasNoVif."""
+        with db.read_transaction(self.engine) as session:
+            return _port_security(_vif_of(session, instance_name), instance_name)
+
+    def set_port_security(self, instance_name: str, enabled: bool) -> dict:
+        """Enable or disable anti-spoofing for the instance's VIF (e.g. off for a VPN or router
+        instance). Returns show_port_security's dict."""
+        with db.transaction(self.engine) as session:
+            vif = _vif_of(session, instance_name)
+            vif.port_security = bool(enabled)
+            return _port_security(vif, instance_name)
+
+    def add_address_pair(self, instance_name: str, ip: str, mac: str | None = None) -> dict:
+        """Allow the VIF to also send from (``mac`` or its own MAC, ``ip``: an address or CIDR,
+        IPv4 or IPv6). Raises InvalidCidr, InvalidMac, AddressPairExists."""
+        ip_cidr = _address_or_cidr(ip)
+        with db.transaction(self.engine) as session:
+            vif = _vif_of(session, instance_name)
+            mac = _unicast_mac(mac) if mac else vif.address
+            if any(p.mac == mac and p.ip_cidr == ip_cidr for p in vif.allowed_address_pairs):
+                raise exception.AddressPairExists(name=instance_name, mac=mac, ip=ip_cidr)
+            vif.allowed_address_pairs.append(models.AllowedAddressPair(mac=mac, ip_cidr=ip_cidr))
+            return _port_security(vif, instance_name)
+
+    def remove_address_pair(self, instance_name: str, ip: str, mac: str | None = None) -> dict:
+        """Remove exactly the pair add_address_pair added. Raises AddressPairNotFound."""
+        ip_cidr = _address_or_cidr(ip)
+        with db.transaction(self.engine) as session:
+            vif = _vif_of(session, instance_name)
+            mac = _unicast_mac(mac) if mac else vif.address
+            pair = next((p for p in vif.allowed_address_pairs
+                         if p.mac == mac and p.ip_cidr == ip_cidr), None)
+            if pair is None:
+                raise exception.AddressPairNotFound(name=instance_name, mac=mac, ip=ip_cidr)
+            vif.allowed_address_pairs.remove(pair)
+            return _port_security(vif, instance_name)
+
     def deallocate_for_instance(self, instance_name: str) -> dict:
         """Delete the instance's VIF and instance row and deallocate its fixed IP.
 
@@ -493,3 +532,41 @@ def _allocation(session: Session, inst: models.Instance) -> dict:
             "mac": vif.address if vif else None, "address": ip.address if ip else None,
             "port_name": view.vif_port_name(vif.uuid) if vif else None,
             "gateway": net.gateway if net else None}
+
+
+def _vif_of(session: Session, instance_name: str) -> models.VirtualInterface:
+    inst = _instance_by_name(session, instance_name)
+    vif = session.scalar(select(models.VirtualInterface)
+                         .where(models.VirtualInterface.instance_uuid == inst.uuid)
+                         .order_by(models.VirtualInterface.id).limit(1))
+    if vif is None:
+        raise exception.InstanceHasNoVif(name=instance_name)
+    return vif
+
+
+def _port_security(vif: models.VirtualInterface, instance_name: str) -> dict:
+    return {"instance": instance_name, "mac": vif.address, "port_security": vif.port_security,
+            "allowed_address_pairs": [{"mac": p.mac, "ip": p.ip_cidr}
+                                      for p in vif.allowed_address_pairs]}
+
+
+def _address_or_cidr(value: str) -> str:
+    """Canonical ``a.b.c.d``/``a.b.c.d/n`` (or IPv6); a host CIDR collapses to the address."""
+    try:
+        net = netaddr.IPNetwork(value)
+    except (netaddr.AddrFormatError, ValueError, TypeError) as err:
+        raise exception.InvalidCidr(cidr=value, reason=f"{err}; give an address or CIDR such as "
+                                    "10.0.0.5 or 10.0.0.0/28") from None
+    if net.prefixlen == (32 if net.version == 4 else 128):
+        return str(net.ip)
+    return str(net.cidr)
+
+
+def _unicast_mac(value: str) -> str:
+    try:
+        mac = netaddr.EUI(value, dialect=netaddr.mac_unix_expanded)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise exception.InvalidMac(mac=value, reason="expected six hex bytes like fa:16:3e:00:00:01") from None
+    if int(mac) >> 40 & 1:
+        raise exception.InvalidMac(mac=value, reason="a multicast MAC cannot be a VIF's source")
+    return str(mac)

@@ -226,3 +226,50 @@ def test_legitimate_traffic_works_after_every_attack_kind(lab):
     v6 = lab.h_a2.run(["ping", "-6", "-c", "1", "-W", "2", f"{link_local(lab.a1['mac'])}%eth0"],
                       check=False)
     assert v6.returncode == 0, v6.stdout
+
+
+def _arrives_eventually(lab, receiver, frame, predicate, timeout=10):
+    """Resend ``frame`` from a1 until ``receiver`` captures it (flows change asynchronously)."""
+    cap = receiver.capture()
+    try:
+        def seen():
+            send_frames(lab.h_a1, [frame])
+            return arrived(cap.packets(), predicate)
+        return wait_for(seen, timeout=timeout, interval=0.2, what="the frame at the receiver")
+    finally:
+        cap.stop()
+
+
+def test_allowed_address_pairs_are_honoured_mac_included(lab):
+    pair_mac, pair_ip = "fa:16:3e:77:77:77", "10.33.0.41"
+    marker = b"PAIR-" + random_suffix(6).encode()
+    frame = (Ether(src=pair_mac, dst=lab.a2["mac"]) / IP(src=pair_ip, dst=lab.a2["address"]) /
+             UDP(sport=40001, dport=40001) / Raw(marker))
+    got = run_attack(lab, [lab.h_a2], [frame], has_marker(marker))
+    assert got[lab.h_a2.name] == []                      # not allowed yet
+    lab.env.cli("instance", "allow-address", "a1", "--ip", pair_ip, "--mac", pair_mac)
+    _arrives_eventually(lab, lab.h_a2, frame, has_marker(marker))
+    # a pair on the VIF's own MAC: a real secondary address, used by the kernel
+    lab.env.cli("instance", "allow-address", "a1", "--ip", "10.33.0.48/29")
+    lab.h_a1.run(["ip", "addr", "add", "10.33.0.50/26", "dev", "eth0"])
+    wait_for(lambda: lab.h_a1.run(["ping", "-c", "1", "-W", "1", "-I", "10.33.0.50",
+                                   lab.a2["address"]], check=False).returncode == 0,
+             timeout=10, what="ping from the allowed secondary address")
+    lab.env.cli("instance", "disallow-address", "a1", "--ip", pair_ip, "--mac", pair_mac)
+    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows() if pair_mac in f], timeout=10,
+             what="the removed pair's flows to go")
+
+
+def test_port_security_off_is_explicit_per_vif_and_reversible(lab):
+    fake_mac, fake_ip = "fa:16:3e:de:ad:03", "10.33.0.60"
+    marker = b"OPEN-" + random_suffix(6).encode()
+    frame = (Ether(src=fake_mac, dst=lab.a2["mac"]) / IP(src=fake_ip, dst=lab.a2["address"]) /
+             UDP(sport=40002, dport=40002) / Raw(marker))
+    lab.env.cli("instance", "port-security", "a1", "off")
+    _arrives_eventually(lab, lab.h_a2, frame, has_marker(marker))
+    lab.env.cli("instance", "port-security", "a1", "on")
+    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows()
+                          if "priority=100,reg5=" in f and "port_security" in f], timeout=10,
+             what="the open port-security flow to go")
+    got = run_attack(lab, [lab.h_a2], [frame], has_marker(marker))
+    assert got[lab.h_a2.name] == []
