@@ -134,6 +134,47 @@ def table(rows: list[list], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+SEND_PINGS = """
+import sys
+from scapy.all import ICMP, IP, Ether, Raw, sendp
+src_mac, dst_mac, src_ip, dst_ip, iface, tag = sys.argv[1:7]
+sendp([Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / ICMP(id=0x5d, seq=i) / Raw(tag)
+       for i in range(5)], iface=iface, verbose=False)
+"""
+
+
+def spoof_attempt(attacker, victim, a_alloc: dict, v_alloc: dict, source_ip: str,
+                  state_dir: Path) -> tuple[int, int]:
+    """Scapy pings attacker -> victim, 5 from ``source_ip`` then 5 from the attacker's own
+    address (the control); returns (spoofed, control) packets captured at the victim.
+
+    The controls follow the spoofed frames down the same path, so once all 5 controls are
+    seen, every spoofed frame that could arrive has arrived.
+    """
+    script = state_dir / "send_pings.py"
+    script.write_text(SEND_PINGS)
+    cap = victim.popen(["tcpdump", "-l", "-n", "-i", victim.defaultIntf().name, "-A",
+                        "icmp[icmptype] = 8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    spoofed = control = 0
+    try:
+        cap.stderr.readline()  # "listening on ...": the capture is live
+        for src_ip, tag in ((source_ip, "SPOOF"), (a_alloc["address"], "CONTROL")):
+            attacker.cmd(f"{sys.executable} {script} {a_alloc['mac']} {v_alloc['mac']} {src_ip} "
+                         f"{v_alloc['address']} {attacker.defaultIntf().name} {tag}")
+        deadline = time.monotonic() + 10
+        while control < 5 and time.monotonic() < deadline:
+            line = cap.stdout.readline()
+            if not line:
+                break
+            spoofed += "SPOOF" in line
+            control += "CONTROL" in line
+    finally:
+        cap.terminate()
+        cap.wait(timeout=5)
+    return spoofed, control
+
+
 def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
     from mininet.log import setLogLevel
     from mininet.net import Mininet
@@ -218,6 +259,21 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
                              "reply" if got else "no reply", verdict])
         print()
         print(table(prow, ["from", "to", "address", "expected", "actual", "result"]))
+
+        srows = []
+        for attempt in spec.get("spoof", []):
+            att, vic = attempt["attacker"], attempt["victim"]
+            spoofed, control = spoof_attempt(net.get(att), net.get(vic), allocs[att], allocs[vic],
+                                             attempt["source_ip"], state_dir)
+            verdict = "blocked" if spoofed == 0 and control > 0 else "FAIL"
+            if verdict == "FAIL":
+                failures.append(f"spoof {att} -> {vic} from {attempt['source_ip']}: {spoofed} "
+                                f"spoofed and {control} control pings arrived (want 0 and >0)")
+            srows.append([att, vic, attempt["source_ip"], f"{spoofed}/5", f"{control}/5", verdict])
+        if srows:
+            print()
+            print(table(srows, ["attacker", "victim", "spoofed source", "spoofed arrived",
+                                "control arrived", "result"]))
 
         first = spec["switches"][0]["name"]
         print(f"\n$ ovs-ofctl -O OpenFlow13 dump-flows --names {first}")
