@@ -24,10 +24,10 @@ class _Parser(argparse.ArgumentParser):
         raise exception.Invalid(f"{message} (see '{self.prog} --help')")
 
 
-def _opt(parser, name, **kwargs):
+def _opt(parser, name, dest_suffix="", **kwargs):
     """Add ``--name`` plus its dashed spelling (``--fixed_range_v4`` and ``--fixed-range-v4``)."""
     flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    parser.add_argument(*flags, dest=name, **kwargs)
+    parser.add_argument(*flags, dest=name + dest_suffix, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +91,40 @@ def build_parser() -> argparse.ArgumentParser:
         pair.add_argument("name")
         pair.add_argument("--ip", required=True, metavar="IP_OR_CIDR")
         pair.add_argument("--mac", help="source MAC of the pair (default: the VIF's own)")
+
+    flt = cats.add_parser("floating", help="floating IPs (elastic IPs)").add_subparsers(
+        dest="action", required=True)
+    fcreate = flt.add_parser("create", help="add a range of floating IPs to a pool")
+    fcreate.add_argument("ip_range", nargs="?", metavar="RANGE", help="CIDR or one address")
+    _opt(fcreate, "ip_range", dest_suffix="_opt", metavar="RANGE", help="same as RANGE (nova-manage spelling)")
+    fcreate.add_argument("--pool", help="pool name (default: default_floating_pool)")
+    fcreate.add_argument("--host", help="network host that serves them")
+    fcreate.add_argument("--interface", help="public interface (default: public_interface)")
+    fdelete = flt.add_parser("delete", help="remove a range of floating IPs (none may be associated)")
+    fdelete.add_argument("ip_range", metavar="RANGE")
+    flt.add_parser("list", help="list floating IPs").add_argument("--json", action="store_true")
+    falloc = flt.add_parser("allocate", help="give a project a floating IP from a pool")
+    falloc.add_argument("--project", required=True)
+    falloc.add_argument("--pool")
+    fassoc = flt.add_parser("associate", help="point a project's floating IP at an instance")
+    fassoc.add_argument("address")
+    fassoc.add_argument("--instance", required=True)
+    fassoc.add_argument("--project", required=True)
+    _opt(fassoc, "fixed_address", help="which fixed IP of the instance (default: its first)")
+    for verb, what in (("disassociate", "detach a floating IP from its fixed IP"),
+                       ("deallocate", "return a disassociated floating IP to its pool")):
+        fp = flt.add_parser(verb, help=what)
+        fp.add_argument("address")
+        fp.add_argument("--project", required=True)
+
+    vpn = cats.add_parser("vpn", help="cloudpipe VPN per project (VLAN mode)").add_subparsers(
+        dest="action", required=True)
+    vpn.add_parser("list", help="VPN endpoints of all projects").add_argument("--json", action="store_true")
+    vrun = vpn.add_parser("run", help="launch a project's VPN instance (forwarding follows)")
+    vrun.add_argument("project")
+    vrun.add_argument("--host")
+    vrun.add_argument("--json", action="store_true")
+    vpn.add_parser("spawn", help="run the VPN of every project that has none running")
 
     cats.add_parser("controller", help="run the OpenFlow controller")
     return parser
@@ -209,8 +243,67 @@ def cmd_controller(args, conf) -> int | None:
     return controller.main(conf)
 
 
+def _floating(conf):
+    from sdn.db import api
+    from sdn.floating import FloatingIps
+
+    return FloatingIps(api.get_engine(conf.database.connection), conf)
+
+
+def cmd_floating(args, conf) -> None:
+    fips = _floating(conf)
+    if args.action == "create":
+        ip_range = args.ip_range or args.ip_range_opt
+        if not ip_range:
+            raise exception.Invalid("floating create needs a RANGE (CIDR or one address)")
+        added = fips.create(ip_range, args.pool, args.host, args.interface)
+        print(f"created {len(added)} floating IPs {added[0]}..{added[-1]} in pool "
+              f"{args.pool or conf.default_floating_pool}")
+    elif args.action == "delete":
+        print(f"deleted {fips.delete(args.ip_range)} floating IPs")
+    elif args.action == "list":
+        rows = fips.list()
+        if args.json:
+            print(json.dumps(rows))
+            return
+        _table([[r["address"], r["pool"], r["host"], r["project_id"], r["fixed_ip"], r["instance"],
+                 "auto" if r["auto_assigned"] else ""] for r in rows],
+               ["address", "pool", "host", "project", "fixed IP", "instance", ""])
+    elif args.action == "allocate":
+        print(fips.allocate(args.project, args.pool))
+    elif args.action == "associate":
+        r = fips.associate(args.address, args.instance, args.project, args.fixed_address)
+        print(f"associated {r['address']} with {r['fixed_ip']} ({r['instance']})")
+    elif args.action == "disassociate":
+        r = fips.disassociate(args.address, args.project)
+        print(f"disassociated {r['address']}")
+    else:
+        fips.deallocate(args.address, args.project)
+        print(f"deallocated {args.address}")
+
+
+def cmd_vpn(args, conf) -> None:
+    from sdn import vpn
+
+    mgr = _manager(conf)
+    if args.action == "list":
+        rows = vpn.list_vpns(mgr.engine)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        _table([[r["project"], r["network"], r["public"], r["private"], r["instance"], r["state"]]
+                for r in rows], ["project", "network", "public", "private", "instance", "state"])
+    elif args.action == "run":
+        alloc = vpn.run_vpn(mgr, args.project, args.host)
+        print(json.dumps({k: v for k, v in alloc.items() if k != "instance_uuid"}) if args.json
+              else _describe(alloc))
+    else:
+        for alloc in vpn.spawn_vpns(mgr):
+            print(_describe(alloc))
+
+
 COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
-            "controller": cmd_controller}
+            "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -115,3 +115,31 @@ class AddressPairNotFound(SdnError):
 
 class InstanceHasNoVif(SdnError):
     msg_fmt = "instance {name} has no virtual interface; launch it with 'sdn instance launch'"
+
+
+class FloatingIpExists(SdnError):
+    msg_fmt = "{address} (in {range}) is already a floating or fixed IP; nothing was added"
+
+
+class FloatingIpNotFound(SdnError):
+    msg_fmt = "no floating IP {address}; see 'sdn floating list'"
+
+
+class FloatingIpInUse(SdnError):
+    msg_fmt = "floating IP {address} is associated; disassociate it before you {action} it"
+
+
+class NoMoreFloatingIps(SdnError):
+    msg_fmt = "no free floating IP left in pool {pool}; add some with 'sdn floating create'"
+
+
+class FloatingIpNotAllocated(SdnError):
+    msg_fmt = "floating IP {address} is not allocated to project {project}"
+
+
+class FloatingIpNotAssociated(SdnError):
+    msg_fmt = "floating IP {address} is not associated with a fixed IP"
+
+
+class NoVpnNetwork(SdnError):
+    msg_fmt = "project {project} has no VLAN network with a VPN; launch an instance in it first"

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from sdn import exception, view
 from sdn.db import api as db
 from sdn.db import models
+from sdn.floating import FloatingIps
 
 MAX_VLAN = 4094
 #: attempts at an allocation that lost a uniqueness race to a concurrent transaction
@@ -231,12 +232,16 @@ class NetworkManager:
 
     # -- instances --------------------------------------------------------------------------
 
-    def allocate_for_instance(self, instance_name: str, project_id: str, host: str | None = None) -> dict:
+    def allocate_for_instance(self, instance_name: str, project_id: str, host: str | None = None,
+                              vpn: bool = False) -> dict:
         """Create the instance (if new), one VIF with a unique MAC and one fixed IP.
 
         Idempotent: for an existing instance, returns its current allocation. Returns an
         ``allocation`` dict. Raises InvalidInstanceName, InstanceProjectMismatch, NoNetworks,
         NoMoreNetworks, NoMoreFixedIps, VirtualInterfaceMacAddressException.
+        With ``vpn`` (cloudpipe, VLAN mode) the fixed IP is the project network's reserved
+        vpn_private_address. With auto_assign_floating_ip a floating IP is allocated and
+        associated in the same transaction.
         """
         if not instance_name or not _NAME_RE.match(instance_name) or not hostname_for(instance_name):
             raise exception.InvalidInstanceName(name=instance_name)
@@ -246,7 +251,7 @@ class NetworkManager:
         for attempt in range(_RACE_RETRIES):
             try:
                 with db.transaction(self.engine) as session:
-                    return self._allocate(session, instance_name, project_id, host)
+                    return self._allocate(session, instance_name, project_id, host, vpn)
             except sa_exc.IntegrityError:
                 # Only reachable without SQLite's global write lock (PostgreSQL): a concurrent
                 # launch of the same name, or the same random MAC, committed first. Retrying
@@ -254,7 +259,8 @@ class NetworkManager:
                 if attempt == _RACE_RETRIES - 1:
                     raise
 
-    def _allocate(self, session: Session, instance_name: str, project_id: str, host: str) -> dict:
+    def _allocate(self, session: Session, instance_name: str, project_id: str, host: str,
+                  vpn: bool = False) -> dict:
         inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
         if inst is not None:
             if inst.project_id != project_id:
@@ -263,7 +269,7 @@ class NetworkManager:
             return _allocation(session, inst)
         if session.scalar(select(func.count()).select_from(models.Network)) == 0:
             raise exception.NoNetworks()
-        fixed_ip = self._pick_fixed_ip(session, project_id)
+        fixed_ip = self._vpn_fixed_ip(session, project_id) if vpn else self._pick_fixed_ip(session, project_id)
         inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
                                hostname=hostname_for(instance_name), project_id=project_id, host=host)
         session.add(inst)
@@ -279,7 +285,20 @@ class NetworkManager:
         fixed_ip.host = host
         fixed_ip.updated_at = models.utcnow()
         session.flush()
+        if self.conf.auto_assign_floating_ip and not vpn:
+            FloatingIps(self.engine, self.conf).auto_assign(session, fixed_ip, project_id)
         return _allocation(session, inst)
+
+    def _vpn_fixed_ip(self, session: Session, project_id: str) -> models.FixedIp:
+        """The reserved vpn_private_address of the project's VLAN network (nova's cloudpipe)."""
+        net = next((n for n in self._candidate_networks(session, project_id) if n.vpn_private_address), None)
+        if net is None:
+            raise exception.NoVpnNetwork(project=project_id)
+        ip = session.scalar(select(models.FixedIp).where(models.FixedIp.address == net.vpn_private_address))
+        if ip is None or ip.allocated:
+            raise exception.AddressAlreadyAllocated(address=net.vpn_private_address,
+                                                    instance=ip.instance_uuid if ip else "?")
+        return ip
 
     def _candidate_networks(self, session: Session, project_id: str) -> list[models.Network]:
         """Networks to allocate from, in order of preference (flat: the project's own, then shared)."""
@@ -365,6 +384,7 @@ class NetworkManager:
             release_now = not self.dhcp or self.conf.force_dhcp_release
             now = models.utcnow()
             for ip in session.scalars(select(models.FixedIp).where(models.FixedIp.instance_uuid == inst.uuid)):
+                FloatingIps.release_for_fixed_ip(session, ip.id)
                 ip.allocated = False
                 ip.virtual_interface_id = None
                 ip.updated_at = now

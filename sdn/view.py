@@ -36,6 +36,12 @@ class NetworkView:
     domain: str = "novalocal"
     lease_time: int = 120
     mtu: int | None = None
+    #: cloudpipe VPN (VLAN mode): public address/port forwarded to private address:1194 while
+    #: ``vpn_running`` (the project's VPN instance holds the private address).
+    vpn_public_address: str | None = None
+    vpn_public_port: int | None = None
+    vpn_private_address: str | None = None
+    vpn_running: bool = False
 
     @property
     def key(self) -> int:
@@ -89,12 +95,23 @@ def vif_port_name(vif_uuid: str) -> str:
 
 
 @dataclass(frozen=True)
+class FloatingView:
+    """A floating IP associated to a fixed IP (only associated ones reach the data plane)."""
+
+    address: str
+    fixed_address: str
+    network_id: int
+    project_id: str | None = None
+
+
+@dataclass(frozen=True)
 class StateView:
     """Everything the data plane needs, read in one transaction at ``revision``."""
 
     revision: int
     networks: dict[int, NetworkView]
     vifs: tuple[VifView, ...]
+    floating_ips: tuple[FloatingView, ...] = ()
 
     def vif_by_port_name(self, name: str) -> VifView | None:
         for vif in self.vifs:

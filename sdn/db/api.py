@@ -109,13 +109,27 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
     """
     with read_transaction(engine) as session:
         revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
+        vpn_running = set(session.scalars(
+            select(models.FixedIp.address).join(models.Network, models.Network.vpn_private_address
+                                                == models.FixedIp.address)
+            .where(models.FixedIp.allocated.is_(True))))
         networks = {}
         for net in session.scalars(select(models.Network).order_by(models.Network.id)):
             networks[net.id] = view.NetworkView(
                 id=net.id, label=net.label or "", cidr=net.cidr, netmask=net.netmask, gateway=net.gateway,
                 broadcast=net.broadcast, dns=tuple(d for d in (net.dns1, net.dns2) if d), vlan=net.vlan,
                 project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
-                mtu=mtu)
+                mtu=mtu, vpn_public_address=net.vpn_public_address, vpn_public_port=net.vpn_public_port,
+                vpn_private_address=net.vpn_private_address,
+                vpn_running=net.vpn_private_address in vpn_running)
+        floating_ips = tuple(
+            view.FloatingView(address=address, fixed_address=fixed, network_id=network_id,
+                              project_id=project_id)
+            for address, fixed, network_id, project_id in session.execute(
+                select(models.FloatingIp.address, models.FixedIp.address, models.FixedIp.network_id,
+                       models.FloatingIp.project_id)
+                .join(models.FixedIp, models.FloatingIp.fixed_ip_id == models.FixedIp.id)
+                .order_by(models.FloatingIp.id)))
         addresses: dict[int, list[str]] = {}
         for vif_id, address in session.execute(
                 select(models.FixedIp.virtual_interface_id, models.FixedIp.address)
@@ -132,4 +146,5 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                 select(models.VirtualInterface).order_by(models.VirtualInterface.id)
                 .options(selectinload(models.VirtualInterface.instance),
                          selectinload(models.VirtualInterface.allowed_address_pairs))))
-        return view.StateView(revision=revision or 0, networks=networks, vifs=vifs)
+        return view.StateView(revision=revision or 0, networks=networks, vifs=vifs,
+                              floating_ips=floating_ips)
