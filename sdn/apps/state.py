@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 
+from sdn import exception
 from sdn import manager as managers
 from sdn.db import api as db
+from sdn.db import models
 from sdn.dhcp.server import LeaseEvent
 from sdn.view import StateView
 
@@ -41,3 +43,33 @@ class StateSource:
             self.manager.lease_fixed_ip(event.address, event.mac)
         else:
             self.manager.release_fixed_ip(event.address, event.mac)
+
+    def apply_lease_events(self, events: list[LeaseEvent]) -> list[Exception | None]:
+        """Record a batch of lease events in **one** transaction (group commit).
+
+        Same semantics per event as ``apply_lease_event`` (nova's lease_fixed_ip /
+        release_fixed_ip); an event that state rejects (unknown address, MAC mismatch ...)
+        is skipped and its error returned at its index, the others still commit. Returns
+        only after the commit, so callers may send ACKs afterwards (write-ahead).
+        """
+        results: list[Exception | None] = []
+        with db.transaction(self.engine) as session:
+            now = models.utcnow()
+            for event in events:
+                lease = event.kind == "lease"
+                try:
+                    ip = self.manager._lease_target(session, event.address, event.mac,
+                                                    "leased" if lease else "released")
+                except exception.SdnError as err:
+                    results.append(err)
+                    continue
+                if lease:
+                    ip.leased = True
+                else:   # as NetworkManager.release_fixed_ip
+                    ip.leased = False
+                    if not ip.allocated:
+                        ip.instance_uuid = None
+                        ip.host = None
+                ip.updated_at = now
+                results.append(None)
+        return results

@@ -1,0 +1,137 @@
+"""Fast paths added for the benchmarks (issue 6): packet-out bytes equal os-ken's, batched lease
+writes keep nova semantics in one transaction, and the raw-socket server binds by chaddr and
+sends ACKs only after their leases are recorded."""
+
+from __future__ import annotations
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+from scapy.layers.dhcp import DHCP
+
+from sdn.apps import ofmsgs
+from sdn.apps.state import StateSource
+from sdn.db import api
+from sdn.dhcp import LeaseEvent
+from sdn.dhcp import rawsocket
+from sdn.dhcp.server import DhcpBinding
+from tests.unit.test_dhcp_packet import MAC, craft, dissect
+from tests.unit.test_dhcp_server import BINDING, NET
+from tests.unit.test_manager import fixed
+
+
+class _FakeDp:
+    ofproto = ofp
+    ofproto_parser = parser
+    id = 1
+
+
+@pytest.mark.parametrize("port,xid,size", [(1, 0, 300), (0xFFFFFF00, 7, 1), (42, 0xFFFFFFFF, 1500)])
+def test_packet_out_bytes_equal_os_ken(port, xid, size):
+    data = bytes(range(256)) * 6
+    data = data[:size]
+    msg = ofmsgs.packet_out(_FakeDp(), port, data)
+    msg.set_xid(xid)
+    msg.serialize()
+    assert ofmsgs.packet_out_bytes(port, data, xid) == bytes(msg.buf)
+
+
+def _state(engine, mgr):
+    return StateSource(engine, mgr, domain="novalocal", lease_time=120, mtu=None)
+
+
+def test_batch_lease_events_one_transaction(make_manager, engine):
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.5.0.0/24")
+    a = mgr.allocate_for_instance("a", "p")
+    b = mgr.allocate_for_instance("b", "p")
+    state = _state(engine, mgr)
+    before = api.current_revision(engine)
+    results = state.apply_lease_events([
+        LeaseEvent("lease", a["address"], a["mac"]),
+        LeaseEvent("lease", "10.5.0.200", a["mac"]),          # not associated: rejected alone
+        LeaseEvent("lease", b["address"], "02:00:00:00:00:99"),  # MAC mismatch: rejected alone
+        LeaseEvent("lease", b["address"], b["mac"]),
+    ])
+    assert [type(r).__name__ if r else None for r in results] == [
+        None, "FixedIpNotAssociated", "FixedIpMacMismatch", None]
+    assert fixed(engine, a["address"]).leased and fixed(engine, b["address"]).leased
+    assert api.current_revision(engine) == before + 1           # one transaction
+    # release after deallocation disassociates, as NetworkManager.release_fixed_ip does
+    mgr.deallocate_for_instance("a")
+    assert state.apply_lease_events([LeaseEvent("release", a["address"], a["mac"])]) == [None]
+    ip = fixed(engine, a["address"])
+    assert (ip.leased, ip.instance_uuid) == (False, None)
+
+
+def test_batch_handler_binds_by_chaddr_and_holds_acks():
+    other = DhcpBinding(mac="02:00:00:00:00:02", address="10.0.0.6", hostname="vm-2", network=NET)
+    handler = rawsocket.BatchHandler({bytes.fromhex(MAC.replace(":", "")): BINDING,
+                                      bytes.fromhex("020000000002"): other})
+    frames = [craft("discover"),
+              craft("discover", chaddr="02:00:00:00:00:02"),
+              craft("discover", chaddr="02:00:00:00:00:77"),   # unknown client: silence
+              craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")])]
+    now, events, after = handler.handle(frames, 0.0)
+    offers = [dissect(f) for f in now]
+    assert [o["BOOTP"].yiaddr for o in offers] == ["10.0.0.5", "10.0.0.6"]
+    assert events == [LeaseEvent("lease", "10.0.0.5", MAC.lower())]
+    assert len(after) == 1
+    assert ("message-type", 5) in dissect(after[0])[DHCP].options   # ACK
+
+
+def test_bindings_by_chaddr_only_vifs_with_addresses(make_manager, engine):
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.5.0.0/24")
+    a = mgr.allocate_for_instance("a", "p")
+    view = api.load_views(engine)
+    got = rawsocket.bindings_by_chaddr(view)
+    assert got[bytes.fromhex(a["mac"].replace(":", ""))].address == a["address"]
+    assert rawsocket.bindings_by_chaddr(view, [999]) == {}
+
+
+def test_chaddr_of_and_filter():
+    frame = craft("discover")
+    assert rawsocket.chaddr_of(frame) == bytes.fromhex(MAC.replace(":", ""))
+    assert rawsocket.is_dhcp_request(frame)
+    assert not rawsocket.is_dhcp_request(frame[:20])
+    assert rawsocket.chaddr_of(b"\x00" * 10) is None
+
+
+class _FakeSock:
+    def __init__(self, frames, log):
+        self.frames, self.log = list(frames), log
+
+    def settimeout(self, _t):
+        pass
+
+    def recvfrom(self, _n, _flags=0):
+        if not self.frames:
+            raise BlockingIOError
+        return self.frames.pop(0), ("veth", 0x0800, 0, 1, b"")
+
+    def send(self, data):
+        self.log.append(("send", dissect(data)[DHCP].options[0][1]))
+
+
+def test_raw_server_sends_acks_only_after_commit():
+    log = []
+    frames = [craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")]),
+              craft("discover")]
+    server = rawsocket.RawSocketServer(
+        "veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
+        record=lambda events: log.append(("commit", len(events))), sock=_FakeSock(frames, log))
+    assert server.serve_once() == 2
+    assert log == [("send", 2), ("commit", 1), ("send", 5)]   # OFFER now, ACK after commit
+
+
+def test_raw_server_withholds_acks_when_commit_fails():
+    log = []
+
+    def broken(_events):
+        raise RuntimeError("database is locked")
+    frames = [craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")])]
+    server = rawsocket.RawSocketServer("veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
+                                       record=broken, sock=_FakeSock(frames, log))
+    server.serve_once()
+    assert log == []
