@@ -301,19 +301,40 @@ class SdnController(app_manager.OSKenApp):
                                   hostname=vif.hostname, network=network)
         decision = self.responder.handle(msg.data, binding, time.time())
         LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
-        if decision.reply:
-            dp.send_msg(ofmsgs.packet_out(dp, in_port, decision.reply))
         if decision.event:
-            self._lease_events.put(decision.event)
+            # ACKs wait for their lease to commit (write-ahead, see _lease_loop).
+            self._lease_events.put((decision.event, dp, in_port, decision.reply))
+        elif decision.reply:
+            dp.send(ofmsgs.packet_out_bytes(in_port, decision.reply))
+
+    LEASE_BATCH_MAX = 512
 
     def _lease_loop(self):
-        """Write lease events to state off the packet-in path."""
+        """Write lease events to state off the packet-in path, in batches (group commit).
+
+        Write-ahead: a batch is committed in one transaction, and only then are its ACKs sent,
+        so a lease the client was told about survives a controller crash (kill -9); a crash
+        before the commit only loses unacknowledged leases, which the client requests again.
+        """
         while True:
-            event = self._lease_events.get()
+            batch = [self._lease_events.get()]
+            while len(batch) < self.LEASE_BATCH_MAX:
+                try:
+                    batch.append(self._lease_events.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                self.state.apply_lease_event(event)
-            except Exception:
-                LOG.exception("could not record DHCP %s of %s", event.kind, event.address)
+                results = self.state.apply_lease_events([item[0] for item in batch])
+            except Exception:  # nothing committed: no ACK may claim it; clients will retry
+                LOG.exception("could not record %d DHCP lease events; their ACKs are not sent",
+                              len(batch))
+                continue
+            for (event, dp, port, reply), error in zip(batch, results):
+                if error is not None:
+                    LOG.error("could not record DHCP %s of %s: %s", event.kind, event.address,
+                              error)
+                if reply:
+                    dp.send(ofmsgs.packet_out_bytes(port, reply))
 
 
 def main(conf) -> int:

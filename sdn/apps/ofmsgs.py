@@ -104,3 +104,21 @@ def packet_out(dp, port: int, data: bytes):
                                actions=[parser.OFPActionOutput(port, 0)], data=data)
 
 
+
+
+# ---- fast encoders: struct-packed bytes for the hot paths (os-ken's classes stay the
+# reference; tests/unit/test_ofmsgs_fast.py checks byte equality against them) ----------
+
+import struct as _struct  # noqa: E402
+
+_PACKET_OUT_HEAD = _struct.Struct("!BBHIIIH6xHHIH6x")   # header, buffer, in_port, actions, output
+_PACKET_OUT_FIXED = _PACKET_OUT_HEAD.size
+
+
+def packet_out_bytes(port: int, data: bytes, xid: int = 0) -> bytes:
+    """OFPT_PACKET_OUT of ``data`` out of ``port`` from the controller, no buffer: the bytes
+    ``packet_out(dp, port, data)`` serialises to, without building os-ken objects."""
+    return _PACKET_OUT_HEAD.pack(ofp.OFP_VERSION, ofp.OFPT_PACKET_OUT,
+                                 _PACKET_OUT_FIXED + len(data), xid & 0xFFFFFFFF,
+                                 ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER, 16,
+                                 ofp.OFPAT_OUTPUT, 16, port, 0) + data
