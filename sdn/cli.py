@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     vpn.add_parser("spawn", help="run the VPN of every project that has none running")
 
     cats.add_parser("controller", help="run the OpenFlow controller")
+    agent = cats.add_parser("agent", help="run the Linux backend's host agent (network_driver = linux)")
+    agent.add_argument("--once", action="store_true", help="reconcile once and exit")
+    bridge = cats.add_parser("dhcp-bridge", help="dnsmasq --dhcp-script: add|old|del MAC IP [HOSTNAME], init")
+    bridge.add_argument("action", choices=["add", "old", "del", "init"])
+    bridge.add_argument("mac", nargs="?")
+    bridge.add_argument("ip", nargs="?")
+    bridge.add_argument("hostname", nargs="?")
     return parser
 
 
@@ -243,6 +250,23 @@ def cmd_controller(args, conf) -> int | None:
     return controller.main(conf)
 
 
+def cmd_agent(args, conf) -> int:
+    if conf.network_driver != "linux":
+        raise exception.Invalid(f"sdn agent runs the Linux backend; set network_driver = linux "
+                                f"(it is {conf.network_driver})")
+    from sdn.linux import agent
+
+    return agent.main(conf, args.config_files or [], once=args.once)
+
+
+def cmd_dhcp_bridge(args, conf) -> None:
+    from sdn.linux import dhcpbridge
+
+    out = dhcpbridge.run(_manager(conf), conf, args.action, args.mac, args.ip)
+    if out:
+        print(out, end="")
+
+
 def _floating(conf):
     from sdn.db import api
     from sdn.floating import FloatingIps
@@ -303,7 +327,8 @@ def cmd_vpn(args, conf) -> None:
 
 
 COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
-            "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller}
+            "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller, "agent": cmd_agent,
+            "dhcp-bridge": cmd_dhcp_bridge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,8 @@ default_opts = [
     cfg.Opt("network_manager", type=manager_type, default="vlan",
             help="Network manager: flat, flatdhcp or vlan (nova class paths are accepted)."),
     cfg.StrOpt("network_driver", default="ovs", choices=["ovs", "linux"],
-               help="Data plane driver; only ovs is implemented."),
+               help="Data plane driver: ovs (OpenFlow controller) or linux (Linux bridge, iptables, "
+               "dnsmasq; run 'sdn agent' on each host)."),
     cfg.StrOpt("my_ip", default="127.0.0.1", help="This host's IP address; default of vpn_ip, "
                "routing_source_ip and metadata_host."),
     cfg.StrOpt("host", default=socket.gethostname(), help="Name of this host."),
@@ -96,6 +97,24 @@ default_opts = [
     cfg.BoolOpt("allow_same_net_traffic", default=True,
                 help="Allow traffic between instances of the same network."),
 ]
+
+#: Linux backend (network_driver = linux), nova-network's linux_net flags where nova had one.
+linux_opts = [
+    cfg.StrOpt("state_path", default="/var/lib/sdn", help="Top-level directory for sdn's state."),
+    cfg.StrOpt("networks_path", default="$state_path/networks",
+               help="Where dnsmasq's hosts/opts/pid files live (Linux backend)."),
+    cfg.StrOpt("lock_path", default="$state_path/lock", help="Directory of inter-process lock files."),
+    cfg.StrOpt("vlan_interface", help="Interface VLAN interfaces are created on (Linux backend, vlan "
+               "manager), unless a network names its bridge_interface."),
+    cfg.StrOpt("dhcp_driver", default="dnsmasq", choices=["dnsmasq", "scapy"],
+               help="Linux backend DHCP: dnsmasq per network, or sdn's own responder on a raw socket "
+               "on each bridge."),
+    cfg.StrOpt("iptables_binary_name", default="sdn-agent",
+               help="Prefix of the iptables chains the agent owns (nova's binary_name, <= 16 chars)."),
+    cfg.FloatOpt("agent_poll_interval", default=0.5, min=0.05,
+                 help="Seconds between the agent's checks of the state revision."),
+]
+default_opts += linux_opts
 
 database_opts = [
     cfg.StrOpt("connection", default="sqlite:////var/lib/sdn/sdn.sqlite",

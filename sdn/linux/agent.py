@@ -1,0 +1,207 @@
+"""``sdn agent``: the Linux backend's host agent.
+
+On start and whenever the state revision changes (or a VIF port appears/disappears, or a
+dnsmasq died) it reconciles this host -- in the network namespace it runs in -- with the
+shared state: bridges (+ VLAN interfaces), gateway addresses, iptables (nova's rules through
+the IptablesManager), ebtables anti-spoof chains per VIF, floating addresses on
+public_interface, and DHCP (dnsmasq per network, or sdn's responder on a raw socket per
+bridge with ``dhcp_driver = scapy``). Each step is idempotent: a reconcile that finds the host
+right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from pyroute2 import IPRoute
+from sqlalchemy import select
+
+from sdn.db import api as db
+from sdn.db import models
+from sdn.linux import desired, dnsmasq, interface
+from sdn.linux.iptables import IptablesManager
+
+LOG = logging.getLogger("sdn.linux.agent")
+
+
+def load_extras(engine) -> dict[int, desired.NetworkExtras]:
+    """bridge / bridge_interface / dhcp_start of every network (set at creation, never changed)."""
+    with db.read_transaction(engine) as session:
+        return {nid: desired.NetworkExtras(bridge=br, bridge_interface=bi, dhcp_start=ds)
+                for nid, br, bi, ds in session.execute(
+                    select(models.Network.id, models.Network.bridge, models.Network.bridge_interface,
+                           models.Network.dhcp_start))}
+
+
+class RawDhcp:
+    """sdn's DHCP responder on a raw socket on one bridge (``dhcp_driver = scapy``), in a thread."""
+
+    def __init__(self, bridge: str, bindings, record):
+        from sdn.dhcp.rawsocket import RawSocketServer
+
+        self.bridge = bridge
+        self.server = RawSocketServer(bridge, bindings, record)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(self.stop.is_set,),
+                                       name=f"dhcp-{bridge}", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.server.close()
+
+
+class Agent:
+    def __init__(self, conf, config_files: list[str]):
+        from sdn.apps.state import StateSource
+
+        self.conf = conf
+        self.config_files = [os.path.abspath(f) for f in config_files]
+        self.state = StateSource.from_conf(conf)
+        self.engine = self.state.engine
+        self.networks_path = conf.networks_path
+        os.makedirs(self.networks_path, exist_ok=True)
+        self.iptables = IptablesManager(conf.iptables_binary_name, use_ipv6=conf.use_ipv6, ebtables=True,
+                                        lock_file=os.path.join(conf.lock_path, "sdn-iptables.lock"))
+        self.ipr = IPRoute()
+        self.raw: dict[str, RawDhcp] = {}
+        self.vlan_error: str | None = None
+        mode = conf.network_manager
+        self.dhcp = mode != "flat"
+        self.vlan_mode = mode == "vlan"
+
+    # -- one reconcile ------------------------------------------------------------------------
+
+    def reconcile(self) -> list[str]:
+        """Bring the host in line with state; returns the list of changes made."""
+        view = self.state.load()
+        extras = load_extras(self.engine)
+        present = interface.link_names(self.ipr)
+        plan = desired.plan(view, extras, self.conf, present_ports=present, dhcp=self.dhcp,
+                            vlan_mode=self.vlan_mode)
+        changes = interface.set_ip_forward() if view.networks else []
+        for b in plan.bridges:
+            kw = dict(gateway_cidr=b.gateway_cidr, broadcast=b.broadcast, mac=b.mac)
+            if b.vlan:
+                try:
+                    changes += interface.ensure_vlan_bridge(self.ipr, b.vlan, b.name, b.vlan_parent, **kw)
+                    continue
+                except interface.VlanUnsupported as err:
+                    if self.vlan_error != str(err):
+                        LOG.error("%s; bridge %s is set up without its VLAN uplink", err, b.name)
+                    self.vlan_error = str(err)
+                    changes += interface.ensure_bridge(self.ipr, b.name, None, **kw)
+                    continue
+            changes += interface.ensure_bridge(self.ipr, b.name, b.interface, **kw)
+        for port, bridge in sorted(plan.ports.items()):
+            changes += interface.enslave(self.ipr, port, bridge)
+        desired.fill_manager(self.iptables, plan)
+        changes += [f"restored {t}" for t in self.iptables.apply()]
+        if plan.floating or self.conf.public_interface in present:
+            changes += interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
+                                                  self.conf.floating_range)
+        if self.dhcp:
+            changes += self._dhcp(view, plan)
+        return changes
+
+    def _dhcp(self, view, plan) -> list[str]:
+        changes = []
+        if self.conf.dhcp_driver == "dnsmasq":
+            script = dnsmasq.write_dhcp_script(self.networks_path, self.config_files)
+            env = {"SDN_CONFIG_FILE": ",".join(self.config_files)}
+            for spec in plan.dnsmasq:
+                changes += dnsmasq.ensure(spec, self.networks_path, script, env)
+            changes += dnsmasq.stop_others(self.networks_path, {s.bridge for s in plan.dnsmasq})
+            return changes
+        from sdn.dhcp.rawsocket import bindings_by_chaddr
+
+        wanted = {s.bridge: s.network_id for s in plan.dnsmasq}
+        for bridge in list(self.raw):
+            if bridge not in wanted:
+                self.raw.pop(bridge).close()
+                changes.append(f"raw DHCP on {bridge} stopped")
+        for bridge, net_id in wanted.items():
+            bindings = bindings_by_chaddr(view, [net_id])
+            if bridge in self.raw:
+                self.raw[bridge].server.set_bindings(bindings)
+            else:
+                self.raw[bridge] = RawDhcp(bridge, bindings, self._record)
+                changes.append(f"raw DHCP on {bridge} started")
+        return changes
+
+    def _record(self, events) -> None:
+        batch = getattr(self.state, "apply_lease_events", None)
+        if batch is not None:
+            for event, err in zip(events, batch(events)):
+                if err is not None:
+                    LOG.warning("lease event %s %s %s not recorded: %s", event.kind, event.address,
+                                event.mac, err)
+            return
+        for event in events:
+            try:
+                self.state.apply_lease_event(event)
+            except Exception as err:  # noqa: BLE001 - one bad event must not stop DHCP
+                LOG.warning("lease event %s %s not recorded: %s", event.kind, event.address, err)
+
+    def dnsmasq_alive(self, plan_bridges: list[str]) -> bool:
+        for bridge in plan_bridges:
+            p = dnsmasq.paths(self.networks_path, bridge)
+            if dnsmasq.running_pid(p["pid"], p["conf"]) is None:
+                return False
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, once: bool = False) -> int:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        last_rev, last_links, last_timeout = None, None, 0.0
+        interval = self.conf.agent_poll_interval
+        while True:
+            rev = self.state.revision()
+            links = interface.link_names(self.ipr)
+            dhcp_ok = (self.conf.dhcp_driver != "dnsmasq" or not self.dhcp
+                       or self.dnsmasq_alive(self._dnsmasq_bridges()))
+            if rev != last_rev or links != last_links or not dhcp_ok:
+                try:
+                    changes = self.reconcile()
+                except Exception:  # noqa: BLE001 - log, retry at the next poll
+                    LOG.exception("reconcile of revision %s failed; retrying", rev)
+                    if once:
+                        return 1
+                    stop.wait(interval)
+                    continue
+                LOG.info("reconciled revision %s: %s", rev, "; ".join(changes) if changes else "no changes")
+                last_rev, last_links = rev, interface.link_names(self.ipr)
+            if once:
+                return 0
+            now = time.monotonic()
+            if self.dhcp and now - last_timeout > 60:
+                last_timeout = now
+                try:
+                    self.state.timeout_fixed_ips(time.time())
+                except Exception:  # noqa: BLE001
+                    LOG.exception("timeout_fixed_ips failed")
+            if stop.wait(interval):
+                break
+        for raw in self.raw.values():
+            raw.close()
+        LOG.info("agent stopped; the data plane stays as it is")
+        return 0
+
+    def _dnsmasq_bridges(self) -> list[str]:
+        if not os.path.isdir(self.networks_path):
+            return []
+        return [n[4:-5] for n in os.listdir(self.networks_path) if n.startswith("sdn-") and n.endswith(".conf")]
+
+
+def main(conf, config_files: list[str], once: bool = False) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Agent(conf, config_files).run(once=once)
+

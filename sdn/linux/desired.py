@@ -1,0 +1,260 @@
+"""What a Linux host should look like for a StateView: pure functions, no I/O.
+
+The agent (``sdn.linux.agent``) computes a ``HostPlan`` from the shared state and applies it
+with small I/O functions; everything here is unit-tested without privileges. Rule strings are
+nova-network's (Essex ``linux_net``), written in the canonical form ``iptables-save`` prints
+them in, so a reconcile that changes nothing is recognised as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import netaddr
+
+from sdn.view import NetworkView, StateView, VifView
+
+METADATA_IP = "169.254.169.254"
+VPN_PRIVATE_PORT = 1194
+
+
+@dataclass(frozen=True)
+class NetworkExtras:
+    """Columns of a network the Linux data plane needs beyond ``NetworkView``."""
+
+    bridge: str | None = None
+    bridge_interface: str | None = None
+    dhcp_start: str | None = None
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    name: str
+    network_id: int
+    interface: str | None       #: uplink enslaved to the bridge (flat_interface / vlanN)
+    vlan: int | None            #: VLAN id when ``interface`` is ``vlan<id>`` on ``vlan_parent``
+    vlan_parent: str | None
+    gateway_cidr: str | None    #: ``gateway/prefix`` on the bridge (DHCP modes), else None
+    broadcast: str | None
+    mac: str | None             #: the bridge's MAC: NetworkView.gateway_mac (as the OVS backend)
+
+
+@dataclass(frozen=True)
+class DnsmasqSpec:
+    network_id: int
+    bridge: str
+    listen_address: str
+    dhcp_start: str
+    netmask: str
+    lease_time: int
+    lease_max: int
+    domain: str
+    hosts: str                  #: hosts file text (``mac,hostname.domain,ip`` lines)
+    opts: str                   #: options file text
+
+
+@dataclass(frozen=True)
+class IptRule:
+    family: str                 #: "ipv4" | "ipv6" | "eb"
+    table: str
+    chain: str
+    rule: str
+    wrap: bool = True
+    top: bool = False
+
+
+@dataclass
+class HostPlan:
+    bridges: list[BridgeSpec] = field(default_factory=list)
+    chains: list[tuple[str, str, str]] = field(default_factory=list)   #: (family, table, wrapped chain)
+    rules: list[IptRule] = field(default_factory=list)
+    dnsmasq: list[DnsmasqSpec] = field(default_factory=list)
+    #: VIF port name -> bridge it belongs on
+    ports: dict[str, str] = field(default_factory=dict)
+    #: floating addresses to hold (``a.b.c.d/32``) on the public interface
+    floating: list[str] = field(default_factory=list)
+
+
+def bridge_name(net: NetworkView, extras: NetworkExtras, flat_network_bridge: str | None) -> str:
+    """The network's bridge: its ``bridge`` column (nova), ``br<vlan>``, flat_network_bridge,
+    else ``sdnbr<id>``."""
+    if extras.bridge:
+        return extras.bridge
+    if net.vlan:
+        return f"br{net.vlan}"
+    return flat_network_bridge or f"sdnbr{net.id}"
+
+
+def hosts_file(view: StateView, net: NetworkView) -> str:
+    """nova's dnsmasq hosts file: one ``mac,hostname.domain,ip`` line per allocated fixed IP."""
+    lines = []
+    for vif in view.vifs:
+        if vif.network_id != net.id:
+            continue
+        for address in vif.addresses:
+            name = f"{vif.hostname}.{net.domain}" if net.domain else vif.hostname
+            lines.append(f"{vif.mac},{name},{address}")
+    return "".join(line + "\n" for line in lines)
+
+
+def opts_file(net: NetworkView) -> str:
+    """dnsmasq --dhcp-optsfile: the network's DNS servers (and MTU), as sdn's responder sends."""
+    lines = []
+    if net.dns:
+        lines.append("option:dns-server," + ",".join(net.dns))
+    if net.mtu:
+        lines.append(f"option:mtu,{net.mtu}")
+    return "".join(line + "\n" for line in lines)
+
+
+def antispoof_rules(vif: VifView, chain: str) -> list[str]:
+    """libvirt nwfilter's clean-traffic in ebtables: no MAC/IP/ARP spoofing, no DHCP server,
+    no router advertisements; allowed address pairs honoured. Rules of the per-VIF chain in
+    ebtables-save's canonical form; the chain ends in DROP."""
+    macs = [vif.mac.lower()]
+    pairs = [(vif.mac.lower(), a) for a in vif.addresses]
+    for mac, ip in vif.allowed_address_pairs:
+        mac = mac.lower()
+        if mac not in macs:
+            macs.append(mac)
+        pairs.append((mac, ip))
+    rules = [
+        "-p IPv4 --ip-proto udp --ip-sport 67 --ip-dport 68 -j DROP",
+        "-p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type router-advertisement -j DROP",
+        f"-p IPv4 -s {vif.mac.lower()} --ip-src 0.0.0.0 --ip-dst 255.255.255.255 --ip-proto udp "
+        "--ip-sport 68 --ip-dport 67 -j RETURN",
+        f"-p ARP -s {vif.mac.lower()} --arp-ip-src 0.0.0.0 --arp-mac-src {vif.mac.lower()} -j RETURN",
+    ]
+    for mac, ip in pairs:
+        try:
+            net = netaddr.IPNetwork(ip)
+        except (netaddr.AddrFormatError, ValueError):
+            continue
+        if net.version == 6:
+            rules.append(f"-p IPv6 -s {mac} --ip6-src {_eb_addr(net)} -j RETURN")
+            continue
+        rules.append(f"-p IPv4 -s {mac} --ip-src {_eb_addr(net)} -j RETURN")
+        rules.append(f"-p ARP -s {mac} --arp-ip-src {_eb_addr(net)} --arp-mac-src {mac} -j RETURN")
+    for mac in macs:   # IPv6 link-local/ND from the VIF's own MACs (no RA: dropped above)
+        rules.append(f"-p IPv6 -s {mac} -j RETURN")
+    rules.append("-j DROP")
+    return rules
+
+
+def _eb_addr(net: netaddr.IPNetwork) -> str:
+    full = 32 if net.version == 4 else 128
+    return str(net.ip) if net.prefixlen == full else str(net.cidr)
+
+
+def antispoof_chain(port_name: str) -> str:
+    """Short (unwrapped) name of a VIF's ebtables chain: ``I-<port>`` (libvirt's ``I-vnetN``)."""
+    return f"I-{port_name}"
+
+
+def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_ports: set[str],
+         dhcp: bool, vlan_mode: bool) -> HostPlan:
+    """The whole host: bridges, iptables/ebtables rules, dnsmasq instances, VIF ports.
+
+    ``conf`` supplies nova's flags (fixed_range, routing_source_ip, metadata_host/port,
+    dmz_cidr, flat_network_bridge, flat_interface, vlan_interface, public_interface,
+    use_ipv6). ``dhcp`` is False for FlatManager (no gateway, no dnsmasq: nova's FlatManager
+    never set up a network host). ``present_ports`` are the VIF ports that exist on this host.
+    """
+    p = HostPlan()
+    fixed_range = conf.fixed_range
+    # -- bridges and per-bridge FORWARD rules (nova ensure_bridge with a gateway)
+    for net in view.networks.values():
+        ext = extras.get(net.id, NetworkExtras())
+        br = bridge_name(net, ext, conf.flat_network_bridge)
+        parent = ext.bridge_interface or (getattr(conf, "vlan_interface", None) if net.vlan else None)
+        if net.vlan and vlan_mode and parent:
+            iface, vlan = f"vlan{net.vlan}", net.vlan
+        else:
+            iface, vlan, parent = ext.bridge_interface or (conf.flat_interface if not net.vlan else None), None, None
+        prefix = netaddr.IPNetwork(net.cidr).prefixlen
+        p.bridges.append(BridgeSpec(
+            name=br, network_id=net.id, interface=iface, vlan=vlan, vlan_parent=parent,
+            gateway_cidr=f"{net.gateway}/{prefix}" if dhcp else None,
+            broadcast=net.broadcast if dhcp else None, mac=net.gateway_mac if dhcp else None))
+        p.rules.append(IptRule("ipv4", "filter", "FORWARD", f"-i {br} -j ACCEPT"))
+        p.rules.append(IptRule("ipv4", "filter", "FORWARD", f"-o {br} -j ACCEPT"))
+        if conf.use_ipv6:
+            p.rules.append(IptRule("ipv6", "filter", "FORWARD", f"-i {br} -j ACCEPT"))
+            p.rules.append(IptRule("ipv6", "filter", "FORWARD", f"-o {br} -j ACCEPT"))
+        if dhcp:
+            size = netaddr.IPNetwork(net.cidr).size
+            p.dnsmasq.append(DnsmasqSpec(
+                network_id=net.id, bridge=br, listen_address=net.gateway,
+                dhcp_start=ext.dhcp_start or str(netaddr.IPNetwork(net.cidr)[2]), netmask=net.netmask,
+                lease_time=net.lease_time, lease_max=size, domain=net.domain,
+                hosts=hosts_file(view, net), opts=opts_file(net)))
+        # cloudpipe VPN (VLAN mode) while the project's VPN instance runs; removed when it stops
+        if net.vlan and getattr(net, "vpn_running", False) and net.vpn_public_address \
+                and net.vpn_public_port and net.vpn_private_address:
+            p.rules.append(IptRule("ipv4", "filter", "FORWARD",
+                                   f"-d {net.vpn_private_address}/32 -p udp -m udp --dport {VPN_PRIVATE_PORT} "
+                                   "-j ACCEPT"))
+            p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
+                                   f"-d {net.vpn_public_address}/32 -p udp -m udp --dport {net.vpn_public_port} "
+                                   f"-j DNAT --to-destination {net.vpn_private_address}:{VPN_PRIVATE_PORT}"))
+
+    # -- L3: nova init_host + metadata_forward/metadata_accept
+    if view.networks:
+        meta = f"{conf.metadata_host}/32"
+        p.rules.append(IptRule("ipv4", "nat", "snat", f"-s {fixed_range} -j SNAT --to-source {conf.routing_source_ip}"))
+        p.rules.append(IptRule("ipv4", "nat", "POSTROUTING", f"-s {fixed_range} -d {meta} -j ACCEPT"))
+        for dmz in conf.dmz_cidr:
+            p.rules.append(IptRule("ipv4", "nat", "POSTROUTING",
+                                   f"-s {fixed_range} -d {netaddr.IPNetwork(dmz).cidr} -j ACCEPT"))
+        p.rules.append(IptRule("ipv4", "nat", "POSTROUTING",
+                               f"-s {fixed_range} -d {fixed_range} -m conntrack ! --ctstate DNAT -j ACCEPT"))
+        p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
+                               f"-d {METADATA_IP}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination "
+                               f"{conf.metadata_host}:{conf.metadata_port}"))
+        p.rules.append(IptRule("ipv4", "filter", "INPUT",
+                               f"-d {meta} -p tcp -m tcp --dport {conf.metadata_port} -j ACCEPT"))
+
+    # -- floating IPs (nova ensure_floating_forward / bind_floating_ip), one set per address
+    seen = set()
+    for fip in getattr(view, "floating_ips", ()):
+        if fip.address in seen:
+            continue
+        seen.add(fip.address)
+        p.floating.append(f"{fip.address}/32")
+        p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
+                               f"-d {fip.address}/32 -j DNAT --to-destination {fip.fixed_address}"))
+        p.rules.append(IptRule("ipv4", "nat", "OUTPUT",
+                               f"-d {fip.address}/32 -j DNAT --to-destination {fip.fixed_address}"))
+        p.rules.append(IptRule("ipv4", "nat", "float-snat",
+                               f"-s {fip.fixed_address}/32 -j SNAT --to-source {fip.address}"))
+
+    # -- VIF ports on this host: bridge membership + anti-spoof chains
+    for vif in view.vifs:
+        net = view.networks.get(vif.network_id)
+        if net is None or vif.port_name not in present_ports:
+            continue
+        p.ports[vif.port_name] = bridge_name(net, extras.get(net.id, NetworkExtras()), conf.flat_network_bridge)
+        if not vif.port_security:
+            continue
+        chain = antispoof_chain(vif.port_name)
+        p.chains.append(("eb", "nat", chain))
+        p.rules.append(IptRule("eb", "nat", "PREROUTING", f"-i {vif.port_name} -j $I-{vif.port_name}",
+                               wrap=False))
+        for rule in antispoof_rules(vif, chain):
+            p.rules.append(IptRule("eb", "nat", chain, rule))
+    return p
+
+
+def fill_manager(mgr, host_plan: HostPlan) -> None:
+    """Load ``host_plan``'s chains and rules into an IptablesManager (after ``mgr.reset()``)."""
+    mgr.reset()
+    families = {"ipv4": mgr.ipv4, "ipv6": mgr.ipv6, "eb": mgr.ebtables}
+    for family, table, chain in host_plan.chains:
+        families[family][table].add_chain(chain)
+    for r in host_plan.rules:
+        tbl = families[r.family][r.table]
+        if r.family == "eb" and not r.wrap and "$" in r.rule:
+            # a jump from a built-in chain to a wrapped per-VIF chain
+            target = r.rule.split("$", 1)[1].split()[0]
+            tbl.add_chain(target)
+        tbl.add_rule(r.chain, r.rule, wrap=r.wrap, top=r.top)

@@ -1,0 +1,214 @@
+"""Interface driver: Linux bridges, VLAN interfaces and addresses through netlink (pyroute2).
+
+nova's ``LinuxBridgeInterfaceDriver`` (ensure_bridge, ensure_vlan, ensure_vlan_bridge,
+initialize_gateway_device) without parsing ``ip``/``brctl`` output. Every function is
+idempotent: it changes only what differs and returns a list of what it changed (empty: nothing
+was wrong), which the agent logs and the tests use to prove a restart is a no-op.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+LOG = logging.getLogger("sdn.linux.interface")
+
+
+class VlanUnsupported(RuntimeError):
+    """The kernel cannot create VLAN interfaces (no 8021q)."""
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _link(ipr: IPRoute, index: int):
+    return ipr.get_links(index)[0]
+
+
+def _kind(link) -> str | None:
+    info = link.get("linkinfo")
+    return info.get("kind") if info else None
+
+
+def _v4_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int, str | None]]:
+    return [(a.get("address"), a["prefixlen"], a.get("broadcast"))
+            for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+
+
+def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
+                  gateway_cidr: str | None = None, broadcast: str | None = None,
+                  mac: str | None = None) -> list[str]:
+    """Create ``bridge`` if missing (forward delay 0, STP off, up); enslave ``interface`` and
+    move its IPv4 addresses and default route onto the bridge (nova); put ``gateway_cidr`` on
+    the bridge (the gateway/DHCP server address) and set the bridge MAC to ``mac``."""
+    changed = []
+    idx = _index(ipr, bridge)
+    if idx is None:
+        ipr.link("add", ifname=bridge, kind="bridge")
+        idx = _index(ipr, bridge)
+        ipr.link("set", index=idx, kind="bridge", br_forward_delay=0, br_stp_state=0)
+        changed.append(f"created bridge {bridge}")
+    link = _link(ipr, idx)
+    if _kind(link) != "bridge":
+        raise RuntimeError(f"{bridge} exists and is not a bridge ({_kind(link)})")
+    if mac and link.get("address", "").lower() != mac.lower():
+        ipr.link("set", index=idx, address=mac)
+        changed.append(f"{bridge} mac {mac}")
+    if not link["flags"] & 1:  # IFF_UP
+        ipr.link("set", index=idx, state="up")
+        changed.append(f"{bridge} up")
+    if interface:
+        iidx = _index(ipr, interface)
+        if iidx is None:
+            raise RuntimeError(f"interface {interface} for bridge {bridge} does not exist")
+        ilink = _link(ipr, iidx)
+        if ilink.get("master") != idx:
+            ipr.link("set", index=iidx, master=idx)
+            changed.append(f"{interface} enslaved to {bridge}")
+        if not ilink["flags"] & 1:
+            ipr.link("set", index=iidx, state="up")
+            changed.append(f"{interface} up")
+        changed += _move_addresses(ipr, iidx, interface, idx, bridge)
+    if gateway_cidr:
+        address, prefix = gateway_cidr.split("/")
+        if not any(a == address and p == int(prefix) for a, p, _ in _v4_addrs(ipr, idx)):
+            kw = {"broadcast": broadcast} if broadcast else {}
+            ipr.addr("add", index=idx, address=address, prefixlen=int(prefix), **kw)
+            changed.append(f"{bridge} address {gateway_cidr}")
+    return changed
+
+
+def _move_addresses(ipr: IPRoute, src: int, src_name: str, dst: int, dst_name: str) -> list[str]:
+    """nova: addresses (and the default route through them) go from the enslaved interface to
+    the bridge, since an enslaved interface's own addresses stop working."""
+    changed = []
+    defaults = [r for r in ipr.get_routes(family=socket.AF_INET, oif=src, table=254)
+                if not r.get("dst_len") and r.get("gateway")]
+    for address, prefix, brd in _v4_addrs(ipr, src):
+        ipr.addr("del", index=src, address=address, prefixlen=prefix)
+        kw = {"broadcast": brd} if brd else {}
+        try:
+            ipr.addr("add", index=dst, address=address, prefixlen=prefix, **kw)
+        except NetlinkError as err:
+            if err.code != errno.EEXIST:
+                raise
+        changed.append(f"moved {address}/{prefix} from {src_name} to {dst_name}")
+    for route in defaults:
+        gw = route.get("gateway")
+        try:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gw, oif=dst)
+        except NetlinkError as err:
+            if err.code != errno.EEXIST:
+                raise
+        changed.append(f"default route via {gw} moved to {dst_name}")
+    return changed
+
+
+def ensure_vlan(ipr: IPRoute, vlan: int, interface: str) -> list[str]:
+    """``ip link add link IF name vlanN type vlan id N`` (up). Raises VlanUnsupported when the
+    kernel lacks 8021q (netlink answers EOPNOTSUPP)."""
+    name = f"vlan{vlan}"
+    idx = _index(ipr, name)
+    changed = []
+    if idx is None:
+        parent = _index(ipr, interface)
+        if parent is None:
+            raise RuntimeError(f"VLAN parent interface {interface} does not exist")
+        try:
+            ipr.link("add", ifname=name, kind="vlan", link=parent, vlan_id=vlan)
+        except NetlinkError as err:
+            if err.code in (errno.EOPNOTSUPP, errno.ENOENT):
+                raise VlanUnsupported(f"cannot create {name} on {interface}: the kernel has no 802.1Q "
+                                      f"VLAN support (8021q): {err}") from None
+            raise
+        idx = _index(ipr, name)
+        changed.append(f"created {name} on {interface}")
+    if not _link(ipr, idx)["flags"] & 1:
+        ipr.link("set", index=idx, state="up")
+        changed.append(f"{name} up")
+    return changed
+
+
+def ensure_vlan_bridge(ipr: IPRoute, vlan: int, bridge: str, interface: str, **bridge_kw) -> list[str]:
+    """ensure_vlan + ensure_bridge(bridge, vlanN)."""
+    changed = ensure_vlan(ipr, vlan, interface)
+    return changed + ensure_bridge(ipr, bridge, f"vlan{vlan}", **bridge_kw)
+
+
+def vlan_supported(ipr: IPRoute) -> tuple[bool, str]:
+    """Probe: create and delete a VLAN on a throwaway dummy/veth; (False, reason) without 8021q."""
+    probe = "sdnvlprobe"
+    peer = "sdnvlprobe1"
+    try:
+        ipr.link("add", ifname=probe, kind="veth", peer=peer)
+    except NetlinkError as err:
+        return False, f"cannot create a probe interface: {err}"
+    try:
+        ensure_vlan(ipr, 4094, probe)
+        return True, ""
+    except VlanUnsupported as err:
+        return False, str(err)
+    finally:
+        for name in ("vlan4094", probe):
+            idx = _index(ipr, name)
+            if idx is not None:
+                ipr.link("del", index=idx)
+
+
+def enslave(ipr: IPRoute, port: str, bridge: str) -> list[str]:
+    """Put an existing VIF port on ``bridge`` and bring it up (what nova-compute's plug did)."""
+    pidx, bidx = _index(ipr, port), _index(ipr, bridge)
+    if pidx is None or bidx is None:
+        return []
+    link = _link(ipr, pidx)
+    changed = []
+    if link.get("master") != bidx:
+        ipr.link("set", index=pidx, master=bidx)
+        changed.append(f"{port} on {bridge}")
+    if not link["flags"] & 1:
+        ipr.link("set", index=pidx, state="up")
+        changed.append(f"{port} up")
+    return changed
+
+
+def link_names(ipr: IPRoute) -> set[str]:
+    return {link.get("ifname") for link in ipr.get_links()}
+
+
+def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str) -> list[str]:
+    """Make the ``/32`` addresses inside the ``manage`` CIDR on ``interface`` exactly ``wanted``
+    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched."""
+    import netaddr
+
+    idx = _index(ipr, interface)
+    if idx is None:
+        return [f"public interface {interface} missing"] if wanted else []
+    rng = netaddr.IPNetwork(manage)
+    have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx) if p == 32 and netaddr.IPAddress(a) in rng}
+    changed = []
+    for cidr in sorted(wanted - have):
+        a, p = cidr.split("/")
+        ipr.addr("add", index=idx, address=a, prefixlen=int(p))
+        changed.append(f"{interface} + {cidr}")
+    for cidr in sorted(have - wanted):
+        a, p = cidr.split("/")
+        ipr.addr("del", index=idx, address=a, prefixlen=int(p))
+        changed.append(f"{interface} - {cidr}")
+    return changed
+
+
+def set_ip_forward() -> list[str]:
+    """nova init_host: ``sysctl -w net.ipv4.ip_forward=1`` (per network namespace)."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as fh:
+        if fh.read().strip() == "1":
+            return []
+    with open(path, "w") as fh:
+        fh.write("1\n")
+    return ["net.ipv4.ip_forward=1"]
