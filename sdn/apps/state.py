@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 
+from sqlalchemy import select, update
+
 from sdn import exception
 from sdn import manager as managers
 from sdn.db import api as db
@@ -53,23 +55,40 @@ class StateSource:
         only after the commit, so callers may send ACKs afterwards (write-ahead).
         """
         results: list[Exception | None] = []
+        if not events:
+            return results
+        FixedIp, Vif = models.FixedIp, models.VirtualInterface
         with db.transaction(self.engine) as session:
             now = models.utcnow()
+            # one read of every row the batch touches (nova's _lease_target checks, in bulk)
+            rows = {r.address: dict(id=r.id, instance_uuid=r.instance_uuid, allocated=r.allocated,
+                                    mac=r.mac)
+                    for r in session.execute(
+                        select(FixedIp.id, FixedIp.address, FixedIp.instance_uuid,
+                               FixedIp.allocated, Vif.address.label("mac"))
+                        .outerjoin(Vif, FixedIp.virtual_interface_id == Vif.id)
+                        .where(FixedIp.address.in_({e.address for e in events})))}
+            changes: dict[int, dict] = {}
             for event in events:
                 lease = event.kind == "lease"
-                try:
-                    ip = self.manager._lease_target(session, event.address, event.mac,
-                                                    "leased" if lease else "released")
-                except exception.SdnError as err:
-                    results.append(err)
+                row = rows.get(event.address)
+                if row is None:
+                    results.append(exception.FixedIpNotFound(address=event.address))
                     continue
-                if lease:
-                    ip.leased = True
-                else:   # as NetworkManager.release_fixed_ip
-                    ip.leased = False
-                    if not ip.allocated:
-                        ip.instance_uuid = None
-                        ip.host = None
-                ip.updated_at = now
+                if row["instance_uuid"] is None:
+                    results.append(exception.FixedIpNotAssociated(
+                        address=event.address, event="leased" if lease else "released"))
+                    continue
+                if event.mac and row["mac"] is not None and row["mac"].lower() != event.mac.lower():
+                    results.append(exception.FixedIpMacMismatch(
+                        address=event.address, expected=row["mac"], mac=event.mac))
+                    continue
+                change = changes.setdefault(row["id"], {"id": row["id"]})
+                change.update(leased=lease, updated_at=now)
+                if not lease and not row["allocated"]:  # as NetworkManager.release_fixed_ip
+                    change.update(instance_uuid=None, host=None)
+                    row["instance_uuid"] = None
                 results.append(None)
+            if changes:
+                session.execute(update(FixedIp), list(changes.values()))
         return results

@@ -15,6 +15,7 @@ most leases that were never acknowledged (the client retries its REQUEST).
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -68,6 +69,7 @@ class BatchHandler:
     def __init__(self, bindings: Mapping[bytes, DhcpBinding], responder: DhcpResponder | None = None):
         self.bindings = bindings
         self.responder = responder or DhcpResponder()
+        self.unknown = 0        #: requests from a chaddr that is no VIF of these networks
 
     def handle(self, frames: Iterable[bytes], now: float
                ) -> tuple[list[bytes], list[LeaseEvent], list[bytes]]:
@@ -79,6 +81,7 @@ class BatchHandler:
         for frame in frames:
             binding = get(chaddr_of(frame))
             if binding is None:
+                self.unknown += 1
                 continue          # not a VIF of these networks: no answer (as on a VIF port)
             decision = handle(frame, binding, now)
             if decision.event is not None:
@@ -103,6 +106,7 @@ class RawSocketServer:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.bind((iface, 0))
+            sock.setblocking(False)
         self.sock = sock
         self.served = 0
 
@@ -110,19 +114,17 @@ class RawSocketServer:
         self.handler.bindings = bindings
 
     def _read_batch(self, timeout: float | None) -> list[bytes]:
+        """Wait up to ``timeout`` for a frame, then take whatever else is queued (no waiting:
+        the socket is non-blocking; a socket *timeout* would make CPython poll before every
+        recv and turn the drain into a wait)."""
         sock = self.sock
-        sock.settimeout(timeout)
+        if not select.select([sock], [], [], timeout)[0]:
+            return []
         frames: list[bytes] = []
-        try:
-            data, addr = sock.recvfrom(2048)
-        except (socket.timeout, BlockingIOError):
-            return frames
-        if addr[2] != PACKET_OUTGOING and is_dhcp_request(data):
-            frames.append(data)
         recv = sock.recvfrom
         while len(frames) < BATCH_MAX:
             try:
-                data, addr = recv(2048, socket.MSG_DONTWAIT)
+                data, addr = recv(2048)
             except (BlockingIOError, InterruptedError):
                 break
             if addr[2] != PACKET_OUTGOING and is_dhcp_request(data):
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     LOG.info("serving DHCP on %s for %d VIFs", args.iface, len(server.handler.bindings))
     server.serve_forever(lambda: bool(stop))
-    LOG.info("served %d replies", server.served)
+    LOG.info("served %d replies; %d requests from unknown clients", server.served, server.handler.unknown)
     return 0
 
 

@@ -100,10 +100,13 @@ def test_chaddr_of_and_filter():
 
 class _FakeSock:
     def __init__(self, frames, log):
+        import os
         self.frames, self.log = list(frames), log
+        self.r, w = os.pipe()       # readable, so select() returns at once
+        os.write(w, b"x")
 
-    def settimeout(self, _t):
-        pass
+    def fileno(self):
+        return self.r
 
     def recvfrom(self, _n, _flags=0):
         if not self.frames:
