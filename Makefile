@@ -3,6 +3,7 @@
 #   make setup   Debian packages + .venv + userspace Open vSwitch (idempotent, fast when done)
 #   make test    unit + integration tests (integration needs root and OVS; setup provides both)
 #   make demo    Mininet demo: two hypervisors, two projects, DHCP + isolation checks
+#   make bench   benchmarks side by side with Kea/dnsmasq/ovs-ofctl (not part of test; results in var/bench/)
 #   make clean   remove runtime state (var/)
 
 SHELL := /bin/bash
@@ -17,7 +18,7 @@ APT_PACKAGES := openvswitch-switch openvswitch-common mininet isc-dhcp-client et
 # Stamp: pip install is redone only when pyproject.toml changes (or the venv is new).
 PIP_STAMP := $(VENV)/.sdn-pip-stamp
 
-.PHONY: setup apt venv ovs test demo clean
+.PHONY: setup apt venv ovs test demo clean bench bench-deps
 
 setup: apt $(PIP_STAMP) ovs
 
@@ -54,6 +55,22 @@ test: setup
 
 demo: setup
 	$(PY) mininet/run_demo.py topology/demo.toml
+
+# Benchmark-only packages (perfdhcp is in kea-admin); installed only when missing.
+BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib
+
+bench-deps:
+	@missing=""; \
+	for p in $(BENCH_PACKAGES); do \
+	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update && apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+bench: setup bench-deps
+	$(PY) benchmarks/run.py --out var/bench
 
 clean:
 	rm -rf var/

@@ -1,0 +1,217 @@
+"""Shared helpers for the sdn benchmarks: shell, namespaces, state population, cleanup.
+
+Everything a benchmark creates (namespaces, veths, bridges, processes) is registered with a
+``Cleanup`` and removed by handle, also when the benchmark fails. Traffic stays inside the
+namespaces created here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sqlalchemy import insert, select, update  # noqa: E402
+
+from sdn import config as sdn_config  # noqa: E402
+from sdn import manager as managers  # noqa: E402
+from sdn.db import api as db  # noqa: E402
+from sdn.db import models  # noqa: E402
+from tests.integration import netlab  # noqa: E402
+
+PY = str(REPO / ".venv" / "bin" / "python")
+SDN = str(REPO / ".venv" / "bin" / "sdn")
+
+
+def sh(cmd, check=True, timeout=120, **kw) -> subprocess.CompletedProcess:
+    if isinstance(cmd, str):
+        cmd = ["bash", "-c", cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and p.returncode:
+        raise RuntimeError(f"{' '.join(map(str, cmd))[:300]} exited {p.returncode}: {p.stderr[-2000:]}")
+    return p
+
+
+class Cleanup:
+    def __init__(self):
+        self.actions: list = []
+
+    def add(self, fn, *args):
+        self.actions.append((fn, args))
+
+    def proc(self, p: subprocess.Popen):
+        self.add(kill_group, p)
+        return p
+
+    def run(self):
+        while self.actions:
+            fn, args = self.actions.pop()
+            try:
+                fn(*args)
+            except Exception as err:  # best effort: keep cleaning
+                print(f"  cleanup {fn.__name__}{args}: {err}", file=sys.stderr)
+
+
+def kill_group(p: subprocess.Popen, sig=signal.SIGTERM, wait=5.0):
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        p.wait(wait)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(5)
+
+
+def popen(argv, log: Path, netns: str | None = None, env=None) -> subprocess.Popen:
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    fh = open(log, "ab")
+    return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=env)
+
+
+def netns(cl: Cleanup, name: str) -> str:
+    sh(["ip", "netns", "del", name], check=False)
+    sh(["ip", "netns", "add", name])
+    cl.add(sh, ["ip", "netns", "del", name], False)
+    sh(["ip", "-n", name, "link", "set", "lo", "up"])
+    return name
+
+
+def veth(cl: Cleanup, a: str, a_ns: str | None, b: str, b_ns: str | None,
+         a_mac: str | None = None) -> None:
+    """veth a<->b, each end moved into its namespace (None: root), up, tx checksum off."""
+    if not a.startswith("b"):
+        raise ValueError(f"benchmark veth names start with 'b' (got {a!r})")
+    sh(["ip", "link", "del", a], check=False)   # a leftover of an aborted benchmark run
+    sh(["ip", "link", "add", a, "type", "veth", "peer", "name", b])
+    cl.add(sh, ["ip", "link", "del", b] if b_ns is None else ["ip", "-n", b_ns, "link", "del", b], False)
+    for dev, ns in ((a, a_ns), (b, b_ns)):
+        if ns:
+            sh(["ip", "link", "set", dev, "netns", ns])
+        pre = ["ip", "netns", "exec", ns] if ns else []
+        if dev == a and a_mac:
+            sh(pre + ["ip", "link", "set", dev, "address", a_mac])
+        sh(pre + ["ip", "link", "set", dev, "up"])
+        sh(pre + ["ethtool", "-K", dev, "tx", "off"], check=False)
+
+
+def bridge(cl: Cleanup, name: str, controller_port: int | None = None) -> str:
+    sh(["ovs-vsctl", "--if-exists", "del-br", name])
+    netlab.create_bridge(name=name, controller_port=controller_port)
+    cl.add(sh, ["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", name], False)
+    return name
+
+
+def write_conf(workdir: Path, port: int, **defaults) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    sections = {"DEFAULT": {"network_manager": "flatdhcp", "dhcp_lease_time": 3600, **defaults},
+                "database": {"connection": f"sqlite:///{workdir / 'sdn.sqlite'}"},
+                "ovs": {"ofp_listen_host": "127.0.0.1", "ofp_tcp_listen_port": port,
+                        "dhcp_rate_limit": 0}}
+    return netlab.write_sdn_conf(workdir / "sdn.conf", sections)
+
+
+def load_conf(path: Path):
+    return sdn_config.load(["--config-file", str(path)], conf=sdn_config.make_conf())
+
+
+def new_state(workdir: Path, port: int, cidr: str, **defaults):
+    """Config + migrated SQLite + one flat DHCP network; returns (conf_path, engine, manager, net).
+    ``workdir`` is emptied first."""
+    import shutil
+    shutil.rmtree(workdir, ignore_errors=True)
+    conf_path = write_conf(workdir, port, **defaults)
+    conf = load_conf(conf_path)
+    engine = db.get_engine(conf.database.connection)
+    db.sync(engine)
+    mgr = managers.get_manager(engine, conf)
+    size = 1 << (32 - int(cidr.split("/")[1]))
+    net = mgr.create_networks("bench", cidr, num_networks=1, network_size=size)[0]
+    return conf_path, engine, mgr, net
+
+
+def mac_n(base: int, i: int) -> str:
+    v = base + i
+    return ":".join(f"{(v >> s) & 0xFF:02x}" for s in range(40, -8, -8))
+
+
+def add_vifs(engine, network_id: int, macs: list[str], project="bench",
+             uuids: list[str] | None = None) -> list[dict]:
+    """Bulk: one instance + VIF + associated fixed IP per MAC, in ONE transaction (what
+    ``sdn instance launch`` does one by one). Returns [{uuid, mac, address, port}]."""
+    out = []
+    with db.transaction(engine) as s:
+        free = s.execute(select(models.FixedIp.id, models.FixedIp.address)
+                         .where(models.FixedIp.network_id == network_id,
+                                models.FixedIp.reserved.is_(False),
+                                models.FixedIp.instance_uuid.is_(None))
+                         .order_by(models.FixedIp.id).limit(len(macs))).all()
+        if len(free) < len(macs):
+            raise RuntimeError(f"network {network_id} has {len(free)} free addresses, need {len(macs)}")
+        insts, vifs = [], []
+        next_id = (s.scalar(select(models.VirtualInterface.id).order_by(models.VirtualInterface.id.desc()).limit(1)) or 0) + 1
+        for i, mac in enumerate(macs):
+            iu = str(uuidlib.uuid4())
+            vu = uuids[i] if uuids else str(uuidlib.uuid4())
+            name = f"b{vu[:8]}{i}"
+            insts.append(dict(uuid=iu, name=name, hostname=name, project_id=project, host="bench"))
+            vifs.append(dict(id=next_id + i, uuid=vu, address=mac, instance_uuid=iu,
+                             network_id=network_id, port_security=True))
+            out.append(dict(uuid=vu, mac=mac, address=free[i][1], instance=iu,
+                            port="tap" + vu[:11]))
+        s.execute(insert(models.Instance), insts)
+        s.execute(insert(models.VirtualInterface), vifs)
+        s.execute(update(models.FixedIp), [
+            dict(id=free[i][0], instance_uuid=vifs[i]["instance_uuid"],
+                 virtual_interface_id=vifs[i]["id"], allocated=True, host="bench")
+            for i in range(len(macs))])
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+
+
+def log_time(line: str) -> float:
+    import datetime
+    m = _LOG_TS.match(line)
+    return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_controller(cl: Cleanup, conf_path: Path, log: Path) -> subprocess.Popen:
+    p = popen([SDN, "--config-file", str(conf_path), "controller"], log)
+    cl.proc(p)
+    return p
+
+
+def controller_listening(port: int) -> bool:
+    return bool(sh(["ss", "-tlnH", f"( sport = :{port} )"], check=False).stdout.strip())

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Run every sdn benchmark side by side with what operators would pick instead (issue 6).
+
+    .venv/bin/python benchmarks/run.py [--out var/bench] [--only dhcp,flows,dataplane,alloc,restart]
+
+Prints a table of ratios with the raw numbers, writes ``results.json`` and ``results.md`` and
+draws ``dhcp.png`` (DHCP success rate against offered rate, every server) in ``--out``.
+The machine is shared and noisy: compare the ratios, measured in the same run.
+Needs root, userspace OVS, perfdhcp (kea-admin), kea-dhcp4, dnsmasq, iperf3, matplotlib
+(``make bench`` installs them). PostgreSQL allocation runs too when SDN_BENCH_PG_URL is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import bench_dhcp, bench_system  # noqa: E402
+
+TARGETS = {
+    "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
+    "rss_10k_mb": 200, "dataplane": 0.95, "alloc_duplicates": 0, "restart_lost": 0,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def table(r: dict) -> list[tuple[str, str, str, str, str]]:
+    """(benchmark, sdn, baseline, ratio, target/verdict) rows."""
+    rows = []
+
+    def verdict(ok):
+        return "MET" if ok else "NOT MET"
+    d = r.get("dhcp")
+    if d:
+        kea, kea1 = d["kea"]["max_rate"], d["kea_r1"]["max_rate"]
+        raw, of, dm = d["sdn_raw"]["max_rate"], d["sdn_openflow"]["max_rate"], d["dnsmasq"]["max_rate"]
+        ratio = raw / kea if kea else 0
+        rows.append(("DHCP standalone (raw socket) vs Kea, DORA/s <1% loss", str(raw), f"kea {kea}",
+                     f"{ratio:.2f}", f">=1.5 {verdict(ratio >= 1.5)}"))
+        ratio = of / kea if kea else 0
+        ratio1 = of / kea1 if kea1 else 0
+        rows.append(("DHCP through OpenFlow vs Kea (1 client MAC / VIF port)", str(of),
+                     f"kea {kea} (R=1: {kea1})", f"{ratio:.2f} ({ratio1:.2f} vs R=1)",
+                     f">=1.0 {verdict(ratio >= 1.0)}"))
+        rows.append(("DHCP dnsmasq (reference)", "-", f"dnsmasq {dm}",
+                     f"sdn/dnsmasq {raw / dm:.1f}" if dm else "-", "-"))
+    for key in ("flows_1k", "flows_10k"):
+        f = r.get(key)
+        if f and "error" not in f:
+            rows.append((f"flow programming {f['vifs']} VIFs, flows/s (barrier-confirmed)",
+                         f"{f['sdn_flows_per_s']} ({f['flows_added']} in {f['sdn_seconds']}s)",
+                         f"bundle {f['bundle_flows_per_s']} ({f['bundle_seconds']}s)",
+                         f"{f['ratio']:.2f}", f">=0.5 {verdict(f['ratio'] >= 0.5)}"))
+            ok = f["controller_rss_mb"] <= 200 if key == "flows_10k" else True
+            rows.append((f"controller RSS at {f['vifs']} VIFs, MB", str(f["controller_rss_mb"]), "-", "-",
+                         f"<=200 at 10k {verdict(ok)}" if key == "flows_10k" else "report"))
+        elif f:
+            rows.append((key, "error", f["error"][:60], "-", "NOT MET"))
+    p = r.get("dataplane")
+    if p:
+        rows.append(("iperf3 TCP, Mbit/s (sdn pipeline vs bare NORMAL)", str(p["sdn"]["mbit_s"]),
+                     f"NORMAL {p['normal']['mbit_s']}", f"{p['ratio']:.2f}",
+                     f">=0.95 {verdict(p['ratio'] >= 0.95)}"))
+        rows.append(("datapath flows under traffic (dpctl/dump-flows)",
+                     str(p["sdn"]["datapath_flows"]), f"NORMAL {p['normal']['datapath_flows']}", "-", "report"))
+    for a in r.get("alloc", []):
+        rows.append((f"allocation {a['backend']}, {a['processes']} procs, ops/s", str(a["ops_per_s"]),
+                     f"{a['operations']} ops", "-",
+                     f"0 duplicates ({a['duplicates']}) {verdict(a['duplicates'] == 0)}"))
+    s = r.get("restart")
+    if s and "error" not in s:
+        rows.append((f"kill -9 + restart, {s['vifs']} VIFs, 100 pings/s: lost", str(s["lost"]),
+                     f"{s['ping_sent']} sent", "-", f"0 {verdict(s['lost'] == 0)}"))
+        rows.append(("  time from restart to reconciled (full sync done), s", str(s["reconcile_seconds"]),
+                     "-", "-", "report"))
+    return rows
+
+
+def render(rows) -> str:
+    head = ("benchmark", "sdn", "baseline", "ratio", "target")
+    widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot(dhcp: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, res in dhcp.items():
+        pts = res.get("points") or []
+        if not pts:
+            continue
+        ax.plot([p["offered"] for p in pts], [100 - p["loss_pct"] for p in pts], marker="o",
+                label=f"{res.get('server', key)} (max {res['max_rate']}/s)")
+    ax.axhline(99, color="grey", linestyle=":", label="99% (1% drops)")
+    ax.set_xscale("log")
+    ax.set_xlabel("offered rate (DORA exchanges/s, perfdhcp)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_title("DHCP success rate against offered rate")
+    ax.set_ylim(0, 101)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="var/bench")
+    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    only = set(args.only.split(","))
+    results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "host_cpus": os.cpu_count()}
+    steps = []
+    if "dhcp" in only:
+        steps.append(("dhcp", lambda: bench_dhcp.run(work / "dhcp", log)))
+    if "flows" in only:
+        steps.append(("flows_1k", lambda: bench_system.flow_programming(work, 1000, log)))
+        steps.append(("flows_10k", lambda: bench_system.flow_programming(work, 10000, log)))
+    if "dataplane" in only:
+        steps.append(("dataplane", lambda: bench_system.data_plane(work, log)))
+    if "alloc" in only:
+        def alloc():
+            res = [bench_system.allocation(work, log)]
+            if os.environ.get("SDN_BENCH_PG_URL"):
+                res.append(bench_system.allocation(work, log, url=os.environ["SDN_BENCH_PG_URL"]))
+            return res
+        steps.append(("alloc", alloc))
+    if "restart" in only:
+        steps.append(("restart", lambda: bench_system.restart(work, log)))
+    for name, fn in steps:
+        log(f"== {name}")
+        t = time.monotonic()
+        try:
+            results[name] = fn()
+        except Exception as err:  # one broken benchmark must not hide the others
+            log(f"    {name} FAILED: {type(err).__name__}: {err}")
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+        log(f"   ({time.monotonic() - t:.0f}s)")
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    rows = table(results)
+    text = render(rows)
+    (out / "results.md").write_text(text + "\n")
+    if isinstance(results.get("dhcp"), dict) and "error" not in results["dhcp"]:
+        plot(results["dhcp"], out / "dhcp.png")
+    print()
+    print(text)
+    print(f"\nresults: {out / 'results.json'}, {out / 'results.md'}, plot {out / 'dhcp.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
