@@ -109,6 +109,12 @@ linux_opts = [
     cfg.StrOpt("dhcp_driver", default="dnsmasq", choices=["dnsmasq", "scapy"],
                help="Linux backend DHCP: dnsmasq per network, or sdn's own responder on a raw socket "
                "on each bridge."),
+    cfg.StrOpt("dnsmasq_user", default="",
+               help="User dnsmasq drops to (its --user; empty: dnsmasq's default, nobody). It must be "
+               "able to read networks_path."),
+    cfg.BoolOpt("dnsmasq_log", default=False,
+                help="Log dnsmasq's DHCP traffic to networks_path/sdn-<bridge>.log (--log-dhcp) "
+                "instead of syslog."),
     cfg.StrOpt("iptables_binary_name", default="sdn-agent",
                help="Prefix of the iptables chains the agent owns (nova's binary_name, <= 16 chars)."),
     cfg.FloatOpt("agent_poll_interval", default=0.5, min=0.05,

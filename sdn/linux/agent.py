@@ -115,7 +115,8 @@ class Agent:
             script = dnsmasq.write_dhcp_script(self.networks_path, self.config_files)
             env = {"SDN_CONFIG_FILE": ",".join(self.config_files)}
             for spec in plan.dnsmasq:
-                changes += dnsmasq.ensure(spec, self.networks_path, script, env)
+                changes += dnsmasq.ensure(spec, self.networks_path, script, env, self.conf.dnsmasq_user,
+                                          self.conf.dnsmasq_log)
             changes += dnsmasq.stop_others(self.networks_path, {s.bridge for s in plan.dnsmasq})
             return changes
         from sdn.dhcp.rawsocket import bindings_by_chaddr

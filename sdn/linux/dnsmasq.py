@@ -24,18 +24,21 @@ LOG = logging.getLogger("sdn.linux.dnsmasq")
 
 def paths(networks_path: str, bridge: str) -> dict[str, str]:
     base = os.path.join(networks_path, f"sdn-{bridge}")
-    return {"conf": base + ".conf", "opts": base + ".opts", "pid": base + ".pid"}
+    return {"conf": base + ".conf", "opts": base + ".opts", "pid": base + ".pid", "log": base + ".log"}
 
 
-def argv(spec: DnsmasqSpec, networks_path: str, dhcp_script: str, config_file: str = "") -> list[str]:
-    """nova's command line (Essex linux_net._dnsmasq_cmd) plus ``--dhcp-optsfile``."""
+def argv(spec: DnsmasqSpec, networks_path: str, dhcp_script: str, config_file: str = "",
+         user: str = "", log: bool = False) -> list[str]:
+    """nova's command line (Essex linux_net._dnsmasq_cmd) plus ``--dhcp-optsfile`` (and
+    ``--user`` when configured)."""
     p = paths(networks_path, spec.bridge)
     return ["dnsmasq", "--strict-order", "--bind-interfaces", f"--conf-file={config_file}",
             f"--domain={spec.domain}", f"--pid-file={p['pid']}", f"--listen-address={spec.listen_address}",
             "--except-interface=lo",
             f"--dhcp-range={spec.dhcp_start},static,{spec.netmask},{spec.lease_time}s",
             f"--dhcp-lease-max={spec.lease_max}", f"--dhcp-hostsfile={p['conf']}",
-            f"--dhcp-optsfile={p['opts']}", f"--dhcp-script={dhcp_script}", "--leasefile-ro"]
+            f"--dhcp-optsfile={p['opts']}", f"--dhcp-script={dhcp_script}", "--leasefile-ro"] + ([f"--user={user}"] if user else []) + (
+                [f"--log-facility={p['log']}", "--log-dhcp"] if log else [])
 
 
 def write_dhcp_script(networks_path: str, config_files: list[str]) -> str:
@@ -86,13 +89,14 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def ensure(spec: DnsmasqSpec, networks_path: str, dhcp_script: str, env: dict[str, str]) -> list[str]:
+def ensure(spec: DnsmasqSpec, networks_path: str, dhcp_script: str, env: dict[str, str],
+           user: str = "", log: bool = False) -> list[str]:
     """Make dnsmasq for ``spec`` run with current files; returns what was done."""
     os.makedirs(networks_path, exist_ok=True)
     p = paths(networks_path, spec.bridge)
     hosts_changed = _write_if_changed(p["conf"], spec.hosts)
     opts_changed = _write_if_changed(p["opts"], spec.opts)
-    want = argv(spec, networks_path, dhcp_script)
+    want = argv(spec, networks_path, dhcp_script, user=user, log=log)
     pid = running_pid(p["pid"], p["conf"])
     if pid is not None and _cmdline(pid)[1:] == want[1:]:
         if hosts_changed or opts_changed:

@@ -179,3 +179,16 @@ def make_sdn_env(tmp_path, ovs_bridge):
 @pytest.fixture
 def sdn_env(make_sdn_env):
     return make_sdn_env()
+
+
+@pytest.fixture(params=["ovs", "linux"])
+def backend(request, make_sdn_env, netns_host, tmp_path):
+    """The data plane under test (``tests/integration/backends.py``): "ovs" (OpenFlow controller
+    on userspace OVS) or "linux" (``sdn agent`` with Linux bridge, iptables, dnsmasq in a
+    hypervisor namespace); "linux-scapy" selects the raw-socket DHCP responder instead of
+    dnsmasq. Override the list with ``@pytest.mark.parametrize("backend", [...], indirect=True)``."""
+    from tests.integration.backends import make_backend
+
+    be = make_backend(request.param, make_sdn_env, netns_host, tmp_path)
+    yield be
+    be.close()
