@@ -90,6 +90,12 @@ default_opts = [
     cfg.StrOpt("default_floating_pool", default="nova", help="Default floating IP pool."),
     cfg.BoolOpt("auto_assign_floating_ip", default=False, help="Give every instance a floating IP."),
     cfg.ListOpt("dmz_cidr", default=[], help="CIDRs reached without SNAT."),
+    cfg.StrOpt("external_gateway", help="Next hop on the public network for traffic leaving "
+               "the fixed ranges (the network host's default route in nova). Its MAC is learned "
+               "by ARP unless external_gateway_mac is set."),
+    cfg.StrOpt("external_gateway_mac", help="MAC of external_gateway, to skip learning it."),
+    cfg.IntOpt("public_vlan", min=1, max=4094, help="802.1Q tag on public_interface (untagged "
+               "when unset)."),
     cfg.StrOpt("metadata_host", default="$my_ip", help="Metadata API host."),
     cfg.Opt("metadata_port", type=_port, default=8775, help="Metadata API port."),
     cfg.BoolOpt("use_ipv6", default=False, help="Give instances IPv6 addresses."),

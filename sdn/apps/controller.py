@@ -8,6 +8,7 @@ switch replies, which the os-ken event loop delivers.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -27,9 +28,9 @@ from sdn.apps import ofmsgs
 from sdn.apps.state import StateSource
 from sdn.dhcp.server import DhcpBinding, DhcpResponder
 from sdn.flows import dhcp as dhcp_flows
-from sdn.flows import reconcile
+from sdn.flows import reconcile, router
 from sdn.flows.compiler import Binding, bind_ports, compile_datapath
-from sdn.flows.model import GENERATION_MASK, Flow, Table
+from sdn.flows.model import GENERATION_MASK, Feature, Flow, Table
 from sdn.view import StateView
 
 LOG = logging.getLogger("sdn.controller")
@@ -40,6 +41,8 @@ _SETTINGS: dict = {}
 REPLY_TIMEOUT = 15.0      # seconds to wait for a flow-stats or barrier reply
 POLL_INTERVAL = 0.25      # seconds between state revision checks
 DISASSOCIATE_INTERVAL = 10.0
+ARP_RETRY = 2.0           # seconds between ARPs for the external gateway until it answers
+ARP_REFRESH = 60.0        # ... and between refreshes once known
 
 
 @dataclass
@@ -73,6 +76,10 @@ class SdnController(app_manager.OSKenApp):
         self.state: StateSource = _SETTINGS["state"]
         self.trunk_names = frozenset(_SETTINGS.get("trunk_names", ()))
         self.dhcp_rate_pps = _SETTINGS.get("dhcp_rate_pps")
+        self.public_name = _SETTINGS.get("public_interface")
+        self.router_base: router.RouterSettings | None = _SETTINGS.get("router")
+        self.learned_gateway_mac: str | None = None
+        self._last_arp = 0.0
         self.switches: dict[int, Switch] = {}
         self.view: StateView = self.state.load()
         self.responder = DhcpResponder()
@@ -195,8 +202,9 @@ class SdnController(app_manager.OSKenApp):
         if not full and not sw.synced:
             full = True
         dp = sw.dp
-        sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names)
-        desired = reconcile.index(compile_datapath(self.view, sw.binding, self.dhcp_rate_pps))
+        sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names, self.public_name)
+        desired = reconcile.index(compile_datapath(self.view, sw.binding, self.dhcp_rate_pps,
+                                                   self.router_settings()))
         meters = dhcp_flows.compile_meters(sw.binding.vifs, self.dhcp_rate_pps)
         started = time.monotonic()
         if full:
@@ -263,6 +271,40 @@ class SdnController(app_manager.OSKenApp):
             raise RuntimeError(f"datapath {dp.id:016x} rejected bundle {bundle_id}: "
                                f"{waiter.errors[:3]}")
 
+    # ---- the router's external side -----------------------------------------------------
+
+    def router_settings(self) -> router.RouterSettings | None:
+        """Router settings with the external gateway MAC (configured, else learned)."""
+        base = self.router_base
+        if base is None or base.external_gateway_mac or not self.learned_gateway_mac:
+            return base
+        return dataclasses.replace(base, external_gateway_mac=self.learned_gateway_mac)
+
+    def _probe_gateway(self, now: float) -> None:
+        """ARP for the external gateway from every public port, until it answers, then now
+        and then (its MAC may change)."""
+        base = self.router_base
+        if base is None or not base.external_gateway or base.external_gateway_mac:
+            return
+        if now - self._last_arp < (ARP_REFRESH if self.learned_gateway_mac else ARP_RETRY):
+            return
+        self._last_arp = now
+        frame = router.arp_request(base.mac, base.routing_source_ip, base.external_gateway)
+        for sw in list(self.switches.values()):
+            if sw.binding.public_port:
+                sw.dp.send_msg(ofmsgs.packet_out(sw.dp, sw.binding.public_port, frame))
+
+    def _learn_gateway(self, frame: bytes) -> None:
+        reply = router.parse_arp_reply(frame)
+        base = self.router_base
+        if not reply or base is None or reply[1] != base.external_gateway:
+            return
+        if reply[0] != self.learned_gateway_mac:
+            LOG.info("external gateway %s is at %s", reply[1], reply[0])
+            self.learned_gateway_mac = reply[0]
+            for dpid in list(self.switches):
+                self._work.put((dpid, "incremental"))
+
     # ---- state changes ------------------------------------------------------------------
 
     def _poll_loop(self):
@@ -272,6 +314,7 @@ class SdnController(app_manager.OSKenApp):
             time.sleep(POLL_INTERVAL)
             try:
                 now = time.time()
+                self._probe_gateway(now)
                 if now - last_timeout > DISASSOCIATE_INTERVAL:
                     last_timeout = now
                     self.state.timeout_fixed_ips(now)
@@ -290,6 +333,9 @@ class SdnController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _on_packet_in(self, ev):
         msg = ev.msg
+        if (msg.cookie >> 48) & 0xFF == Feature.ROUTER:   # the punting flow's feature
+            self._learn_gateway(msg.data)
+            return
         dp = msg.datapath
         sw = self.switches.get(dp.id)
         in_port = msg.match.get("in_port")
@@ -351,6 +397,13 @@ def main(conf) -> int:
     _SETTINGS["trunk_names"] = conf.ovs.trunk_interfaces
     _SETTINGS["dhcp_rate_pps"] = conf.ovs.dhcp_rate_limit or None
     _SETTINGS["ovsdb_connection"] = conf.ovs.ovsdb_connection
+    _SETTINGS["public_interface"] = conf.public_interface
+    if conf.routing_source_ip:
+        _SETTINGS["router"] = router.RouterSettings(
+            routing_source_ip=conf.routing_source_ip, external_gateway=conf.external_gateway,
+            external_gateway_mac=conf.external_gateway_mac, public_vlan=conf.public_vlan,
+            metadata_host=conf.metadata_host, metadata_port=conf.metadata_port,
+            dmz_cidrs=tuple(conf.dmz_cidr))
     osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
                          "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
                    project="os_ken")

@@ -12,6 +12,17 @@ from sdn.flows import model as m
 from sdn.flows.model import Flow
 
 _ALL_ONES = (1 << 64) - 1
+NX_CT_F_COMMIT = 1
+NX_CT_RECIRC_NONE = 0xFF
+NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2   # OVS nicira-ext.h
+
+
+def _nat(nat: m.Nat):
+    if nat.kind is None:
+        return parser.NXActionNAT(flags=0)
+    flags = NX_NAT_F_SRC if nat.kind == "src" else NX_NAT_F_DST
+    ports = dict(range_proto_min=nat.port, range_proto_max=nat.port) if nat.port else {}
+    return parser.NXActionNAT(flags=flags, range_ipv4_min=nat.ip, range_ipv4_max=nat.ip, **ports)
 
 
 def _action(action: m.Action):
@@ -28,6 +39,14 @@ def _action(action: m.Action):
     if isinstance(action, m.Move):
         return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,
                                       n_bits=action.n_bits)
+    if isinstance(action, m.DecTtl):
+        return parser.OFPActionDecNwTtl()
+    if isinstance(action, m.Ct):
+        nat = [] if action.nat is None else [_nat(action.nat)]
+        return parser.NXActionCT(flags=NX_CT_F_COMMIT if action.commit else 0, zone_src="",
+                                 zone_ofs_nbits=action.zone,
+                                 recirc_table=int(action.table) if action.table is not None
+                                 else NX_CT_RECIRC_NONE, alg=0, actions=nat)
     raise TypeError(f"cannot encode {action!r} as an apply-action")
 
 

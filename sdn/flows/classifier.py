@@ -2,8 +2,8 @@
 
 From a VIF: untagged frames only (a tagged frame from an instance is VLAN hopping, dropped by
 the table default), reg5 := in_port, reg6 := the VIF's network key, on to port security.
-From a trunk: VLAN networks by tag (tag popped), the flat network untagged; straight to delivery
-since the far end already ran ingress checks.
+From a trunk: VLAN networks by tag (tag popped), the flat network untagged; on to services
+(past port security: the far end already ran it), where routed frames reach the router.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def compile_trunk(ofport: int, networks: list[NetworkView]) -> list[Flow]:
                               {"in_port": ofport, "vlan_vid": vlan_vid(net.vlan)},
                               [PopVlan(), SetField(Reg.SRC_PORT, ofport),
                                SetField(Reg.NET, net.key)],
-                              goto=Table.DELIVERY))
+                              goto=Table.SERVICES))
     if flat:
         flows.append(flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,
                           {"in_port": ofport, "vlan_vid": OFPVID_NONE},
                           [SetField(Reg.SRC_PORT, ofport), SetField(Reg.NET, flat[0].key)],
-                          goto=Table.DELIVERY))
+                          goto=Table.SERVICES))
     return flows

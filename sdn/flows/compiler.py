@@ -10,34 +10,40 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sdn.flows import arp_responder, classifier, dhcp, l2, pipeline, port_security
+from sdn.flows import arp_responder, classifier, dhcp, l2, pipeline, port_security, router
 from sdn.flows.model import Flow
 from sdn.view import StateView, VifView
 
 
 @dataclass(frozen=True)
 class Binding:
-    """Where state meets this datapath: VIFs by ofport, and the trunk ofports."""
+    """Where state meets this datapath: VIFs by ofport, the trunk ofports, and the public
+    port (ofport of public_interface) if this datapath is the network host's router."""
 
     vifs: dict[int, VifView]
     trunks: tuple[int, ...]
+    public_port: int | None = None
 
 
-def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset[str]) -> Binding:
-    """Match the datapath's ports (name -> ofport) to VIFs (by port name) and trunks."""
+def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset[str],
+               public_name: str | None = None) -> Binding:
+    """Match the datapath's ports (name -> ofport) to VIFs (by port name), trunks and the
+    public port."""
     by_name = {vif.port_name: vif for vif in view.vifs if vif.network_id in view.networks}
     vifs = {ofport: by_name[name] for name, ofport in ports.items() if name in by_name}
     trunks = tuple(sorted(ofport for name, ofport in ports.items() if name in trunk_names))
-    return Binding(vifs, trunks)
+    return Binding(vifs, trunks, ports.get(public_name) if public_name else None)
 
 
-def compile_datapath(view: StateView, binding: Binding,
-                     dhcp_rate_pps: int | None = None) -> list[Flow]:
+def compile_datapath(view: StateView, binding: Binding, dhcp_rate_pps: int | None = None,
+                     router_settings: router.RouterSettings | None = None) -> list[Flow]:
     """All flows of one datapath.
 
     A network is present here if one of its VIFs is plugged here, or if the datapath has two
     or more trunks (it may be a transit switch). ``dhcp_rate_pps`` rate-limits each VIF's DHCP
     punts through its meter (``sdn.flows.dhcp.compile_meters`` gives the meters).
+    With ``router_settings``, the datapath holding the public port routes (sdn.flows.router);
+    the others send gateway-bound frames over their trunks towards it.
     """
     local_by_net: dict[int, list[tuple[int, VifView]]] = defaultdict(list)
     for port, vif in sorted(binding.vifs.items()):
@@ -60,8 +66,12 @@ def compile_datapath(view: StateView, binding: Binding,
     for vif in view.vifs:
         if vif.uuid not in local_uuids:
             remote_by_net[vif.network_id].append(vif)
+    routed_elsewhere = router_settings is not None and binding.public_port is None
     for network in networks:
         flows += arp_responder.compile_network(network)
         flows += l2.compile_network(network, local_by_net[network.id],
-                                    remote_by_net[network.id], list(binding.trunks))
+                                    remote_by_net[network.id], list(binding.trunks),
+                                    gateway_remote=routed_elsewhere)
+    if router_settings is not None and binding.public_port is not None:
+        flows += router.compile_router(view, router_settings, binding.public_port)
     return flows

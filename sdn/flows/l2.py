@@ -26,11 +26,13 @@ def _to_trunks(network: NetworkView, trunks: list[int]) -> list:
 
 
 def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
-                    remote: list[VifView], trunks: list[int]) -> list[Flow]:
+                    remote: list[VifView], trunks: list[int],
+                    gateway_remote: bool = False) -> list[Flow]:
     """Delivery flows of one network on one datapath.
 
     ``local`` is [(ofport, vif)] plugged here; ``remote`` the network's VIFs elsewhere;
-    ``trunks`` the trunk ofports (sorted for stable output).
+    ``trunks`` the trunk ofports (sorted for stable output); ``gateway_remote`` sends frames
+    for the gateway MAC over the trunks (the router is on another datapath).
     """
     key = network.key
     flows = [flow(Feature.L2, Table.DELIVERY, PRIO_LOCAL, {Reg.NET: key, "eth_dst": vif.mac},
@@ -40,6 +42,9 @@ def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
         local_macs = {vif.mac for _, vif in local}
         flows += [flow(Feature.L2, Table.DELIVERY, PRIO_REMOTE, {Reg.NET: key, "eth_dst": vif.mac},
                        to_trunks) for vif in remote if vif.mac not in local_macs]
+        if gateway_remote:
+            flows.append(flow(Feature.L2, Table.DELIVERY, PRIO_REMOTE,
+                              {Reg.NET: key, "eth_dst": network.gateway_mac}, to_trunks))
     flood = [Output(port) for port, _ in sorted(local, key=lambda pv: pv[0])] + to_trunks
     flows.append(flow(Feature.L2, Table.DELIVERY, PRIO_FLOOD, {Reg.NET: key, "eth_dst": MULTICAST},
                       flood))

@@ -19,12 +19,19 @@ from typing import Union
 class Table(enum.IntEnum):
     """Pipeline tables (goto_table only moves forward). Names appear in dump-flows --names."""
 
-    CLASSIFY = 0          # by in_port (VIF) or trunk VLAN tag -> reg5/reg6
+    CLASSIFY = 0          # by in_port (VIF, trunk VLAN tag, public port) -> reg5/reg6
     PORT_SECURITY = 10    # anti-spoof: MAC/IP/ARP/ND, no rogue DHCP/RA
-    SERVICES = 20         # DHCP punt, gateway ARP responder (metadata later)
+    SERVICES = 20         # DHCP punt, gateway ARP responder, routed traffic -> L3
     EGRESS_ACL = 30       # reserved: egress security groups (conntrack)
-    EGRESS_L3 = 40        # reserved: floating-IP SNAT, default SNAT, routing
-    FROM_UPLINK = 50      # reserved: floating-IP ARP responder and DNAT
+    UPLINK = 35           # from the public port: ARP for router addresses, accept -> L3
+    L3_UNSNAT = 40        # conntrack SNAT zone: replies to SNATed connections
+    L3_DNAT = 41          # conntrack DNAT zone: floating IP, metadata, VPN addresses
+    L3_DNAT_COMMIT = 42   # new connections: commit the DNAT
+    L3_ROUTE = 43         # next hop by destination: a fixed IP here, or the external gateway
+    L3_UNDNAT = 44        # replies from DNAT backends back to their public address
+    L3_SNAT = 45          # which source NAT (none for metadata/dmz, floating, routing_source_ip)
+    L3_SNAT_COMMIT = 46   # new connections: commit the SNAT
+    L3_OUTPUT = 47        # into the tenant network or out of the public port
     INGRESS_ACL = 60      # reserved: ingress security groups
     DELIVERY = 70         # L2 within the network: local port, trunk (tagged), flood
 
@@ -36,6 +43,7 @@ class Table(enum.IntEnum):
 class Reg:
     """Registers carried through the pipeline (NXM reg0-7, OpenFlow 1.3 via OVS extensions)."""
 
+    L3_FLAGS = "reg3"     # router pass: bit 0 DNAT done, bit 1 next hop is a tenant port
     SRC_PORT = "reg5"     # ofport the packet came in on
     NET = "reg6"          # segment key: VLAN id, or FLAT_KEY_BASE | network id (sdn.view)
     DST_PORT = "reg7"     # reserved: destination ofport once resolved
@@ -50,6 +58,7 @@ class Feature(enum.IntEnum):
     DHCP = 0x04           # sdn/flows/dhcp.py
     GATEWAY_ARP = 0x05    # sdn/flows/arp_responder.py
     L2 = 0x06             # sdn/flows/l2.py
+    ROUTER = 0x07         # sdn/flows/router.py: gateway routing, floating IPs, SNAT, metadata, VPN
 
 
 #: Top byte of every sdn cookie; lets sdn find its own flows and leave others' alone.
@@ -128,7 +137,40 @@ class Meter:
     meter_id: int
 
 
-Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter]
+@dataclass(frozen=True)
+class DecTtl:
+    """Decrement the IPv4 TTL (a router hop); OVS drops the packet at 0."""
+
+
+@dataclass(frozen=True)
+class Nat:
+    """Conntrack NAT inside :class:`Ct`: ``kind`` None re-applies an existing binding;
+    "src"/"dst" with ``ip`` (and optional ``port``) create one (commit only)."""
+
+    kind: str | None = None
+    ip: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Ct:
+    """Send through conntrack in ``zone``; continue in ``table`` (recirculation) if given."""
+
+    zone: int
+    table: Table | None = None
+    commit: bool = False
+    nat: Nat | None = None
+
+
+Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct]
+
+#: ct_state bits (OVS nicira-ext): match with (value, mask).
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def ct_state(*, plus: int = 0, minus: int = 0) -> tuple[int, int]:
+    """ct_state match: flags in ``plus`` set, in ``minus`` clear (``+trk+new`` style)."""
+    return (plus, plus | minus)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,26 @@ _FIELD = {
     "icmpv4_code": "icmp_code",
 }
 _FIELD.update({f"reg{i}": f"reg{i}" for i in range(8)})
+_FIELD["ct_state"] = "ct_state"
+_CT_FLAGS = ((m.CT_NEW, "new"), (m.CT_EST, "est"), (m.CT_REL, "rel"), (m.CT_RPL, "rpl"),
+             (m.CT_INV, "inv"), (m.CT_TRK, "trk"))
 
 
 def field_name(oxm: str) -> str:
     """ovs-ofctl name of an OXM field; raises KeyError for a field sdn never uses."""
     return _FIELD[oxm]
+
+
+def _ct_state(value: tuple[int, int]) -> str:
+    want, mask = value
+    return "".join(("+" if want & bit else "-") + name for bit, name in _CT_FLAGS if mask & bit)
+
+
+def _nat(nat: m.Nat) -> str:
+    if nat.kind is None:
+        return "nat"
+    target = nat.ip + (f":{nat.port}" if nat.port else "")
+    return f"nat({nat.kind}={target})"
 
 
 def _value(value) -> str:
@@ -50,6 +65,13 @@ def _action(action: m.Action) -> str:
         return f"move:{field_name(action.src)}[]->{field_name(action.dst)}[]"
     if isinstance(action, m.Meter):
         return f"meter:{action.meter_id}"
+    if isinstance(action, m.DecTtl):
+        return "dec_ttl"
+    if isinstance(action, m.Ct):
+        args = (["commit"] if action.commit else []) + [f"zone={action.zone}"]
+        args += [_nat(action.nat)] if action.nat else []
+        args += [f"table={int(action.table)}"] if action.table is not None else []
+        return f"ct({','.join(args)})"
     raise TypeError(f"no ovs-ofctl rendering for {action!r}")
 
 
@@ -60,7 +82,8 @@ def render(flow: m.Flow, generation: int | None = None) -> str:
     if generation is not None:
         parts.append(f"cookie={m.cookie(flow.feature, generation):#x}")
     parts += [f"table={int(flow.table)}", f"priority={flow.priority}"]
-    parts += [f"{field_name(k)}={_value(v)}" for k, v in flow.match]
+    parts += [f"ct_state={_ct_state(v)}" if k == "ct_state" else f"{field_name(k)}={_value(v)}"
+              for k, v in flow.match]
     acts = [_action(a) for a in flow.actions]
     if flow.goto is not None:
         acts.append(f"goto_table:{int(flow.goto)}")

@@ -3,7 +3,13 @@
 Used by unit tests to assert outcomes ("leaves on port 2 tagged 100", "dropped") and by
 people to ask what sdn's pipeline does with a packet. It models exactly the subset of
 OpenFlow 1.3 that ``sdn.flows`` emits: exact and masked matches, set-field, move, push/pop
-VLAN, output (in_port excluded unless IN_PORT), controller, meter (ignored), goto-table.
+VLAN, output (in_port excluded unless IN_PORT), controller, meter and dec_ttl (ignored),
+goto-table. Conntrack is not simulated: a ``ct`` action is recorded in ``Result.cts`` and, if
+it recirculates, the walk continues in its table with the packet's ``ct_state`` as the caller
+gave it (so a test states "this is a new connection"). A committing ``nat(src=...)`` or
+``nat(dst=...)`` rewrites the packet as conntrack would for a new connection; re-applying an
+existing binding (bare ``nat``) changes nothing, so for established traffic the caller gives
+the already-translated addresses.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Result:
     outputs: list[tuple[int, int | None]] = field(default_factory=list)
     to_controller: bool = False
     path: list[m.Flow] = field(default_factory=list)
+    cts: list[m.Ct] = field(default_factory=list)
     packet: dict = field(default_factory=dict)
 
     @property
@@ -72,6 +79,7 @@ def trace(flows: Iterable[m.Flow], packet: dict) -> Result:
         entries.sort(key=lambda f: -f.priority)
     pkt = {"vlan_vid": m.OFPVID_NONE, **packet}
     pkt.update({f"reg{i}": 0 for i in range(8) if f"reg{i}" not in pkt})
+    pkt.setdefault("ct_state", 0)
     result = Result(packet=pkt)
     table: int | None = 0
     while table is not None:
@@ -79,10 +87,24 @@ def trace(flows: Iterable[m.Flow], packet: dict) -> Result:
         if hit is None:
             break  # table-miss without a flow: drop (OpenFlow 1.3 §5.4)
         result.path.append(hit)
+        table = int(hit.goto) if hit.goto is not None else None
         for action in hit.actions:
             _apply(action, pkt, result)
-        table = int(hit.goto) if hit.goto is not None else None
+            if isinstance(action, m.Ct):
+                result.cts.append(action)
+                _nat(action, pkt)
+                table = int(action.table) if action.table is not None else None
+                break  # the rest of the pipeline runs on the recirculated packet
     return result
+
+
+def _nat(ct: m.Ct, pkt: dict) -> None:
+    if not (ct.commit and ct.nat and ct.nat.kind):
+        return
+    side = "src" if ct.nat.kind == "src" else "dst"
+    pkt[f"ipv4_{side}"] = ct.nat.ip
+    if ct.nat.port:
+        pkt[f"tcp_{side}"] = pkt[f"udp_{side}"] = ct.nat.port
 
 
 def _apply(action: m.Action, pkt: dict, result: Result) -> None:

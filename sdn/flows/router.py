@@ -1,0 +1,228 @@
+"""The network host's router in flows: gateway routing, floating IPs, SNAT, metadata, cloudpipe VPN.
+
+nova-network did this with iptables on the network host (FIELD-NOTES §3); here it is a
+conntrack pipeline on the datapath that has the public port, modelled on OVN's gateway router.
+Two conntrack zones keep the two translations apart, so hairpin traffic (an instance reaching
+a floating IP of its own project) gets both, and ICMP errors of NATed connections are rewritten,
+embedded header included, by conntrack itself. Every routed packet (from an instance to its
+gateway MAC, or from the public port to a router address) walks the same stages:
+
+  L3_UNSNAT       replies to SNATed connections get their fixed destination back (SNAT zone)
+  L3_DNAT(_COMMIT) new connections to a floating IP / 169.254.169.254:80 / a VPN port are DNATed
+  L3_ROUTE        next hop: a fixed IP (into its network) or the external gateway
+  L3_UNDNAT       replies from DNAT backends get their public source back (DNAT zone)
+  L3_SNAT(_COMMIT) instance -> outside: its floating IP, else routing_source_ip; none for the
+                  metadata host and dmz_cidr (nova's ACCEPT rules); fixed -> fixed is dropped
+                  (projects stay isolated) except hairpin, which is SNATed so replies return
+  L3_OUTPUT       deliver into the tenant network or out of the public port
+
+reg3 = 1 marks "DNAT done in this pass" (skip un-DNAT); reg4 = 1 "next hop is a tenant port".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_TRK, OFPP_IN_PORT,
+                             OFPVID_NONE, Controller, Ct, DecTtl, Feature, Flow, Move, Nat,
+                             Output, PopVlan, PushVlan, Reg, SetField, Table, ct_state, flow,
+                             vlan_vid)
+from sdn.view import StateView
+
+SNAT_ZONE = 5001
+DNAT_ZONE = 5002
+DNAT_DONE = "reg3"
+TO_TENANT = "reg4"
+METADATA_IP = "169.254.169.254"
+VPN_PRIVATE_PORT = 1194
+ETH_IP, ETH_ARP = 0x0800, 0x0806
+TCP, UDP = 6, 17
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The network host's external side (config options, plus the learned gateway MAC).
+
+    ``routing_source_ip`` is the router's own public address (default SNAT, ARP answered);
+    ``external_gateway_mac`` None means "not known yet": nothing is routed outside until the
+    controller has learned it by ARP. ``public_vlan`` tags the public port when set.
+    """
+
+    routing_source_ip: str
+    external_gateway: str | None = None
+    external_gateway_mac: str | None = None
+    public_vlan: int | None = None
+    metadata_host: str | None = None
+    metadata_port: int = 8775
+    dmz_cidrs: tuple[str, ...] = ()
+
+    @property
+    def mac(self) -> str:
+        """The router's MAC on the public side: ``0a:58:`` + routing_source_ip bytes."""
+        return "0a:58:" + ":".join(f"{b:02x}" for b in
+                                   ipaddress.IPv4Address(self.routing_source_ip).packed)
+
+
+def _cidr(cidr: str):
+    net = ipaddress.ip_network(cidr, strict=False)
+    return (str(net.network_address), str(net.netmask))
+
+
+def _f(table: Table, priority: int, match: dict, actions: Iterable = (), goto=None) -> Flow:
+    return flow(Feature.ROUTER, table, priority, match, tuple(actions), goto)
+
+
+def _arp_responder(port: int, address: str, mac: str) -> Flow:
+    return _f(Table.UPLINK, 200, {Reg.SRC_PORT: port, "eth_type": ETH_ARP, "arp_op": 1,
+                                  "arp_tpa": address},
+              [Move("eth_src", "eth_dst", 48), SetField("eth_src", mac), SetField("arp_op", 2),
+               Move("arp_sha", "arp_tha", 48), Move("arp_spa", "arp_tpa", 32),
+               SetField("arp_sha", mac), SetField("arp_spa", address), Output(OFPP_IN_PORT)])
+
+
+def compile_router(view: StateView, settings: RouterSettings, public_port: int) -> list[Flow]:
+    """All router flows for the datapath whose public port is ``public_port``."""
+    rs = settings
+    nets = list(view.networks.values())
+    cidrs = [_cidr(n.cidr) for n in nets]
+    vifs_by_net = {n.id: [v for v in view.vifs if v.network_id == n.id] for n in nets}
+    floating = [f for f in view.floating_ips if f.network_id in view.networks]
+    first_floating: dict[str, str] = {}
+    for f in floating:
+        first_floating.setdefault(f.fixed_address, f.address)
+    vpns = [n for n in nets if n.vpn_running and n.vpn_public_address and n.vpn_public_port]
+    snat_addresses = sorted({rs.routing_source_ip} | {f.address for f in floating})
+    router_addresses = sorted(set(snat_addresses) | {n.vpn_public_address for n in vpns})
+    ip = {"eth_type": ETH_IP}
+    flows: list[Flow] = []
+
+    # Classification of the public port, and routed traffic from the tenant networks.
+    tag = ({"vlan_vid": vlan_vid(rs.public_vlan)}, [PopVlan()]) if rs.public_vlan else \
+        ({"vlan_vid": OFPVID_NONE}, [])
+    flows.append(flow(Feature.ROUTER, Table.CLASSIFY, 100, {"in_port": public_port, **tag[0]},
+                      tag[1] + [SetField(Reg.SRC_PORT, public_port)], goto=Table.UPLINK))
+    for net in nets:
+        flows.append(_f(Table.SERVICES, 150, {**ip, Reg.NET: net.key, "eth_dst": net.gateway_mac},
+                        goto=Table.L3_UNSNAT))
+
+    # UPLINK: answer ARP for the router's addresses, learn the gateway, accept what is ours.
+    flows += [_arp_responder(public_port, a, rs.mac) for a in router_addresses]
+    flows.append(_f(Table.UPLINK, 150, {Reg.SRC_PORT: public_port, "eth_type": ETH_ARP,
+                                        "arp_op": 2, "arp_tpa": rs.routing_source_ip},
+                    [Controller()]))
+    for a in router_addresses:
+        flows.append(_f(Table.UPLINK, 100, {**ip, "eth_dst": rs.mac, "ipv4_dst": a},
+                        goto=Table.L3_UNSNAT))
+    for c in cidrs:  # replies to un-NATed connections (metadata host, dmz): checked by conntrack
+        flows.append(_f(Table.UPLINK, 90, {**ip, "eth_dst": rs.mac, "ipv4_dst": c},
+                        goto=Table.L3_UNSNAT))
+
+    # L3_UNSNAT
+    for a in snat_addresses:
+        flows.append(_f(Table.L3_UNSNAT, 100, {**ip, "ipv4_dst": a},
+                        [Ct(SNAT_ZONE, Table.L3_DNAT, nat=Nat())]))
+    flows.append(_f(Table.L3_UNSNAT, 90, {**ip, Reg.SRC_PORT: public_port},
+                    [Ct(SNAT_ZONE, Table.L3_DNAT, nat=Nat())]))
+    flows.append(_f(Table.L3_UNSNAT, 0, {}, goto=Table.L3_DNAT))
+
+    # L3_DNAT: nobody outside opens connections to fixed IPs; invalid packets die here.
+    for c in cidrs:
+        flows.append(_f(Table.L3_DNAT, 300, {**ip, Reg.SRC_PORT: public_port, "ipv4_dst": c,
+                                             "ct_state": ct_state(plus=CT_NEW | CT_TRK)}))
+    flows.append(_f(Table.L3_DNAT, 300, {**ip, "ct_state": ct_state(plus=CT_INV | CT_TRK)}))
+    dnat_targets = [({**ip, "ipv4_dst": f.address}, Nat("dst", f.fixed_address))
+                    for f in floating]
+    if rs.metadata_host:
+        dnat_targets.append(({**ip, "ip_proto": TCP, "ipv4_dst": METADATA_IP, "tcp_dst": 80},
+                             Nat("dst", rs.metadata_host, rs.metadata_port)))
+    for n in vpns:
+        dnat_targets.append(({**ip, "ip_proto": UDP, "ipv4_dst": n.vpn_public_address,
+                              "udp_dst": n.vpn_public_port},
+                             Nat("dst", n.vpn_private_address, VPN_PRIVATE_PORT)))
+    for match, nat in dnat_targets:
+        flows.append(_f(Table.L3_DNAT, 100, match, [Ct(DNAT_ZONE, Table.L3_DNAT_COMMIT, nat=Nat())]))
+        flows.append(_f(Table.L3_DNAT_COMMIT, 100,
+                        {**match, "ct_state": ct_state(plus=CT_NEW | CT_TRK)},
+                        [SetField(DNAT_DONE, 1), Ct(DNAT_ZONE, Table.L3_ROUTE, commit=True, nat=nat)]))
+    flows.append(_f(Table.L3_DNAT, 0, {}, goto=Table.L3_ROUTE))
+    for state in (CT_EST, CT_REL):  # an established original-direction packet was DNATed
+        flows.append(_f(Table.L3_DNAT_COMMIT, 50, {"ct_state": ct_state(plus=state | CT_TRK,
+                                                                         minus=CT_RPL)},
+                        [SetField(DNAT_DONE, 1)], goto=Table.L3_ROUTE))
+    flows.append(_f(Table.L3_DNAT_COMMIT, 0, {}, goto=Table.L3_ROUTE))
+
+    # L3_ROUTE: tenant fixed IPs (wherever their VIF is: delivery finds the port or trunk).
+    for net in nets:
+        for vif in vifs_by_net[net.id]:
+            for address in vif.addresses:
+                flows.append(_f(Table.L3_ROUTE, 200, {**ip, "ipv4_dst": address},
+                                [DecTtl(), SetField("eth_src", net.gateway_mac),
+                                 SetField("eth_dst", vif.mac), SetField(Reg.NET, net.key),
+                                 SetField(TO_TENANT, 1)], goto=Table.L3_UNDNAT))
+    flows.append(_f(Table.L3_ROUTE, 100, {**ip, Reg.SRC_PORT: public_port}))  # not for us: drop
+    if rs.external_gateway_mac:
+        flows.append(_f(Table.L3_ROUTE, 50, ip,
+                        [DecTtl(), SetField("eth_src", rs.mac),
+                         SetField("eth_dst", rs.external_gateway_mac), SetField(TO_TENANT, 0)],
+                        goto=Table.L3_UNDNAT))
+
+    # L3_UNDNAT: replies from DNAT backends (floating-IP instances, metadata host, VPN).
+    flows.append(_f(Table.L3_UNDNAT, 200, {DNAT_DONE: 1}, goto=Table.L3_SNAT))
+    backends = [{**ip, "ipv4_src": fixed} for fixed in sorted(first_floating)]
+    if rs.metadata_host:
+        backends.append({**ip, "ip_proto": TCP, "ipv4_src": rs.metadata_host,
+                         "tcp_src": rs.metadata_port})
+    backends += [{**ip, "ip_proto": UDP, "ipv4_src": n.vpn_private_address,
+                  "udp_src": VPN_PRIVATE_PORT} for n in vpns]
+    flows += [_f(Table.L3_UNDNAT, 100, match, [Ct(DNAT_ZONE, Table.L3_SNAT, nat=Nat())])
+              for match in backends]
+    flows.append(_f(Table.L3_UNDNAT, 0, {}, goto=Table.L3_SNAT))
+
+    # L3_SNAT
+    no_snat = ([rs.metadata_host] if rs.metadata_host else []) + list(rs.dmz_cidrs)
+    for c in cidrs:
+        src = {**ip, "ipv4_src": c}
+        for dst in no_snat:
+            flows.append(_f(Table.L3_SNAT, 300, {**src, "ipv4_dst": _cidr(dst)},
+                            [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True)]))
+        flows.append(_f(Table.L3_SNAT, 200, {**src, TO_TENANT: 1, DNAT_DONE: 1},
+                        [Ct(SNAT_ZONE, Table.L3_SNAT_COMMIT, nat=Nat())]))      # hairpin
+        flows.append(_f(Table.L3_SNAT, 150, {**src, TO_TENANT: 1}))           # isolation
+        flows.append(_f(Table.L3_SNAT, 100, src, [Ct(SNAT_ZONE, Table.L3_SNAT_COMMIT, nat=Nat())]))
+    flows.append(_f(Table.L3_SNAT, 0, {}, goto=Table.L3_OUTPUT))
+
+    new = {"ct_state": ct_state(plus=CT_NEW | CT_TRK)}
+    for fixed, address in sorted(first_floating.items()):
+        flows.append(_f(Table.L3_SNAT_COMMIT, 200, {**ip, **new, "ipv4_src": fixed},
+                        [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True, nat=Nat("src", address))]))
+    for c in cidrs:
+        flows.append(_f(Table.L3_SNAT_COMMIT, 100, {**ip, **new, "ipv4_src": c},
+                        [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True,
+                            nat=Nat("src", rs.routing_source_ip))]))
+    for state in (CT_EST, CT_REL):
+        flows.append(_f(Table.L3_SNAT_COMMIT, 50, {"ct_state": ct_state(plus=state | CT_TRK)},
+                        goto=Table.L3_OUTPUT))
+
+    # L3_OUTPUT
+    flows.append(_f(Table.L3_OUTPUT, 100, {TO_TENANT: 1}, goto=Table.DELIVERY))
+    out_tag = [PushVlan(), SetField("vlan_vid", vlan_vid(rs.public_vlan))] if rs.public_vlan else []
+    flows.append(_f(Table.L3_OUTPUT, 50, ip, out_tag + [Output(public_port)]))
+    return flows
+
+
+def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
+    """Broadcast ARP who-has ``target_ip`` tell ``src_ip`` (RFC 826), as an Ethernet frame."""
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    return (b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac
+            + ipaddress.IPv4Address(src_ip).packed + b"\x00" * 6
+            + ipaddress.IPv4Address(target_ip).packed)
+
+
+def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
+    """(sender MAC, sender IP) of an untagged Ethernet ARP reply; None for anything else."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[14:22] != \
+            b"\x00\x01\x08\x00\x06\x04\x00\x02":
+        return None
+    return (":".join(f"{b:02x}" for b in frame[22:28]), str(ipaddress.IPv4Address(frame[28:32])))

@@ -1,0 +1,188 @@
+"""Floating IPs, default SNAT, hairpin, metadata and cloudpipe VPN through the router flows.
+
+An "outside" namespace on the public port plays the internet: it is the external gateway
+(172.30.0.1), runs the metadata HTTP server, and talks to floating IPs. The router is
+sdn's: routing_source_ip 172.30.0.2, floating IPs 172.30.0.64/28, VPN endpoint 172.30.0.3.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.netlab import random_suffix, wait_for
+from tests.integration.test_controller import launch
+
+RSIP, GATEWAY, VPN_IP = "172.30.0.2", "172.30.0.1", "172.30.0.3"
+INTERNET = "172.30.0.10"   # a host beyond the gateway (the gateway itself is metadata_host,
+                           # which nova never SNATs to)
+FLOATING_RANGE = "172.30.0.64/28"
+
+# A tiny TCP/UDP peer: "tcp-server PORT" answers each connection with the peer address it saw,
+# "udp-echo PORT" echoes datagrams with the sender address prepended, "tcp-client HOST PORT"
+# prints what the server answered, "udp-probe HOST PORT" prints the reply or the error.
+PEER = r"""
+import socket, sys
+mode = sys.argv[1]
+if mode == "tcp-server":
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[2]))); s.listen(16); print("ready", flush=True)
+    while True:
+        c, addr = s.accept(); c.sendall(addr[0].encode()); c.close()
+elif mode == "udp-echo":  # optional 3rd argument: the address to answer from
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0", int(sys.argv[2])))
+    print("ready", flush=True)
+    while True:
+        data, addr = s.recvfrom(2048); s.sendto(addr[0].encode() + b" " + data, addr)
+elif mode == "tcp-client":
+    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
+    print(c.recv(100).decode())
+elif mode == "udp-probe":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.connect((sys.argv[2], int(sys.argv[3])))
+    try:
+        s.send(b"probe"); print(s.recv(2048).decode())
+    except ConnectionRefusedError:
+        print("refused")
+    except socket.timeout:
+        print("timeout")
+"""
+
+
+def peer(host, *args, check=True):
+    return host.run([sys.executable, "-c", PEER, *map(str, args)], check=check, timeout=15)
+
+
+def serve(host, *args):
+    proc = host.popen([sys.executable, "-u", "-c", PEER, *map(str, args)],
+                      stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+class L3Lab:
+    def __init__(self, make_sdn_env, netns_host, tmp_path):
+        pub = "sdnpb" + random_suffix(6)
+        self.env = make_sdn_env(config={"DEFAULT": {
+            "network_manager": "vlan", "public_interface": pub, "routing_source_ip": RSIP,
+            "external_gateway": GATEWAY, "metadata_host": GATEWAY, "metadata_port": 8775,
+            "vpn_ip": VPN_IP, "vpn_start": 5000}})
+        self.env.cli("network", "create", "--label", "tenants", "--fixed_range_v4",
+                     "10.34.0.0/24", "--num_networks", "2", "--network_size", "64",
+                     "--vlan", "400")
+        self.env.cli("floating", "create", FLOATING_RANGE)
+        self.outside = netns_host(port_name=pub)
+        self.outside.attach(self.env.bridge.name)
+        self.outside.set_ip(f"{GATEWAY}/24")
+        self.outside.set_ip(f"{INTERNET}/24")
+        # The network host is the route back to the fixed ranges (nova's model).
+        self.outside.run(["ip", "route", "add", "10.34.0.0/24", "via", RSIP])
+        self.a1, self.h_a1 = launch(self.env, netns_host, "a1", "alpha")
+        self.a2, self.h_a2 = launch(self.env, netns_host, "a2", "alpha")
+        self.b1, self.h_b1 = launch(self.env, netns_host, "b1", "beta")
+        self.env.start_controller()
+        clients = [h.dhclient(wait=False) for h in (self.h_a1, self.h_a2, self.h_b1)]
+        for client in clients:
+            client.wait_bound()
+        self.f1 = self.floating("alpha", "a1")
+
+    def floating(self, project, instance):
+        address = self.env.cli("floating", "allocate", "--project", project).stdout.strip()
+        self.env.cli("floating", "associate", address, "--instance", instance,
+                     "--project", project)
+        return address
+
+    def wait_reachable(self, host, address, what):
+        wait_for(lambda: host.ping(address, count=1, timeout=1), timeout=15, what=what)
+
+
+@pytest.fixture
+def lab(make_sdn_env, netns_host, tmp_path):
+    return L3Lab(make_sdn_env, netns_host, tmp_path)
+
+
+def test_floating_ip_inbound_outbound_and_disassociate(lab):
+    server = serve(lab.outside, "tcp-server", 8080)
+    a1_server = serve(lab.h_a1, "tcp-server", 2222)
+    lab.wait_reachable(lab.outside, lab.f1, "ping from outside to the floating IP")
+    # inbound TCP reaches a1, which sees the outside's real address
+    assert peer(lab.outside, "tcp-client", lab.f1, 2222).stdout.strip() == GATEWAY
+    # a1's own connections leave with its floating IP as source
+    assert peer(lab.h_a1, "tcp-client", INTERNET, 8080).stdout.strip() == lab.f1
+    # a second floating IP on the same fixed IP works too
+    f1b = lab.floating("alpha", "a1")
+    lab.wait_reachable(lab.outside, f1b, "ping to the second floating IP")
+    assert peer(lab.outside, "tcp-client", f1b, 2222).stdout.strip() == GATEWAY
+    # disassociation cuts inbound at once (no lingering ARP answer or DNAT)
+    lab.env.cli("floating", "disassociate", lab.f1, "--project", "alpha")
+    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows() if f"nw_dst={lab.f1}" in f],
+             timeout=10, what="the floating IP's flows to go")
+    assert not lab.outside.ping(lab.f1, count=2, timeout=1)
+    assert lab.outside.ping(f1b)
+    server.kill(), a1_server.kill()
+
+
+def test_default_snat_and_icmp_errors(lab):
+    serve(lab.outside, "tcp-server", 8080)
+    serve(lab.outside, "udp-echo", 5353, INTERNET)
+    lab.wait_reachable(lab.h_a2, INTERNET, "a2 reaching the outside")
+    assert peer(lab.h_a2, "tcp-client", INTERNET, 8080).stdout.strip() == RSIP
+    assert peer(lab.h_a2, "udp-probe", INTERNET, 5353).stdout.strip() == f"{RSIP} probe"
+    # an ICMP port unreachable for a SNATed flow reaches the instance (embedded header un-NATed)
+    assert peer(lab.h_a2, "udp-probe", INTERNET, 5399).stdout.strip() == "refused"
+    # ... and one for a DNATed flow reaches the outside from the floating IP
+    lab.wait_reachable(lab.outside, lab.f1, "ping to the floating IP")
+    assert peer(lab.outside, "udp-probe", lab.f1, 5399).stdout.strip() == "refused"
+
+
+def test_hairpin_to_own_projects_floating_ip(lab):
+    serve(lab.h_a1, "tcp-server", 2222)
+    lab.wait_reachable(lab.h_a2, lab.f1, "a2 pinging a1's floating IP")
+    # a2 has no floating IP: a1 sees it as routing_source_ip, and the reply finds its way back
+    assert peer(lab.h_a2, "tcp-client", lab.f1, 2222).stdout.strip() == RSIP
+
+
+def test_projects_stay_isolated_through_the_router(lab):
+    lab.wait_reachable(lab.h_a2, INTERNET, "a2 reaching the outside")
+    assert not lab.h_b1.ping(lab.a1["address"], count=2, timeout=1)
+    assert not lab.h_a1.ping(lab.b1["address"], count=2, timeout=1)
+    assert lab.h_a1.ping(lab.a2["address"])
+
+
+def test_metadata_reaches_metadata_host_with_the_fixed_ip(lab):
+    http = lab.outside.popen([sys.executable, "-u", "-m", "http.server", "8775", "--bind", GATEWAY],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: peer(lab.outside, "tcp-client", GATEWAY, 8775, check=False).returncode == 0
+             or lab.outside.run(["ss", "-ltnH", "sport = :8775"]).stdout.strip(), timeout=10,
+             what="the metadata server to listen")
+    fetch = ("import urllib.request;"
+             "print(urllib.request.urlopen('http://169.254.169.254/', timeout=5).status)")
+    wait_for(lambda: lab.h_a1.run([sys.executable, "-c", fetch], check=False).stdout.strip()
+             == "200", timeout=15, what="a1 fetching metadata")
+    http.terminate()
+    log = http.communicate(timeout=5)[0]
+    assert f'{lab.a1["address"]} - - ' in log, log
+
+
+def test_cloudpipe_vpn_port_forward(lab, netns_host):
+    alloc = lab.env.cli_json("vpn", "run", "alpha")
+    vpn_host = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+    lab.env.cli("instance", "plug", alloc["instance"], "--bridge", lab.env.bridge.name)
+    vpn_host.dhclient()
+    assert vpn_host.ips() == [alloc["address"]]
+    serve(vpn_host, "udp-echo", 1194)
+    (row,) = [r for r in lab.env.cli_json("vpn", "list") if r["project"] == "alpha"]
+    public_ip, public_port = row["public"].split(":")
+    assert row["state"] == "running" and public_ip == VPN_IP
+    def answered():
+        return peer(lab.outside, "udp-probe", public_ip, public_port, check=False).stdout.strip()
+    reply = wait_for(lambda: answered() not in ("", "timeout", "refused") and answered(),
+                     timeout=15, what="the VPN port forward to answer")
+    assert reply == f"{GATEWAY} probe"   # the VPN instance saw the real client address
+    # deleting the VPN instance removes its forwarding (nova never did)
+    lab.env.cli("instance", "delete", alloc["instance"], "--bridge", lab.env.bridge.name)
+    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows() if f"tp_dst={public_port}" in f],
+             timeout=10, what="the VPN forwarding flows to go")
