@@ -81,7 +81,52 @@ def prepare_state(spec: dict, state_dir: Path) -> Path:
                 args += [f"--{key}", str(net[key])]
         for line in run_sdn(conf, *args).splitlines():
             log(line)
+    for rng in spec.get("floating", []):
+        log(run_sdn(conf, "floating", "create", rng["range"]).strip())
     return conf
+
+
+def wait_ping(host, ip: str, timeout: float = 15) -> bool:
+    """Ping until a reply or ``timeout``: the router learns the gateway MAC by ARP first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping(host, ip):
+            return True
+    return False
+
+
+def public_access(net, spec: dict, conf: Path, allocs: dict, failures: list[str]) -> list[list]:
+    """Floating IPs reachable from outside, default SNAT from an instance without one."""
+    outside = spec["outside"]
+    ext = net.get(outside["name"])
+    for cidr in outside.get("addresses", []):
+        ext.cmd(f"ip addr add {cidr} dev {ext.defaultIntf().name}")
+    for dst, via in outside.get("routes", []):
+        ext.cmd(f"ip route add {dst} via {via}")
+    rows = []
+    with_floating = set()
+    for fip in spec.get("floating_ips", []):
+        address = run_sdn(conf, "floating", "allocate", "--project", fip["project"]).strip()
+        run_sdn(conf, "floating", "associate", address, "--instance", fip["instance"],
+                "--project", fip["project"])
+        with_floating.add(fip["instance"])
+        ok = wait_ping(ext, address)
+        rows.append([f"{outside['name']} -> {fip['instance']}", f"floating {address}",
+                     allocs[fip["instance"]]["address"], "reply" if ok else "no reply",
+                     "ok" if ok else "FAIL"])
+        if not ok:
+            failures.append(f"floating IP {address} of {fip['instance']} not reachable from outside")
+    internet = outside.get("internet")
+    for inst in spec.get("instances", []):
+        if internet and inst["name"] not in with_floating:
+            ok = wait_ping(net.get(inst["name"]), internet)
+            rows.append([f"{inst['name']} -> {outside['name']}", f"internet {internet}",
+                         "SNAT via routing_source_ip", "reply" if ok else "no reply",
+                         "ok" if ok else "FAIL"])
+            if not ok:
+                failures.append(f"{inst['name']} cannot reach {internet} through default SNAT")
+            break  # one instance shows default SNAT
+    return rows
 
 
 class Controller:
@@ -259,6 +304,11 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
                              "reply" if got else "no reply", verdict])
         print()
         print(table(prow, ["from", "to", "address", "expected", "actual", "result"]))
+
+        if spec.get("outside"):
+            print()
+            print(table(public_access(net, spec, conf, allocs, failures),
+                        ["path", "to", "fixed IP / NAT", "actual", "result"]))
 
         srows = []
         for attempt in spec.get("spoof", []):

@@ -137,6 +137,11 @@ class SdnTopo(Topo):
             self.addHost(inst["name"], ip=None, mac=alloc["mac"])
             self.addLink(inst["name"], inst["host"], intfName1=f"{inst['name']}-eth0",
                          intfName2=alloc["port_name"])
+        outside = self.spec.get("outside")
+        if outside:  # the public network: the external gateway / internet, on a public port
+            self.addHost(outside["name"], ip=None)
+            self.addLink(outside["name"], outside["switch"], intfName1=f"{outside['name']}-eth0",
+                         intfName2=outside["interface"])
 
 
 topos = {"sdn": SdnTopo}
