@@ -42,6 +42,9 @@ class NetworkView:
     vpn_public_port: int | None = None
     vpn_private_address: str | None = None
     vpn_running: bool = False
+    #: extra routes (destination CIDR, next hop) sent as DHCP option 121 to clients asking for
+    #: classless static routes (RFC 3442); e.g. the metadata address via the gateway.
+    host_routes: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> int:

@@ -17,16 +17,19 @@ from sdn.view import StateView
 class StateSource:
     """Wraps the engine and network manager; every call is one transaction."""
 
-    def __init__(self, engine, manager, *, domain: str, lease_time: int, mtu: int | None):
+    def __init__(self, engine, manager, *, domain: str, lease_time: int, mtu: int | None,
+                 metadata_route: bool = False):
         self.engine = engine
         self.manager = manager
-        self._view_opts = dict(domain=domain, lease_time=lease_time, mtu=mtu)
+        self._view_opts = dict(domain=domain, lease_time=lease_time, mtu=mtu,
+                               metadata_route=metadata_route)
 
     @classmethod
     def from_conf(cls, conf) -> StateSource:
         engine = db.get_engine(conf.database.connection)
         return cls(engine, managers.get_manager(engine, conf), domain=conf.dhcp_domain,
-                   lease_time=conf.dhcp_lease_time, mtu=conf.network_device_mtu)
+                   lease_time=conf.dhcp_lease_time, mtu=conf.network_device_mtu,
+                   metadata_route=bool(conf.metadata_host))
 
     def revision(self) -> int:
         return db.current_revision(self.engine)

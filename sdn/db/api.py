@@ -101,11 +101,13 @@ def current_revision(engine: Engine) -> int:
 
 
 def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 120,
-               mtu: int | None = None) -> view.StateView:
+               mtu: int | None = None, metadata_route: bool = False) -> view.StateView:
     """Every network and VIF as a StateView, read in one transaction.
 
     ``domain``/``lease_time``/``mtu`` are the dhcp_domain, dhcp_lease_time (s) and
     network_device_mtu options. A VIF's ``addresses`` are the fixed IPs allocated to it.
+    ``metadata_route`` gives every network a host route 169.254.169.254/32 via its gateway
+    (DHCP option 121), where sdn's router forwards metadata requests.
     """
     with read_transaction(engine) as session:
         revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
@@ -121,7 +123,9 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                 project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
                 mtu=mtu, vpn_public_address=net.vpn_public_address, vpn_public_port=net.vpn_public_port,
                 vpn_private_address=net.vpn_private_address,
-                vpn_running=net.vpn_private_address in vpn_running)
+                vpn_running=net.vpn_private_address in vpn_running,
+                host_routes=(("169.254.169.254/32", net.gateway),) if metadata_route and net.gateway
+                else ())
         floating_ips = tuple(
             view.FloatingView(address=address, fixed_address=fixed, network_id=network_id,
                               project_id=project_id)

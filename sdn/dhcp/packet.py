@@ -13,6 +13,7 @@ UDP checksums through a tap device.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import NamedTuple
 
@@ -75,6 +76,7 @@ OPT_T1 = 58
 OPT_T2 = 59
 OPT_CLIENT_ID = 61
 OPT_RELAY_AGENT = 82
+OPT_CLASSLESS_ROUTES = 121
 OPT_END = 255
 
 #: options whose value must have an exact length when present in a request
@@ -269,3 +271,16 @@ def build_reply(*, eth_dst: bytes, eth_src: bytes, ip_src: bytes, ip_dst: bytes,
     pseudo = ip_src + ip_dst + struct.pack("!BBH", 0, IPPROTO_UDP, udp_len)
     ucsum = inet_checksum(pseudo + head[_UDP_OFFSET:] + tail) or 0xFFFF
     return head[:40] + struct.pack("!H", ucsum) + head[42:] + tail
+
+
+def classless_routes(routes) -> bytes:
+    """Option 121 value (RFC 3442 §3): per route the prefix length, the significant octets of
+    the destination, then the router. ``routes`` is [(cidr, router)]."""
+    out = bytearray()
+    for cidr, router in routes:
+        address, _, length = cidr.partition("/")
+        width = int(length or 32)
+        out.append(width)
+        out += socket.inet_aton(address)[:(width + 7) // 8]
+        out += socket.inet_aton(router)
+    return bytes(out)

@@ -53,7 +53,7 @@ class _Prepared:
     """Per-(binding) constant parts of replies, computed once and cached by the responder."""
 
     __slots__ = ("mac", "mac_bytes", "address", "address_bytes", "server_id", "server_mac",
-                 "lease_opts", "mandatory", "optional", "nak_head")
+                 "lease_opts", "mandatory", "optional", "on_request", "nak_head")
 
     def __init__(self, b: DhcpBinding):
         net = b.network
@@ -86,6 +86,14 @@ class _Prepared:
         if net.mtu:
             optional[p.OPT_MTU] = p.tlv(p.OPT_MTU, _U16.pack(net.mtu))
         self.optional = optional  # insertion order = default priority
+        # Sent only to clients that ask: a client given option 121 ignores option 3 (RFC 3442
+        # §2), so the default route is part of it.
+        on_request: dict[int, bytes] = {}
+        if net.host_routes and net.gateway:
+            routes = list(net.host_routes) + [("0.0.0.0/0", net.gateway)]
+            on_request[p.OPT_CLASSLESS_ROUTES] = p.tlv(p.OPT_CLASSLESS_ROUTES,
+                                                       p.classless_routes(routes))
+        self.on_request = on_request
         self.nak_head = p.tlv(p.OPT_SERVER_ID, self.server_id)
 
 
@@ -222,13 +230,13 @@ class DhcpResponder:
         cid, rai = self._echo(req)
         options = mt + prep.mandatory + (prep.lease_opts if lease else b"")
         budget = self._limit(req) - p.BOOTP_HEADER_LEN - 1 - len(rai) - len(options)
-        optional = prep.optional
+        optional = {**prep.optional, **prep.on_request}
         prl = req.options.get(p.OPT_PARAM_REQUEST)
         if prl:  # requested options first, in the client's order, then the rest
             order = [c for c in dict.fromkeys(prl) if c in optional]
-            order += [c for c in optional if c not in order]
+            order += [c for c in prep.optional if c not in order]
         else:
-            order = optional
+            order = prep.optional
         extra = []
         for code in order:
             enc = optional[code]

@@ -377,3 +377,18 @@ def test_fuzz_garbage_types_never_raise(responder):
     for junk in (None, 12, "x" * 400, bytearray(300), memoryview(bytes(400)), b""):
         d = responder.handle(junk, BINDING, NOW)  # type: ignore[arg-type]
         assert d.reply is None and d.reason.startswith("malformed")
+
+
+def test_classless_routes_only_when_asked_and_with_the_default_route():
+    routed = dataclasses.replace(NET, host_routes=(("169.254.169.254/32", "10.0.0.1"),))
+    binding = dataclasses.replace(BINDING, network=routed)
+    responder = DhcpResponder()
+    asked = handle(responder, craft("discover", options=[("param_req_list", [1, 3, 121])]),
+                   binding)
+    value = options_of(reply_of(asked)).get("classless_static_routes")
+    # RFC 3442: 32 169.254.169.254 -> 10.0.0.1, then 0 (default) -> 10.0.0.1
+    assert value == ["169.254.169.254/32:10.0.0.1", "0.0.0.0/0:10.0.0.1"], value
+    not_asked = handle(responder, craft("discover", options=[("param_req_list", [1, 3])]), binding)
+    assert 121 not in option_codes(not_asked.reply)
+    plain = handle(responder, craft("discover", options=[("param_req_list", [1, 3, 121])]))
+    assert 121 not in option_codes(plain.reply)   # no host routes on this network
