@@ -17,17 +17,17 @@ PRIO_ARP = 200
 ARP_REQUEST, ARP_REPLY = 1, 2
 
 
+def reply_actions(address: str, mac: str) -> list:
+    """Turn an ARP request for ``address`` into the reply from ``mac``, back out of its port."""
+    return [Move("eth_src", "eth_dst", 48), SetField("eth_src", mac),
+            SetField("arp_op", ARP_REPLY), Move("arp_sha", "arp_tha", 48),
+            Move("arp_spa", "arp_tpa", 32), SetField("arp_sha", mac),
+            SetField("arp_spa", str(ipaddress.IPv4Address(address))), Output(OFPP_IN_PORT)]
+
+
 def compile_network(network: NetworkView) -> list[Flow]:
     """Reply to ``who-has <gateway>`` from any port of ``network`` with its gateway MAC."""
-    mac = network.gateway_mac
     return [flow(Feature.GATEWAY_ARP, Table.SERVICES, PRIO_ARP,
                  {Reg.NET: network.key, "eth_type": 0x0806, "arp_op": ARP_REQUEST,
                   "arp_tpa": network.gateway},
-                 [Move("eth_src", "eth_dst", 48),
-                  SetField("eth_src", mac),
-                  SetField("arp_op", ARP_REPLY),
-                  Move("arp_sha", "arp_tha", 48),
-                  Move("arp_spa", "arp_tpa", 32),
-                  SetField("arp_sha", mac),
-                  SetField("arp_spa", str(ipaddress.IPv4Address(network.gateway))),
-                  Output(OFPP_IN_PORT)])]
+                 reply_actions(network.gateway, network.gateway_mac))]

@@ -25,10 +25,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_TRK, OFPP_IN_PORT,
-                             OFPVID_NONE, Controller, Ct, DecTtl, Feature, Flow, Move, Nat,
-                             Output, PopVlan, PushVlan, Reg, SetField, Table, ct_state, flow,
-                             vlan_vid)
+from sdn.flows import arp_responder
+from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_TRK, OFPVID_NONE,
+                             Controller, Ct, DecTtl, Feature, Flow, Nat, Output, PopVlan,
+                             PushVlan, Reg, SetField, Table, ct_state, flow, vlan_vid)
 from sdn.view import StateView
 
 SNAT_ZONE = 5001
@@ -76,10 +76,7 @@ def _f(table: Table, priority: int, match: dict, actions: Iterable = (), goto=No
 
 def _arp_responder(port: int, address: str, mac: str) -> Flow:
     return _f(Table.UPLINK, 200, {Reg.SRC_PORT: port, "eth_type": ETH_ARP, "arp_op": 1,
-                                  "arp_tpa": address},
-              [Move("eth_src", "eth_dst", 48), SetField("eth_src", mac), SetField("arp_op", 2),
-               Move("arp_sha", "arp_tha", 48), Move("arp_spa", "arp_tpa", 32),
-               SetField("arp_sha", mac), SetField("arp_spa", address), Output(OFPP_IN_PORT)])
+                                  "arp_tpa": address}, arp_responder.reply_actions(address, mac))
 
 
 def compile_router(view: StateView, settings: RouterSettings, public_port: int) -> list[Flow]:

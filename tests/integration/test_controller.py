@@ -105,13 +105,19 @@ def lease_state(env, address) -> bool | None:
     return None
 
 
-def test_unplug_removes_the_vifs_flows(make_sdn_env, netns_host):
-    env = vlan_env(make_sdn_env)
+def leased_pair(env, netns_host):
+    """Two alpha instances plugged, the controller running, both leased: (a1, h_a1, a2, h_a2)."""
     a1, h_a1 = launch(env, netns_host, "a1", "alpha")
     a2, h_a2 = launch(env, netns_host, "a2", "alpha")
     env.start_controller()
-    h_a1.dhclient()
-    h_a2.dhclient()
+    for client in [h_a1.dhclient(wait=False), h_a2.dhclient(wait=False)]:
+        client.wait_bound()
+    return a1, h_a1, a2, h_a2
+
+
+def test_unplug_removes_the_vifs_flows(make_sdn_env, netns_host):
+    env = vlan_env(make_sdn_env)
+    a1, h_a1, a2, h_a2 = leased_pair(env, netns_host)
     assert h_a2.ping(a1["address"])
     ofport = env.bridge.ofport(a1["port_name"])
     mac = a1["mac"]
@@ -127,11 +133,7 @@ def test_unplug_removes_the_vifs_flows(make_sdn_env, netns_host):
 
 def test_controller_restart_keeps_forwarding(make_sdn_env, netns_host):
     env = vlan_env(make_sdn_env)
-    a1, h_a1 = launch(env, netns_host, "a1", "alpha")
-    a2, h_a2 = launch(env, netns_host, "a2", "alpha")
-    env.start_controller()
-    h_a1.dhclient()
-    h_a2.dhclient()
+    a1, h_a1, a2, h_a2 = leased_pair(env, netns_host)
     before = sorted(f.split(" actions=")[0].split("priority=")[1]
                     for f in env.bridge.dump_flows())
 
