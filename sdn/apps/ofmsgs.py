@@ -8,6 +8,7 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from sdn.apps import ofwire
 from sdn.flows import model as m
 from sdn.flows.model import Flow
 
@@ -107,6 +108,17 @@ def bundle_ctrl(dp, bundle_id: int, type_: int):
 
 def bundle_add(dp, bundle_id: int, msg):
     return parser.ONFBundleAddMsg(dp, bundle_id, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED, msg, [])
+
+
+def plan_bundle_adds(dp, bundle_id: int, deletes, adds, generation: int, stale_cookies=()):
+    """The bundle-adds of one plan as raw bytes, in order: strict deletes of ``deletes``, adds
+    of ``adds`` under ``generation``, deletes of each stale cookie. Same bytes as
+    ``bundle_add(dp, bundle_id, flow_delete_strict(...))`` etc., packed by ``sdn.apps.ofwire``
+    (~40x cheaper), with xids from ``dp``'s counter; yields chunks for ``dp.send``."""
+    msgs = [ofwire.flow_delete_strict(f) for f in deletes]
+    msgs += [ofwire.flow_add(f, generation) for f in adds]
+    msgs += [ofwire.delete_cookie(c) for c in stale_cookies]
+    return ofwire.bundle_adds(dp, bundle_id, msgs)
 
 
 def meter_mod(dp, meter_id: int, rate_pps: int, command=ofp.OFPMC_ADD):

@@ -141,3 +141,25 @@ def test_bundle_adds_allocate_fresh_xids_from_the_datapath_counter():
         expected.append(ofwire.bundle_add(BUNDLE, ofwire.flow_add(f, GEN), xid))
     assert stream == b"".join(expected)
     assert dp.xid == (0xFFFFFFFE + 50) & 0xFFFFFFFF
+
+
+def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
+    """The bytes _send_plan now sends equal the old os-ken loop: deletes, adds, stale cookies,
+    each bundle-add with the next xid of the datapath."""
+    deletes, adds, stale = FLOWS[:7], FLOWS[7:40], [m.cookie(Feature.L2, 3), m.cookie(Feature.DHCP, 4)]
+    dp = Dp()
+    dp.xid = 1000
+    stream = b"".join(ofmsgs.plan_bundle_adds(dp, BUNDLE, deletes, adds, GEN, stale))
+    ref_dp = Dp()
+    ref_dp.xid = 1000
+    msgs = [ofmsgs.flow_delete_strict(ref_dp, f) for f in deletes]
+    msgs += [ofmsgs.flow_add(ref_dp, f, GEN) for f in adds]
+    msgs += [ofmsgs.delete_cookie(ref_dp, c) for c in stale]
+    ref = []
+    for msg in msgs:
+        bm = ofmsgs.bundle_add(ref_dp, BUNDLE, msg)
+        ref_dp.xid = (ref_dp.xid + 1) & 0xFFFFFFFF   # Datapath.set_xid
+        bm.set_xid(ref_dp.xid)
+        bm.serialize()
+        ref.append(bytes(bm.buf))
+    assert stream == b"".join(ref) and dp.xid == ref_dp.xid
