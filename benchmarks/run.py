@@ -2,6 +2,7 @@
 """Run every sdn benchmark side by side with what operators would pick instead (issue 6).
 
     .venv/bin/python benchmarks/run.py [--out var/bench] [--only dhcp,flows,dataplane,alloc,restart]
+        [--flow-vifs 1000,10000]
 
 Prints a table of ratios with the raw numbers, writes ``results.json`` and ``results.md`` and
 draws ``dhcp.png`` (DHCP success rate against offered rate, every server) in ``--out``.
@@ -120,6 +121,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="var/bench")
     ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart")
+    ap.add_argument("--flow-vifs", default="1000,10000",
+                    help="VIF counts of the flow programming benchmark (comma-separated)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -130,8 +133,9 @@ def main() -> int:
     if "dhcp" in only:
         steps.append(("dhcp", lambda: bench_dhcp.run(work / "dhcp", log)))
     if "flows" in only:
-        steps.append(("flows_1k", lambda: bench_system.flow_programming(work, 1000, log)))
-        steps.append(("flows_10k", lambda: bench_system.flow_programming(work, 10000, log)))
+        for n in (int(v) for v in args.flow_vifs.split(",")):
+            key = f"flows_{n // 1000}k" if n % 1000 == 0 else f"flows_{n}"
+            steps.append((key, lambda n=n: bench_system.flow_programming(work, n, log)))
     if "dataplane" in only:
         steps.append(("dataplane", lambda: bench_system.data_plane(work, log)))
     if "alloc" in only:
