@@ -260,12 +260,17 @@ class SdnController(app_manager.OSKenApp):
         """Apply ``plan`` atomically in one bundle, then wait for a barrier."""
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
-        # with its own xid from dp's counter, shared by inner and outer message (ext 230 §3.3)
+        # with its own xid from dp's counter, shared by inner and outer message (ext 230 §3.3);
+        # encoded chunk by chunk, so the switch parses one while the next is packed
         chunks = ofmsgs.plan_bundle_adds(dp, bundle_id, plan.deletes, plan.adds, generation,
                                          plan.stale_cookies)
         dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
-        for chunk in chunks:
-            dp.send(chunk)
+        try:
+            for chunk in chunks:
+                dp.send(chunk)
+        except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
+            dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST))
+            raise
         dp.send_msg(ofmsgs.bundle_ctrl(dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
         waiter = self._request(dp, dp.ofproto_parser.OFPBarrierRequest(dp))
         if waiter.errors:

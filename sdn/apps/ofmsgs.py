@@ -5,6 +5,8 @@ The only place where flow data meets os-ken's parser classes; everything above i
 
 from __future__ import annotations
 
+import itertools
+
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -114,10 +116,11 @@ def plan_bundle_adds(dp, bundle_id: int, deletes, adds, generation: int, stale_c
     """The bundle-adds of one plan as raw bytes, in order: strict deletes of ``deletes``, adds
     of ``adds`` under ``generation``, deletes of each stale cookie. Same bytes as
     ``bundle_add(dp, bundle_id, flow_delete_strict(...))`` etc., packed by ``sdn.apps.ofwire``
-    (~40x cheaper), with xids from ``dp``'s counter; yields chunks for ``dp.send``."""
-    msgs = [ofwire.flow_delete_strict(f) for f in deletes]
-    msgs += [ofwire.flow_add(f, generation) for f in adds]
-    msgs += [ofwire.delete_cookie(c) for c in stale_cookies]
+    (~40x cheaper), with xids from ``dp``'s counter; yields chunks for ``dp.send``, encoding
+    lazily so that the switch parses one chunk while the next is packed."""
+    msgs = itertools.chain((ofwire.flow_delete_strict(f) for f in deletes),
+                           (ofwire.flow_add(f, generation) for f in adds),
+                           (ofwire.delete_cookie(c) for c in stale_cookies))
     return ofwire.bundle_adds(dp, bundle_id, msgs)
 
 

@@ -96,7 +96,7 @@ def oxm(name: str, value, normalize: bool = True) -> tuple[int, bytes]:
     """(sort key, TLV bytes) of one OXM field as os-ken encodes it. ``normalize`` applies the
     mask to the value (OFPMatch does; a set-field action does not)."""
     num, t = _FIELDS[name]
-    key = num[0] if isinstance(num, tuple) else num   # OFPMatch sorts by this (see os-ken)
+    key = oxm_sort_key(name)
     if isinstance(num, int):
         if isinstance(value, tuple):
             v, msk = value
@@ -121,18 +121,24 @@ def _oxm_header(name: str) -> bytes:
     return bytes(buf)
 
 
-@lru_cache(maxsize=_CACHE)
+@lru_cache(maxsize=1024)
+def _order(names: tuple) -> tuple:
+    """Indices of a match's fields in os-ken's order: a stable sort by OXM type (so
+    prerequisites such as eth_type come first). Few distinct field sets exist: cached."""
+    keys = [oxm_sort_key(n) for n in names]
+    return tuple(sorted(range(len(names)), key=keys.__getitem__))
+
+
+def oxm_sort_key(name: str) -> int:
+    num = _FIELDS[name][0]
+    return num[0] if isinstance(num, tuple) else num
+
+
 def match(fields: tuple) -> bytes:
-    """ofp_match (OXM, padded to 8) of a Flow's ``match`` tuple, fields in os-ken's order
-    (stable sort by OXM type; prerequisites such as eth_type come first)."""
-    tlvs = sorted((oxm(name, value) for name, value in fields), key=_first)
-    body = b"".join(t for _, t in tlvs)
+    """ofp_match (OXM, padded to 8) of a Flow's ``match`` tuple, fields in os-ken's order."""
+    body = b"".join([oxm(*fields[i])[1] for i in _order(tuple([f[0] for f in fields]))])
     length = 4 + len(body)
     return _MATCH_HDR.pack(ofp.OFPMT_OXM, length) + body + bytes(_pad8(length) - length)
-
-
-def _first(item):
-    return item[0]
 
 
 # ---- actions and instructions --------------------------------------------------------------

@@ -163,3 +163,98 @@ def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
         bm.serialize()
         ref.append(bytes(bm.buf))
     assert stream == b"".join(ref) and dp.xid == ref_dp.xid
+
+
+class _RecordingDp(Dp):
+    def __init__(self):
+        self.xid = 500
+        self.sent: list[bytes] = []
+
+    def set_xid(self, msg):   # os-ken Datapath.set_xid
+        self.xid = (self.xid + 1) & 0xFFFFFFFF
+        msg.set_xid(self.xid)
+        return self.xid
+
+    def send_msg(self, msg):
+        if msg.xid is None:
+            self.set_xid(msg)
+        msg.serialize()
+        self.sent.append(bytes(msg.buf))
+
+    def send(self, buf):
+        self.sent.append(bytes(buf))
+
+
+class _Waiter:
+    errors: list = []
+
+
+class _Controller:
+    def __init__(self):
+        import itertools
+        self._bundle_ids = itertools.count(1)
+        self.requests = []
+
+    def _request(self, dp, msg):
+        self.requests.append(msg)
+        dp.send_msg(msg)
+        return _Waiter()
+
+
+def _send_plan(plan):
+    from sdn.apps.controller import SdnController
+    from sdn.flows import reconcile
+    ctl, dp = _Controller(), _RecordingDp()
+    try:
+        SdnController._send_plan(ctl, dp, reconcile.Plan(**plan), GEN)
+    finally:
+        stream = b"".join(dp.sent)
+    return ctl, dp, stream
+
+
+def _ctrl_type(stream: bytes, offset: int) -> tuple[int, int]:
+    """(message type, ONF bundle-ctrl type or -1) of the message at ``offset``."""
+    kind = stream[offset + 1]
+    if kind == ofp.OFPT_EXPERIMENTER and int.from_bytes(stream[offset + 12:offset + 16], "big") == 2300:
+        return kind, int.from_bytes(stream[offset + 20:offset + 22], "big")
+    return kind, -1
+
+
+def _messages(stream: bytes):
+    offset = 0
+    while offset < len(stream):
+        yield _ctrl_type(stream, offset)
+        offset += int.from_bytes(stream[offset + 2:offset + 4], "big")
+
+
+def test_send_plan_opens_adds_commits_then_waits_for_a_barrier():
+    ctl, dp, stream = _send_plan(dict(adds=FLOWS[:30], deletes=FLOWS[30:33],
+                                      stale_cookies=[m.cookie(Feature.L2, 1)]))
+    kinds = list(_messages(stream))
+    assert kinds[0] == (ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_OPEN_REQUEST)
+    assert kinds[1:35] == [(ofp.OFPT_EXPERIMENTER, -1)] * 34
+    assert kinds[35:] == [(ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_COMMIT_REQUEST),
+                          (ofp.OFPT_BARRIER_REQUEST, -1)]
+    assert len(ctl.requests) == 1
+    xids = [int.from_bytes(stream[o + 4:o + 8], "big") for o in _offsets(stream)]
+    assert xids == list(range(501, 501 + len(xids)))   # unique, from the datapath's counter
+
+
+def _offsets(stream):
+    offset = 0
+    while offset < len(stream):
+        yield offset
+        offset += int.from_bytes(stream[offset + 2:offset + 4], "big")
+
+
+def test_send_plan_discards_the_bundle_when_a_flow_cannot_be_encoded():
+    bad = dataclasses.replace(FLOWS[0], actions=(object(),))
+    ctl = _Controller()
+    dp = _RecordingDp()
+    from sdn.apps.controller import SdnController
+    from sdn.flows import reconcile
+    with pytest.raises(TypeError):
+        SdnController._send_plan(ctl, dp, reconcile.Plan(adds=[*FLOWS[:5], bad]), GEN)
+    kinds = list(_messages(b"".join(dp.sent)))
+    assert kinds[0][1] == ofp.ONF_BCT_OPEN_REQUEST and kinds[-1][1] == ofp.ONF_BCT_DISCARD_REQUEST
+    assert (ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_COMMIT_REQUEST) not in kinds and not ctl.requests
