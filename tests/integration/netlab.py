@@ -229,7 +229,7 @@ class Bridge:
     def set_controller(self, port: int) -> None:
         """Point the bridge at ``tcp:127.0.0.1:<port>`` with a new Controller row (connects now)."""
         self.controller_port = port
-        sh(["ovs-vsctl", "--timeout=10", "--", "--id=@c", "create", "Controller",
+        sh(["ovs-vsctl", "--timeout=30", "--", "--id=@c", "create", "Controller",
             f"target=\"tcp:127.0.0.1:{port}\"", "max_backoff=1000", "--", "set", "Bridge",
             self.name, "controller=@c"])
 
@@ -240,7 +240,7 @@ class Bridge:
     def close(self) -> None:
         if self.closed:
             return
-        sh(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.name], check=False)
+        sh(["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", self.name], check=False)
         self.closed = True
 
 
@@ -255,7 +255,7 @@ def create_bridge(name: str | None = None, controller_port: int | None = None,
     name = name or f"sdnt{random_suffix(4)}"
     if len(name) > 15:
         raise ValueError(f"bridge name {name!r} is longer than 15 characters (IFNAMSIZ)")
-    cmd = ["ovs-vsctl", "--timeout=10", "add-br", name, "--", "set", "Bridge", name,
+    cmd = ["ovs-vsctl", "--timeout=30", "add-br", name, "--", "set", "Bridge", name,
            "datapath_type=netdev", "protocols=OpenFlow13", f"fail_mode={fail_mode}",
            "other_config:disable-in-band=true"]
     sh(cmd)
@@ -566,7 +566,7 @@ class NetnsHost:
     def attach(self, bridge: str | Bridge) -> int:
         """Add the outside veth end to ``bridge`` (plain ovs-vsctl add-port); return its ofport."""
         bridge = str(bridge)
-        sh(["ovs-vsctl", "--timeout=10", "add-port", bridge, self.port_name])
+        sh(["ovs-vsctl", "--timeout=30", "add-port", bridge, self.port_name])
         self.bridge = bridge
         return ofport(bridge, self.port_name)
 
@@ -641,7 +641,7 @@ class NetnsHost:
             _kill_process_group(proc)
         # Remove the port from whatever bridge holds it (sdn plug or attach()), then the veth
         # (deleting one end deletes both; netns deletion alone is asynchronous), then the ns.
-        sh(["ovs-vsctl", "--timeout=10", "--if-exists", "del-port", self.port_name], check=False)
+        sh(["ovs-vsctl", "--timeout=30", "--if-exists", "del-port", self.port_name], check=False)
         sh(["ip", "link", "del", self.port_name], check=False)
         sh(["ip", "netns", "del", self.name], check=False)
 

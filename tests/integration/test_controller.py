@@ -75,7 +75,7 @@ def test_dhclient_leases_and_projects_are_isolated(backend, capture):
 
 @pytest.mark.parametrize("backend", ["ovs", "linux", "linux-scapy"], indirect=True)
 def test_unicast_renewal_and_release(backend):
-    env = backend_vlan_env(backend, dhcp_lease_time=4)
+    env = backend_vlan_env(backend, dhcp_lease_time=10)  # T1 5 s: a renewal soon, no expiry under load
     a1, h_a1 = backend.launch(env, "a1", "alpha")
     backend.start(env)
     client = h_a1.dhclient()
@@ -88,7 +88,7 @@ def test_unicast_renewal_and_release(backend):
         client = h_a1._dhclients[-1]
     else:
         # RENEW is only reported after a unicast REQUEST to the server got its ACK (RFC 2131 §4.4.5)
-        event = client.wait_event("RENEW", timeout=20)
+        event = client.wait_event("RENEW", timeout=40)
     assert event["new_ip_address"] == a1["address"]
     assert event.get("new_dhcp_server_identifier", a1["gateway"]) == a1["gateway"]
     client.stop()
