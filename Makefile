@@ -3,6 +3,7 @@
 #   make setup   Debian packages + .venv + userspace Open vSwitch (idempotent, fast when done)
 #   make test    unit + integration tests (integration needs root and OVS; setup provides both)
 #   make demo    Mininet demo: two hypervisors, two projects, DHCP + isolation checks
+#   make demo-linux  the demo story on the Linux backend (bridge, dnsmasq, iptables; no OVS)
 #   make bench   benchmarks side by side with Kea/dnsmasq/ovs-ofctl (not part of test; results in var/bench/)
 #   make clean   remove runtime state (var/)
 
@@ -18,7 +19,7 @@ APT_PACKAGES := openvswitch-switch openvswitch-common mininet isc-dhcp-client et
 # Stamp: pip install is redone only when pyproject.toml changes (or the venv is new).
 PIP_STAMP := $(VENV)/.sdn-pip-stamp
 
-.PHONY: setup apt venv ovs test demo clean bench bench-deps
+.PHONY: setup apt venv ovs test demo demo-linux clean bench bench-deps
 
 setup: apt $(PIP_STAMP) ovs
 
@@ -55,6 +56,11 @@ test: setup
 
 demo: setup
 	$(PY) mininet/run_demo.py topology/demo.toml
+
+# The same story on the Linux backend (network_driver = linux, FlatDHCP): Linux bridge, dnsmasq,
+# iptables, ebtables in a hypervisor namespace run by `sdn agent`; no Open vSwitch involved.
+demo-linux: setup
+	$(PY) demo/linux_demo.py
 
 # Benchmark-only packages (perfdhcp is in kea-admin); installed only when missing.
 BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib

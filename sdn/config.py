@@ -112,6 +112,9 @@ linux_opts = [
     cfg.StrOpt("lock_path", default="$state_path/lock", help="Directory of inter-process lock files."),
     cfg.StrOpt("vlan_interface", help="Interface VLAN interfaces are created on (Linux backend, vlan "
                "manager), unless a network names its bridge_interface."),
+    cfg.ListOpt("forward_bridge_interface", default=[],
+                help="Interfaces network bridges may forward to/from (nova's flag; 'all': any, which "
+                "lets projects route to each other). Empty: public_interface only."),
     cfg.StrOpt("dhcp_driver", default="dnsmasq", choices=["dnsmasq", "scapy"],
                help="Linux backend DHCP: dnsmasq per network, or sdn's own responder on a raw socket "
                "on each bridge."),

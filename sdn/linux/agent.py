@@ -103,8 +103,12 @@ class Agent:
         desired.fill_manager(self.iptables, plan)
         changes += [f"restored {t}" for t in self.iptables.apply()]
         if plan.floating or self.conf.public_interface in present:
-            changes += interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
-                                                  self.conf.floating_range)
+            moved = interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
+                                               self.conf.floating_range)
+            for change in moved:
+                if " - " in change:     # a floating IP went: cut its connections too (nova's clean_conntrack)
+                    interface.flush_conntrack(change.split(" - ", 1)[1].split("/")[0])
+            changes += moved
         if self.dhcp:
             changes += self._dhcp(view, plan)
         return changes

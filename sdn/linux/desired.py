@@ -85,6 +85,21 @@ def bridge_name(net: NetworkView, extras: NetworkExtras, flat_network_bridge: st
     return flat_network_bridge or f"sdnbr{net.id}"
 
 
+def gateway_rules(bridge: str, conf) -> list[str]:
+    """FORWARD rules of a network bridge (nova's get_gateway_rules / forward_bridge_interface):
+    ``all`` accepts everything in and out of the bridge (nova's default, which let projects route
+    to each other through the network host); otherwise only bridge <-> each listed interface
+    (default: public_interface) and within the bridge, then drop -- so projects are isolated
+    through the router as with the OVS backend."""
+    ifaces = list(getattr(conf, "forward_bridge_interface", None) or [conf.public_interface])
+    if "all" in ifaces:
+        return [f"-i {bridge} -j ACCEPT", f"-o {bridge} -j ACCEPT"]
+    rules = []
+    for iface in ifaces:
+        rules += [f"-i {bridge} -o {iface} -j ACCEPT", f"-i {iface} -o {bridge} -j ACCEPT"]
+    return rules + [f"-i {bridge} -o {bridge} -j ACCEPT", f"-i {bridge} -j DROP", f"-o {bridge} -j DROP"]
+
+
 def hosts_file(view: StateView, net: NetworkView) -> str:
     """nova's dnsmasq hosts file: one ``mac,hostname.domain,ip`` line per allocated fixed IP."""
     lines = []
@@ -176,11 +191,8 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
             name=br, network_id=net.id, interface=iface, vlan=vlan, vlan_parent=parent,
             gateway_cidr=f"{net.gateway}/{prefix}" if dhcp else None,
             broadcast=net.broadcast if dhcp else None, mac=net.gateway_mac if dhcp else None))
-        p.rules.append(IptRule("ipv4", "filter", "FORWARD", f"-i {br} -j ACCEPT"))
-        p.rules.append(IptRule("ipv4", "filter", "FORWARD", f"-o {br} -j ACCEPT"))
-        if conf.use_ipv6:
-            p.rules.append(IptRule("ipv6", "filter", "FORWARD", f"-i {br} -j ACCEPT"))
-            p.rules.append(IptRule("ipv6", "filter", "FORWARD", f"-o {br} -j ACCEPT"))
+        for family in ("ipv4", "ipv6") if conf.use_ipv6 else ("ipv4",):
+            p.rules += [IptRule(family, "filter", "FORWARD", r) for r in gateway_rules(br, conf)]
         if dhcp:
             size = netaddr.IPNetwork(net.cidr).size
             p.dnsmasq.append(DnsmasqSpec(
@@ -191,9 +203,9 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
         # cloudpipe VPN (VLAN mode) while the project's VPN instance runs; removed when it stops
         if net.vlan and getattr(net, "vpn_running", False) and net.vpn_public_address \
                 and net.vpn_public_port and net.vpn_private_address:
-            p.rules.append(IptRule("ipv4", "filter", "FORWARD",
-                                   f"-d {net.vpn_private_address}/32 -p udp -m udp --dport {VPN_PRIVATE_PORT} "
-                                   "-j ACCEPT"))
+            p.rules.insert(0, IptRule("ipv4", "filter", "FORWARD",
+                                      f"-d {net.vpn_private_address}/32 -p udp -m udp --dport {VPN_PRIVATE_PORT} "
+                                      "-j ACCEPT"))
             p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
                                    f"-d {net.vpn_public_address}/32 -p udp -m udp --dport {net.vpn_public_port} "
                                    f"-j DNAT --to-destination {net.vpn_private_address}:{VPN_PRIVATE_PORT}"))

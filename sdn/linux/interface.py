@@ -212,3 +212,12 @@ def set_ip_forward() -> list[str]:
     with open(path, "w") as fh:
         fh.write("1\n")
     return ["net.ipv4.ip_forward=1"]
+
+
+def flush_conntrack(address: str) -> None:
+    """Forget connections to or from a floating IP that went away (``conntrack -D``), so a
+    disassociated floating IP stops forwarding at once, established flows included."""
+    import subprocess
+
+    for flag in ("--orig-dst", "--reply-dst"):
+        subprocess.run(["conntrack", "-D", flag, address], capture_output=True, timeout=10)

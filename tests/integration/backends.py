@@ -38,13 +38,20 @@ class OvsBackend:
         return env.bridge.name
 
     def launch(self, env, name, project):
-        alloc = env.cli_json("instance", "launch", name, "--project", project)
+        return self.plug(env, env.cli_json("instance", "launch", name, "--project", project))
+
+    def plug(self, env, alloc):
         host = self.netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
-        env.cli("instance", "plug", name, "--bridge", env.bridge.name)
+        env.cli("instance", "plug", alloc["instance"], "--bridge", env.bridge.name)
         return alloc, host
 
     def attach_uplink(self, env, host, alloc=None):
         """Put a plain (non-VIF) host on the segment: the OVS trunk port."""
+        host.attach(env.bridge.name)
+
+    def attach_public(self, env, host, addresses=()):
+        """The outside world on the public side: a port on the integration bridge (sdn's router
+        answers for routing_source_ip and the floating IPs itself)."""
         host.attach(env.bridge.name)
 
     def start(self, env):
@@ -154,7 +161,10 @@ class LinuxBackend:
         return self.flat_bridges[id(env)]
 
     def launch(self, env, name, project):
-        alloc = env.cli_json("instance", "launch", name, "--project", project)
+        return self.plug(env, env.cli_json("instance", "launch", name, "--project", project))
+
+    def plug(self, env, alloc):
+        """A namespace with the VIF's MAC whose veth end goes into the hypervisor namespace."""
         host = self.netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
         sh(["ip", "link", "set", alloc["port_name"], "netns", self.hv(env).name])
         self.ports[id(env)].append(alloc["port_name"])
@@ -170,6 +180,16 @@ class LinuxBackend:
         wait_for(lambda: hv.run(["ip", "link", "show", bridge], check=False).returncode == 0,
                  timeout=10, what=f"bridge {bridge} in {hv.name}")
         hv.run(["ip", "link", "set", host.port_name, "master", bridge, "up"])
+
+    def attach_public(self, env, host, addresses=()):
+        """The outside world on the hypervisor's public_interface (the host's veth end moves into
+        the hypervisor namespace under its name, with the host's own public ``addresses``, as an
+        operator configures them; the agent adds floating IPs)."""
+        hv = self.hv(env)
+        sh(["ip", "link", "set", host.port_name, "netns", hv.name])
+        for cidr in addresses:
+            hv.run(["ip", "addr", "add", cidr, "dev", host.port_name])
+        hv.run(["ip", "link", "set", host.port_name, "up"])
 
     def wait_ports(self, env, timeout: float = 15) -> None:
         hv = self.hv(env)

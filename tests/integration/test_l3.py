@@ -1,4 +1,7 @@
-"""Floating IPs, default SNAT, hairpin, metadata and cloudpipe VPN through the router flows.
+"""Floating IPs, default SNAT, hairpin, metadata and cloudpipe VPN, for both backends.
+
+OVS: through the router flows. Linux: through nova's iptables rules in the hypervisor namespace,
+whose public_interface is the outside's veth.
 
 An "outside" namespace on the public port plays the internet: it is the external gateway
 (172.30.0.1), runs the metadata HTTP server, and talks to floating IPs. The router is
@@ -13,7 +16,6 @@ import sys
 import pytest
 
 from tests.integration.netlab import random_suffix, wait_for
-from tests.integration.test_controller import launch
 
 RSIP, GATEWAY, VPN_IP = "172.30.0.2", "172.30.0.1", "172.30.0.3"
 INTERNET = "172.30.0.10"   # a host beyond the gateway (the gateway itself is metadata_host,
@@ -64,26 +66,28 @@ def serve(host, *args):
 
 
 class L3Lab:
-    def __init__(self, make_sdn_env, netns_host, tmp_path):
+    def __init__(self, backend, netns_host):
+        self.backend = backend
         pub = "sdnpb" + random_suffix(6)
-        self.env = make_sdn_env(config={"DEFAULT": {
+        self.env = backend.env(config={"DEFAULT": {
             "network_manager": "vlan", "public_interface": pub, "routing_source_ip": RSIP,
             "external_gateway": GATEWAY, "metadata_host": GATEWAY, "metadata_port": 8775,
-            "vpn_ip": VPN_IP, "vpn_start": 5000}})
+            "vpn_ip": VPN_IP, "vpn_start": 5000, "floating_range": FLOATING_RANGE}})
         self.env.cli("network", "create", "--label", "tenants", "--fixed_range_v4",
                      "10.34.0.0/24", "--num_networks", "2", "--network_size", "64",
                      "--vlan", "400")
         self.env.cli("floating", "create", FLOATING_RANGE)
         self.outside = netns_host(port_name=pub)
-        self.outside.attach(self.env.bridge.name)
+        # Linux: the network host's own public addresses (nova: my_ip = routing_source_ip = vpn_ip)
+        backend.attach_public(self.env, self.outside, [f"{RSIP}/24", f"{VPN_IP}/32"])
         self.outside.set_ip(f"{GATEWAY}/24")
         self.outside.set_ip(f"{INTERNET}/24")
         # The network host is the route back to the fixed ranges (nova's model).
         self.outside.run(["ip", "route", "add", "10.34.0.0/24", "via", RSIP])
-        self.a1, self.h_a1 = launch(self.env, netns_host, "a1", "alpha")
-        self.a2, self.h_a2 = launch(self.env, netns_host, "a2", "alpha")
-        self.b1, self.h_b1 = launch(self.env, netns_host, "b1", "beta")
-        self.env.start_controller()
+        self.a1, self.h_a1 = backend.launch(self.env, "a1", "alpha")
+        self.a2, self.h_a2 = backend.launch(self.env, "a2", "alpha")
+        self.b1, self.h_b1 = backend.launch(self.env, "b1", "beta")
+        backend.start(self.env)
         clients = [h.dhclient(wait=False) for h in (self.h_a1, self.h_a2, self.h_b1)]
         for client in clients:
             client.wait_bound()
@@ -98,10 +102,18 @@ class L3Lab:
     def wait_reachable(self, host, address, what):
         wait_for(lambda: host.ping(address, count=1, timeout=1), timeout=15, what=what)
 
+    def wait_forwarding_gone(self, ovs_match: str, linux_match: str, what: str):
+        """Wait until no flow (OVS) / no iptables rule of the hypervisor (Linux) matches."""
+        if self.backend.name == "ovs":
+            wait_for(lambda: not [f for f in self.env.bridge.dump_flows() if ovs_match in f],
+                     timeout=10, what=what)
+        else:
+            wait_for(lambda: linux_match not in self.env.hv.iptables_save(), timeout=10, what=what)
+
 
 @pytest.fixture
-def lab(make_sdn_env, netns_host, tmp_path):
-    return L3Lab(make_sdn_env, netns_host, tmp_path)
+def lab(backend, netns_host):
+    return L3Lab(backend, netns_host)
 
 
 def test_floating_ip_inbound_outbound_and_disassociate(lab):
@@ -118,8 +130,7 @@ def test_floating_ip_inbound_outbound_and_disassociate(lab):
     assert peer(lab.outside, "tcp-client", f1b, 2222).stdout.strip() == GATEWAY
     # disassociation cuts inbound at once (no lingering ARP answer or DNAT)
     lab.env.cli("floating", "disassociate", lab.f1, "--project", "alpha")
-    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows() if f"nw_dst={lab.f1}" in f],
-             timeout=10, what="the floating IP's flows to go")
+    lab.wait_forwarding_gone(f"nw_dst={lab.f1}", f"{lab.f1}/32", "the floating IP's flows/rules to go")
     assert not lab.outside.ping(lab.f1, count=2, timeout=1)
     assert lab.outside.ping(f1b)
     server.kill(), a1_server.kill()
@@ -169,8 +180,7 @@ def test_metadata_reaches_metadata_host_with_the_fixed_ip(lab):
 
 def test_cloudpipe_vpn_port_forward(lab, netns_host):
     alloc = lab.env.cli_json("vpn", "run", "alpha")
-    vpn_host = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
-    lab.env.cli("instance", "plug", alloc["instance"], "--bridge", lab.env.bridge.name)
+    _, vpn_host = lab.backend.plug(lab.env, alloc)
     vpn_host.dhclient()
     assert vpn_host.ips() == [alloc["address"]]
     serve(vpn_host, "udp-echo", 1194)
@@ -183,6 +193,9 @@ def test_cloudpipe_vpn_port_forward(lab, netns_host):
                      timeout=15, what="the VPN port forward to answer")
     assert reply == f"{GATEWAY} probe"   # the VPN instance saw the real client address
     # deleting the VPN instance removes its forwarding (nova never did)
-    lab.env.cli("instance", "delete", alloc["instance"], "--bridge", lab.env.bridge.name)
-    wait_for(lambda: not [f for f in lab.env.bridge.dump_flows() if f"tp_dst={public_port}" in f],
-             timeout=10, what="the VPN forwarding flows to go")
+    unplug = ["--bridge", lab.env.bridge.name] if lab.backend.name == "ovs" else []
+    lab.env.cli("instance", "delete", alloc["instance"], *unplug)
+    lab.wait_forwarding_gone(f"tp_dst={public_port}", f"--dport {public_port}",
+                             "the VPN forwarding flows/rules to go")
+    if lab.backend.name == "linux":
+        assert "--dport 1194" not in lab.env.hv.iptables_save()

@@ -119,7 +119,7 @@ VIF = VifView(uuid="0123456789abcdef", mac="fa:16:3e:00:00:05", network_id=1, in
 def conf(**kw):
     base = dict(fixed_range="10.0.0.0/8", routing_source_ip="192.0.2.1", metadata_host="192.0.2.9",
                 metadata_port=8775, dmz_cidr=["172.16.0.0/12"], flat_network_bridge=None, flat_interface=None,
-                vlan_interface=None, public_interface="pub0", use_ipv6=False)
+                vlan_interface=None, public_interface="pub0", use_ipv6=False, forward_bridge_interface=[])
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -145,7 +145,12 @@ def test_plan_has_novas_host_rules_floating_and_vpn():
     assert pre.count("-d 203.0.113.5/32 -j DNAT --to-destination 10.1.0.5") == 1   # no duplicates
     assert rules_of(plan, "ipv4", "nat", "float-snat") == ["-s 10.1.0.5/32 -j SNAT --to-source 203.0.113.5"]
     assert rules_of(plan, "ipv4", "filter", "FORWARD") == [
-        "-i br100 -j ACCEPT", "-o br100 -j ACCEPT", "-d 10.1.0.2/32 -p udp -m udp --dport 1194 -j ACCEPT"]
+        "-d 10.1.0.2/32 -p udp -m udp --dport 1194 -j ACCEPT",
+        "-i br100 -o pub0 -j ACCEPT", "-i pub0 -o br100 -j ACCEPT", "-i br100 -o br100 -j ACCEPT",
+        "-i br100 -j DROP", "-o br100 -j DROP"]
+    nova_all = desired.plan(view, {}, conf(forward_bridge_interface=["all"]), present_ports=set(), dhcp=True,
+                            vlan_mode=True)
+    assert rules_of(nova_all, "ipv4", "filter", "FORWARD")[1:] == ["-i br100 -j ACCEPT", "-o br100 -j ACCEPT"]
     assert plan.floating == ["203.0.113.5/32"]
     assert plan.ports == {VIF.port_name: "br100"}
     assert plan.dnsmasq[0].hosts == "fa:16:3e:00:00:05,i1.novalocal,10.1.0.5\n"
