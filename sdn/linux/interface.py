@@ -67,13 +67,7 @@ def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
         iidx = _index(ipr, interface)
         if iidx is None:
             raise RuntimeError(f"interface {interface} for bridge {bridge} does not exist")
-        ilink = _link(ipr, iidx)
-        if ilink.get("master") != idx:
-            ipr.link("set", index=iidx, master=idx)
-            changed.append(f"{interface} enslaved to {bridge}")
-        if not ilink["flags"] & 1:
-            ipr.link("set", index=iidx, state="up")
-            changed.append(f"{interface} up")
+        changed += _enslave_up(ipr, iidx, interface, idx, bridge)
         changed += _move_addresses(ipr, iidx, interface, idx, bridge)
     if gateway_cidr:
         address, prefix = gateway_cidr.split("/")
@@ -166,14 +160,19 @@ def enslave(ipr: IPRoute, port: str, bridge: str) -> list[str]:
     pidx, bidx = _index(ipr, port), _index(ipr, bridge)
     if pidx is None or bidx is None:
         return []
-    link = _link(ipr, pidx)
+    return _enslave_up(ipr, pidx, port, bidx, bridge)
+
+
+def _enslave_up(ipr, idx: int, name: str, bridge_idx: int, bridge: str) -> list[str]:
+    """Put link ``idx`` on the bridge and bring it up; returns what changed (nothing if right)."""
+    link = _link(ipr, idx)
     changed = []
-    if link.get("master") != bidx:
-        ipr.link("set", index=pidx, master=bidx)
-        changed.append(f"{port} on {bridge}")
+    if link.get("master") != bridge_idx:
+        ipr.link("set", index=idx, master=bridge_idx)
+        changed.append(f"{name} on {bridge}")
     if not link["flags"] & 1:
-        ipr.link("set", index=pidx, state="up")
-        changed.append(f"{port} up")
+        ipr.link("set", index=idx, state="up")
+        changed.append(f"{name} up")
     return changed
 
 
