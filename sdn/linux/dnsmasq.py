@@ -29,12 +29,14 @@ def paths(networks_path: str, bridge: str) -> dict[str, str]:
 
 def argv(spec: DnsmasqSpec, networks_path: str, dhcp_script: str, config_file: str = "",
          user: str = "", log: bool = False) -> list[str]:
-    """nova's command line (Essex linux_net._dnsmasq_cmd) plus ``--dhcp-optsfile`` (and
-    ``--user`` when configured)."""
+    """nova's command line (Essex linux_net._dnsmasq_cmd) plus ``--dhcp-optsfile``, ``--user``
+    when configured, and ``--interface``: with one interface dnsmasq binds its DHCP socket to
+    the bridge (SO_BINDTODEVICE); without it, every network's dnsmasq listens on 0.0.0.0:67
+    and a unicast RELEASE/renewal could land in another network's instance and be dropped."""
     p = paths(networks_path, spec.bridge)
     return ["dnsmasq", "--strict-order", "--bind-interfaces", f"--conf-file={config_file}",
             f"--domain={spec.domain}", f"--pid-file={p['pid']}", f"--listen-address={spec.listen_address}",
-            "--except-interface=lo",
+            "--except-interface=lo", f"--interface={spec.bridge}",
             f"--dhcp-range={spec.dhcp_start},static,{spec.netmask},{spec.lease_time}s",
             f"--dhcp-lease-max={spec.lease_max}", f"--dhcp-hostsfile={p['conf']}",
             f"--dhcp-optsfile={p['opts']}", f"--dhcp-script={dhcp_script}", "--leasefile-ro"] + ([f"--user={user}"] if user else []) + (

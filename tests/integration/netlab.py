@@ -606,6 +606,7 @@ class NetnsHost:
         """``dhclient -r`` with the same pid/lease files: stops the running dhclient and sends a
         DHCPRELEASE; the script's RELEASE event removes the address."""
         files = self.dhcp_files
+        self._resolve_dhcp_server()
         self.run(dhclient_argv(files, self.iface, "-r"), timeout=timeout)
         for dh in self._dhclients:
             try:
@@ -613,6 +614,23 @@ class NetnsHost:
             except subprocess.TimeoutExpired:
                 pass
         self.stop_dhclient()
+
+    def _resolve_dhcp_server(self) -> None:
+        """Have the server's MAC in the neighbour table before ``dhclient -r``.
+
+        dhclient unicasts the RELEASE and then runs its script, which removes the address; if
+        the kernel still has to ARP for the server, the queued RELEASE dies with the address
+        (seen: 2 runs in 6). A real client's lost RELEASE just lets the lease expire; the test
+        wants to see the release, so it takes the race away on the client side.
+        """
+        servers = [ev.get("new_dhcp_server_identifier") for ev in self.dhcp_events()]
+        server = next((s for s in reversed(servers) if s), None)
+        if not server:
+            return
+        self.run(["ping", "-c", "1", "-W", "1", server], check=False)  # answered or not: it ARPs
+        wait_for(lambda: "lladdr" in self.run(["ip", "neigh", "show", server, "dev", self.iface],
+                                              check=False).stdout,
+                 timeout=5, what=f"the DHCP server {server} in the neighbour table")
 
     def dhcp_events(self) -> list[dict[str, str]]:
         return read_dhclient_events(self.dhcp_files["events"])
