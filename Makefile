@@ -23,16 +23,20 @@ PIP_STAMP := $(VENV)/.sdn-pip-stamp
 
 setup: apt $(PIP_STAMP) ovs
 
-# apt-get update/install only when a package is actually missing (dpkg -s is fast).
-apt:
+# $(call apt_ensure,PACKAGES): apt-get update/install only when one is missing (dpkg -s is fast).
+define apt_ensure
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
+	for p in $(1); do \
 	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update && apt-get install -y --no-install-recommends $$missing; \
 	fi
+endef
+
+apt:
+	$(call apt_ensure,$(APT_PACKAGES))
 
 $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv --system-site-packages $(VENV)
@@ -66,14 +70,7 @@ demo-linux: setup
 BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib
 
 bench-deps:
-	@missing=""; \
-	for p in $(BENCH_PACKAGES); do \
-	  dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update && apt-get install -y --no-install-recommends $$missing; \
-	fi
+	$(call apt_ensure,$(BENCH_PACKAGES))
 
 bench: setup bench-deps
 	$(PY) benchmarks/run.py --out var/bench
