@@ -100,18 +100,23 @@ class Agent:
             changes += interface.ensure_bridge(self.ipr, b.name, b.interface, **kw)
         for port, bridge in sorted(plan.ports.items()):
             changes += interface.enslave(self.ipr, port, bridge)
+        # nova's remove_floating_ip order: unbind the address, drop the NAT rules, then forget
+        # the connections; binding goes the other way (rules first, then the address).
+        floating = plan.floating or self.conf.public_interface in present
+        unbound = self._floating_addresses(plan, add=False) if floating else []
         desired.fill_manager(self.iptables, plan)
-        changes += [f"restored {t}" for t in self.iptables.apply()]
-        if plan.floating or self.conf.public_interface in present:
-            moved = interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
-                                               self.conf.floating_range)
-            for change in moved:
-                if " - " in change:     # a floating IP went: cut its connections too (nova's clean_conntrack)
-                    interface.flush_conntrack(change.split(" - ", 1)[1].split("/")[0])
-            changes += moved
+        changes += unbound + [f"restored {t}" for t in self.iptables.apply()]
+        for change in unbound:
+            interface.flush_conntrack(change.split(" - ", 1)[1].split("/")[0])
+        if floating:
+            changes += self._floating_addresses(plan, remove=False)
         if self.dhcp:
             changes += self._dhcp(view, plan)
         return changes
+
+    def _floating_addresses(self, plan, **direction) -> list[str]:
+        return interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
+                                          self.conf.floating_range, **direction)
 
     def _dhcp(self, view, plan) -> list[str]:
         changes = []

@@ -180,22 +180,25 @@ def link_names(ipr: IPRoute) -> set[str]:
     return {link.get("ifname") for link in ipr.get_links()}
 
 
-def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str) -> list[str]:
+def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str, *,
+                     add: bool = True, remove: bool = True) -> list[str]:
     """Make the ``/32`` addresses inside the ``manage`` CIDR on ``interface`` exactly ``wanted``
-    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched."""
+    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched.
+    ``add``/``remove`` limit it to one direction, so a caller can unbind before and bind after
+    it changes the NAT rules."""
     import netaddr
 
     idx = _index(ipr, interface)
     if idx is None:
-        return [f"public interface {interface} missing"] if wanted else []
+        return [f"public interface {interface} missing"] if wanted and add else []
     rng = netaddr.IPNetwork(manage)
     have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx) if p == 32 and netaddr.IPAddress(a) in rng}
     changed = []
-    for cidr in sorted(wanted - have):
+    for cidr in sorted(wanted - have) if add else ():
         a, p = cidr.split("/")
         ipr.addr("add", index=idx, address=a, prefixlen=int(p))
         changed.append(f"{interface} + {cidr}")
-    for cidr in sorted(have - wanted):
+    for cidr in sorted(have - wanted) if remove else ():
         a, p = cidr.split("/")
         ipr.addr("del", index=idx, address=a, prefixlen=int(p))
         changed.append(f"{interface} - {cidr}")
