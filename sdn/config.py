@@ -147,6 +147,14 @@ ovs_opts = [
     cfg.ListOpt("trunk_interfaces", default=[], help="Uplink ports carrying tenant VLANs."),
     cfg.IntOpt("dhcp_rate_limit", default=100, min=0,
                help="DHCP packets per second accepted from each VIF (0: no limit)."),
+    cfg.ListOpt("dhcp_relay_interfaces", default=[],
+                help="Bridge ports (trunks or flat interfaces) on which this controller answers "
+                     "relayed DHCP (giaddr set, udp 67->67, RFC 1542): hosts behind a relay agent "
+                     "get the fixed IP of the VIF with their MAC in the network containing giaddr. "
+                     "Enable it on one network host per segment: every controller with it answers."),
+    cfg.IntOpt("dhcp_relay_rate_limit", default=0, min=0,
+               help="DHCP packets per second accepted from each relay port (0: no limit); a "
+                    "relay speaks for many clients."),
 ]
 
 GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts}

@@ -26,6 +26,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from sdn.apps import ofmsgs
 from sdn.apps.state import StateSource
+from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
 from sdn.dhcp.server import DhcpBinding, DhcpResponder
 from sdn.flows import dhcp as dhcp_flows
 from sdn.flows import reconcile, router
@@ -76,12 +77,15 @@ class SdnController(app_manager.OSKenApp):
         self.state: StateSource = _SETTINGS["state"]
         self.trunk_names = frozenset(_SETTINGS.get("trunk_names", ()))
         self.dhcp_rate_pps = _SETTINGS.get("dhcp_rate_pps")
+        self.relay_names = frozenset(_SETTINGS.get("relay_names", ()))
+        self.relay_rate_pps = _SETTINGS.get("relay_rate_pps")
         self.public_name = _SETTINGS.get("public_interface")
         self.router_base: router.RouterSettings | None = _SETTINGS.get("router")
         self.learned_gateway_mac: str | None = None
         self._last_arp = 0.0
         self.switches: dict[int, Switch] = {}
         self.view: StateView = self.state.load()
+        self._relay_bindings: tuple[StateView, RelayBindings] | None = None
         self.responder = DhcpResponder()
         self._work: queue.Queue = queue.Queue()
         self._waiters: dict[int, _Waiter] = {}
@@ -202,10 +206,12 @@ class SdnController(app_manager.OSKenApp):
         if not full and not sw.synced:
             full = True
         dp = sw.dp
-        sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names, self.public_name)
+        sw.binding = bind_ports(self.view, dict(sw.ports), self.trunk_names, self.public_name,
+                                self.relay_names)
         desired = reconcile.index(compile_datapath(self.view, sw.binding, self.dhcp_rate_pps,
-                                                   self.router_settings()))
-        meters = dhcp_flows.compile_meters(sw.binding.vifs, self.dhcp_rate_pps)
+                                                   self.router_settings(), self.relay_rate_pps))
+        meters = {**dhcp_flows.compile_meters(sw.binding.vifs, self.dhcp_rate_pps),
+                  **dhcp_flows.compile_meters(sw.binding.relays, self.relay_rate_pps)}
         started = time.monotonic()
         if full:
             self._name_tables(dpid)
@@ -345,19 +351,41 @@ class SdnController(app_manager.OSKenApp):
         dp = msg.datapath
         sw = self.switches.get(dp.id)
         in_port = msg.match.get("in_port")
+        if sw and in_port in sw.binding.relays:
+            self._on_relayed_dhcp(dp, in_port, msg.data)
+            return
         vif = sw.binding.vifs.get(in_port) if sw else None
         network = self.view.networks.get(vif.network_id) if vif else None
         binding = None
         if vif and network:
             binding = DhcpBinding(mac=vif.mac, address=vif.addresses[0] if vif.addresses else None,
                                   hostname=vif.hostname, network=network)
-        decision = self.responder.handle(msg.data, binding, time.time())
+        self._answer_dhcp(dp, in_port, msg.data, binding)
+
+    def _on_relayed_dhcp(self, dp, in_port: int, frame: bytes) -> None:
+        """A relay agent's request: giaddr picks the network, chaddr the VIF (sdn.dhcp.relay);
+        the reply carries the request's VLAN tag back to the relay."""
+        fields = request_fields(frame)
+        if fields is None:
+            LOG.debug("DHCP relay on %016x port %s: truncated frame", dp.id, in_port)
+            return
+        tag, giaddr, chaddr = fields
+        cached = self._relay_bindings
+        view = self.view
+        if cached is None or cached[0] is not view:
+            cached = self._relay_bindings = (view, RelayBindings(view))
+        self._answer_dhcp(dp, in_port, frame, cached[1].lookup(giaddr, chaddr), tag)
+
+    def _answer_dhcp(self, dp, in_port: int, frame: bytes, binding: DhcpBinding | None,
+                     tag: bytes = b"") -> None:
+        decision = self.responder.handle(frame, binding, time.time())
         LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
+        reply = with_tag(decision.reply, tag) if decision.reply else None
         if decision.event:
             # ACKs wait for their lease to commit (write-ahead, see _lease_loop).
-            self._lease_events.put((decision.event, dp, in_port, decision.reply))
-        elif decision.reply:
-            dp.send(ofmsgs.packet_out_bytes(in_port, decision.reply))
+            self._lease_events.put((decision.event, dp, in_port, reply))
+        elif reply:
+            dp.send(ofmsgs.packet_out_bytes(in_port, reply))
 
     LEASE_BATCH_MAX = 512
 
@@ -402,6 +430,8 @@ def main(conf) -> int:
     _SETTINGS["state"] = StateSource.from_conf(conf)
     _SETTINGS["trunk_names"] = conf.ovs.trunk_interfaces
     _SETTINGS["dhcp_rate_pps"] = conf.ovs.dhcp_rate_limit or None
+    _SETTINGS["relay_names"] = conf.ovs.dhcp_relay_interfaces
+    _SETTINGS["relay_rate_pps"] = conf.ovs.dhcp_relay_rate_limit or None
     _SETTINGS["ovsdb_connection"] = conf.ovs.ovsdb_connection
     _SETTINGS["public_interface"] = conf.public_interface
     if conf.routing_source_ip:

@@ -94,4 +94,6 @@ class StateSource:
                 results.append(None)
             if changes:
                 session.execute(update(FixedIp), list(changes.values()))
+            if not any("instance_uuid" in c for c in changes.values()):
+                db.keep_revision(session)   # leased/updated_at only: no view shows them
         return results

@@ -52,13 +52,23 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+_KEEP_REVISION = "sdn_keep_revision"
+
+
+def keep_revision(session: Session) -> None:
+    """Declare that this transaction's writes change nothing ``load_views`` reads (e.g. only
+    ``fixed_ips.leased``/``updated_at``): the revision stays, no controller reloads state."""
+    session.info[_KEEP_REVISION] = True
+
+
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """One write transaction: yields a Session and commits on success, bumping ``state_revision``
     if anything was written; rolls everything back on any exception (no partial write).
 
-    A transaction that wrote nothing (an idempotent repeat, a periodic task with nothing to do)
-    leaves the revision alone so the controller does not recompile for nothing.
+    A transaction that wrote nothing (an idempotent repeat, a periodic task with nothing to do),
+    or only what no view shows (``keep_revision``), leaves the revision alone so the controller
+    does not reload and recompile for nothing.
     """
     wrote = []
     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -68,7 +78,7 @@ def transaction(engine: Engine) -> Iterator[Session]:
                      else None)
         yield session
         session.flush()
-        if wrote:
+        if wrote and not session.info.get(_KEEP_REVISION):
             session.execute(update(models.StateRevision).where(models.StateRevision.id == 1)
                             .values(value=models.StateRevision.value + 1))
 

@@ -17,33 +17,39 @@ from sdn.view import StateView, VifView
 
 @dataclass(frozen=True)
 class Binding:
-    """Where state meets this datapath: VIFs by ofport, the trunk ofports, and the public
-    port (ofport of public_interface) if this datapath is the network host's router."""
+    """Where state meets this datapath: VIFs by ofport, the trunk ofports, the public
+    port (ofport of public_interface) if this datapath is the network host's router, and the
+    ofports whose relayed DHCP this datapath answers (``[ovs] dhcp_relay_interfaces``)."""
 
     vifs: dict[int, VifView]
     trunks: tuple[int, ...]
     public_port: int | None = None
+    relays: tuple[int, ...] = ()
 
 
 def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset[str],
-               public_name: str | None = None) -> Binding:
-    """Match the datapath's ports (name -> ofport) to VIFs (by port name), trunks and the
-    public port."""
+               public_name: str | None = None,
+               relay_names: frozenset[str] = frozenset()) -> Binding:
+    """Match the datapath's ports (name -> ofport) to VIFs (by port name), trunks, the
+    public port and the DHCP relay ports."""
     by_name = {vif.port_name: vif for vif in view.vifs if vif.network_id in view.networks}
     vifs = {ofport: by_name[name] for name, ofport in ports.items() if name in by_name}
     trunks = tuple(sorted(ofport for name, ofport in ports.items() if name in trunk_names))
-    return Binding(vifs, trunks, ports.get(public_name) if public_name else None)
+    relays = tuple(sorted(ofport for name, ofport in ports.items() if name in relay_names))
+    return Binding(vifs, trunks, ports.get(public_name) if public_name else None, relays)
 
 
 def compile_datapath(view: StateView, binding: Binding, dhcp_rate_pps: int | None = None,
-                     router_settings: router.RouterSettings | None = None) -> list[Flow]:
+                     router_settings: router.RouterSettings | None = None,
+                     relay_rate_pps: int | None = None) -> list[Flow]:
     """All flows of one datapath.
 
     A network is present here if one of its VIFs is plugged here, or if the datapath has two
     or more trunks (it may be a transit switch). ``dhcp_rate_pps`` rate-limits each VIF's DHCP
     punts through its meter (``sdn.flows.dhcp.compile_meters`` gives the meters).
     With ``router_settings``, the datapath holding the public port routes (sdn.flows.router);
-    the others send gateway-bound frames over their trunks towards it.
+    the others send gateway-bound frames over their trunks towards it. Relayed DHCP from
+    ``binding.relays`` is punted through each relay port's meter at ``relay_rate_pps``.
     """
     local_by_net: dict[int, list[tuple[int, VifView]]] = defaultdict(list)
     for port, vif in sorted(binding.vifs.items()):
@@ -61,6 +67,8 @@ def compile_datapath(view: StateView, binding: Binding, dhcp_rate_pps: int | Non
         flows += dhcp.compile_vif(port, dhcp_rate_pps)
     for trunk in binding.trunks:
         flows += classifier.compile_trunk(trunk, networks)
+    for relay in binding.relays:
+        flows += dhcp.compile_relay(relay, relay_rate_pps)
     local_uuids = {vif.uuid for vif in binding.vifs.values()}
     remote_by_net: dict[int, list[VifView]] = defaultdict(list)
     for vif in view.vifs:
