@@ -5,9 +5,11 @@ Servers: Kea 2.2 (memfile), dnsmasq, sdn's responder standalone on a raw socket
 SQLite) and sdn's responder through userspace OVS + the controller (packet-in/packet-out).
 
 Clients: perfdhcp simulates ``CLIENTS`` MACs (``-b mac=02:00:00:00:00:00 -R N``); sdn has one
-VIF per simulated MAC in state, so it answers them as it answers guests. Through OpenFlow a
-VIF port only answers its own VIF (anti-spoofing), so that run uses ONE client MAC (-R 1) on
-one VIF port; Kea is also measured with -R 1 so that ratio compares like with like.
+VIF per simulated MAC in state, so it answers them as it answers guests. perfdhcp speaks as a
+DHCP relay agent (giaddr = its address, udp 67->67): standalone, the raw socket binds by chaddr;
+through OpenFlow, its port is a relay port (``[ovs] dhcp_relay_interfaces``, sdn.dhcp.relay),
+since a VIF port rightly drops server-port traffic. Kea is also measured with one client MAC
+(-R 1) for reference.
 
 For each rate the offered DORA/s run lasts PERIOD s; the result per server is the highest rate
 with < 1% drops in both DISCOVER-OFFER and REQUEST-ACK (rate = exchanges actually initiated/s).
@@ -129,21 +131,34 @@ def run_sdn_raw(cl, work: Path, log) -> dict:
     return res
 
 
+def _one_exchange(ns: str, iface: str, mac: str) -> bool:
+    p = lib.sh(["ip", "netns", "exec", ns, "perfdhcp", "-4", "-l", iface, "-n", "1", "-R", "1",
+                "-b", f"mac={mac}", "-W", "200000", "-B"], check=False, timeout=30)
+    st = parse_perfdhcp(p.stdout).get("REQUEST-ACK")
+    return bool(st and st[1])
+
+
 def run_sdn_openflow(cl, work: Path, log) -> dict:
+    """perfdhcp is a relay agent (giaddr, udp 67->67) on a port listed in
+    ``[ovs] dhcp_relay_interfaces``: every request is a packet-in, every reply a packet-out,
+    and the CLIENTS MACs are VIFs of the network in state (bound by chaddr, sdn.dhcp.relay)."""
     port = lib.netlab.free_tcp_port()
-    conf_path, engine, _mgr, net = lib.new_state(work / "of", port, CIDR)
-    vif = lib.add_vifs(engine, net["id"], [lib.mac_n(BASE_MAC, 0x10)])[0]
+    conf_path, engine, _mgr, net = lib.new_state(work / "of", port, CIDR,
+                                                 ovs={"dhcp_relay_interfaces": "bsof"})
+    lib.add_vifs(engine, net["id"], [lib.mac_n(BASE_MAC, i) for i in range(CLIENTS + 1)])
     br = lib.bridge(cl, "bbdhcp", controller_port=port)
     cns = lib.netns(cl, "bco")
-    lib.veth(cl, "bcv", cns, vif["port"], None, a_mac=vif["mac"])
-    lib.sh(["ip", "-n", cns, "addr", "add", f"{vif['address']}/16", "dev", "bcv"])
-    lib.sh(["ovs-vsctl", "add-port", br, vif["port"]])
-    ctl = lib.start_controller(cl, conf_path, work / "of-controller.log")
-    lib.wait_for(lambda: "incremental sync" in (work / "of-controller.log").read_text()
-                 or "full sync" in (work / "of-controller.log").read_text(), 30, what="controller sync")
-    time.sleep(1)
+    lib.veth(cl, "bcv", cns, "bsof", None)
+    lib.sh(["ip", "-n", cns, "addr", "add", f"{CLIENT_IP}/16", "dev", "bcv"])
+    lib.sh(["ovs-vsctl", "add-port", br, "bsof"])
+    ctl_log = work / "of-controller.log"
+    ctl = lib.start_controller(cl, conf_path, ctl_log)
+    lib.wait_for(lambda: "full sync" in ctl_log.read_text(), 30, what="controller sync")
+    # a freshly added netdev port takes a moment to pass packets: wait until one DORA succeeds
+    lib.wait_for(lambda: _one_exchange(cns, "bcv", lib.mac_n(BASE_MAC, CLIENTS)), 30, 0.2,
+                 what="a first DHCP exchange through the relay port")
     try:
-        res = sweep("sdn via OpenFlow", cns, "bcv", 1, vif["mac"], log)
+        res = sweep("sdn via OpenFlow", cns, "bcv", CLIENTS, lib.mac_n(BASE_MAC, 0), log)
         res["controller_rss_mb"] = round(lib.rss_mb(ctl.pid), 1)
     finally:
         cl.run()
