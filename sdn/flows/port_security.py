@@ -12,6 +12,7 @@ CIDR) identities with the same rules. Everything else hits the table default: dr
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 from netaddr import EUI
 
@@ -30,11 +31,13 @@ ND_RS, ND_RA, ND_NS, ND_NA = 133, 134, 135, 136
 MLD_REPORTS = (131, 143)
 
 
+@lru_cache(maxsize=1 << 16)   # recompiled on every sync; parsing dominated compile time
 def link_local(mac: str) -> str:
     """EUI-64 IPv6 link-local address of ``mac`` (RFC 4291 §2.5.1), e.g. fe80::f816:3eff:fe..."""
     return str(EUI(mac).ipv6_link_local())
 
 
+@lru_cache(maxsize=1 << 16)
 def _ip_match(ip_or_cidr: str) -> str | tuple[str, str]:
     net = ipaddress.ip_network(ip_or_cidr, strict=False)
     if net.prefixlen == net.max_prefixlen:
