@@ -24,14 +24,14 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_
                                        set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from sdn.apps import ofmsgs
+from sdn.apps import fastdp, ofmsgs
 from sdn.apps.state import StateSource
 from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
 from sdn.dhcp.server import DhcpBinding, DhcpResponder
 from sdn.flows import dhcp as dhcp_flows
 from sdn.flows import reconcile, router
 from sdn.flows.compiler import Binding, bind_ports, compile_datapath
-from sdn.flows.model import GENERATION_MASK, Feature, Flow, Table
+from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Feature, Flow, Table
 from sdn.view import StateView
 
 LOG = logging.getLogger("sdn.controller")
@@ -75,6 +75,7 @@ class SdnController(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.state: StateSource = _SETTINGS["state"]
+        _SETTINGS["app"] = self
         self.trunk_names = frozenset(_SETTINGS.get("trunk_names", ()))
         self.dhcp_rate_pps = _SETTINGS.get("dhcp_rate_pps")
         self.relay_names = frozenset(_SETTINGS.get("relay_names", ()))
@@ -342,50 +343,57 @@ class SdnController(app_manager.OSKenApp):
 
     # ---- DHCP ---------------------------------------------------------------------------
 
+    _DHCP_COOKIE = (COOKIE_APP << 8) | Feature.DHCP
+
+    def fast_packet_in(self, dp, cookie: int, in_port: int | None, frame: bytes) -> bytes | None:
+        """sdn.apps.fastdp hook, on the switch's receive thread: a DHCP punt's packet-out bytes
+        (b"" when nothing is to be sent now), or None for anything else (os-ken's path)."""
+        if cookie >> 48 != self._DHCP_COOKIE or in_port is None:
+            return None
+        return self._on_dhcp(dp, in_port, frame)
+
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _on_packet_in(self, ev):
         msg = ev.msg
         if (msg.cookie >> 48) & 0xFF == Feature.ROUTER:   # the punting flow's feature
             self._learn_gateway(msg.data)
             return
-        dp = msg.datapath
+        out = self._on_dhcp(msg.datapath, msg.match.get("in_port"), msg.data)
+        if out:
+            msg.datapath.send(out)
+
+    def _on_dhcp(self, dp, in_port: int, frame: bytes) -> bytes:
+        """Decide on a DHCP punt from ``in_port``: the packet-out to send now (OFFER, NAK, ...)
+        or b"" (nothing, or an ACK that waits for its lease commit in _lease_loop)."""
         sw = self.switches.get(dp.id)
-        in_port = msg.match.get("in_port")
+        tag = b""
         if sw and in_port in sw.binding.relays:
-            self._on_relayed_dhcp(dp, in_port, msg.data)
-            return
-        vif = sw.binding.vifs.get(in_port) if sw else None
-        network = self.view.networks.get(vif.network_id) if vif else None
-        binding = None
-        if vif and network:
-            binding = DhcpBinding(mac=vif.mac, address=vif.addresses[0] if vif.addresses else None,
-                                  hostname=vif.hostname, network=network)
-        self._answer_dhcp(dp, in_port, msg.data, binding)
-
-    def _on_relayed_dhcp(self, dp, in_port: int, frame: bytes) -> None:
-        """A relay agent's request: giaddr picks the network, chaddr the VIF (sdn.dhcp.relay);
-        the reply carries the request's VLAN tag back to the relay."""
-        fields = request_fields(frame)
-        if fields is None:
-            LOG.debug("DHCP relay on %016x port %s: truncated frame", dp.id, in_port)
-            return
-        tag, giaddr, chaddr = fields
-        cached = self._relay_bindings
-        view = self.view
-        if cached is None or cached[0] is not view:
-            cached = self._relay_bindings = (view, RelayBindings(view))
-        self._answer_dhcp(dp, in_port, frame, cached[1].lookup(giaddr, chaddr), tag)
-
-    def _answer_dhcp(self, dp, in_port: int, frame: bytes, binding: DhcpBinding | None,
-                     tag: bytes = b"") -> None:
+            # a relay agent's request: giaddr picks the network, chaddr the VIF
+            # (sdn.dhcp.relay); the reply carries the request's VLAN tag back
+            fields = request_fields(frame)
+            if fields is None:
+                return b""
+            tag, giaddr, chaddr = fields
+            cached, view = self._relay_bindings, self.view
+            if cached is None or cached[0] is not view:
+                cached = self._relay_bindings = (view, RelayBindings(view))
+            binding = cached[1].lookup(giaddr, chaddr)
+        else:
+            vif = sw.binding.vifs.get(in_port) if sw else None
+            network = self.view.networks.get(vif.network_id) if vif else None
+            binding = None
+            if vif and network:
+                binding = DhcpBinding(mac=vif.mac, hostname=vif.hostname, network=network,
+                                      address=vif.addresses[0] if vif.addresses else None)
         decision = self.responder.handle(frame, binding, time.time())
-        LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
         reply = with_tag(decision.reply, tag) if decision.reply else None
         if decision.event:
             # ACKs wait for their lease to commit (write-ahead, see _lease_loop).
             self._lease_events.put((decision.event, dp, in_port, reply))
-        elif reply:
-            dp.send(ofmsgs.packet_out_bytes(in_port, reply))
+            return b""
+        return ofmsgs.packet_out_bytes(in_port, reply) if reply else b""
 
     LEASE_BATCH_MAX = 512
 
@@ -409,12 +417,15 @@ class SdnController(app_manager.OSKenApp):
                 LOG.exception("could not record %d DHCP lease events; their ACKs are not sent",
                               len(batch))
                 continue
+            out: dict[object, list[bytes]] = {}
             for (event, dp, port, reply), error in zip(batch, results):
                 if error is not None:
                     LOG.error("could not record DHCP %s of %s: %s", event.kind, event.address,
                               error)
                 if reply:
-                    dp.send(ofmsgs.packet_out_bytes(port, reply))
+                    out.setdefault(dp, []).append(ofmsgs.packet_out_bytes(port, reply))
+            for dp, packets in out.items():   # one hand-off to the send thread per switch
+                dp.send(b"".join(packets))
 
 
 def main(conf) -> int:
@@ -453,5 +464,6 @@ def main(conf) -> int:
     signal.signal(signal.SIGINT, _stop)
     LOG.info("listening for OpenFlow 1.3 on %s:%d", conf.ovs.ofp_listen_host,
              conf.ovs.ofp_tcp_listen_port)
+    fastdp.install(lambda dp, *pkt: _SETTINGS["app"].fast_packet_in(dp, *pkt))
     app_manager.AppManager.run_apps(["sdn.apps.controller"])
     return 0
