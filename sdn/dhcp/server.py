@@ -23,6 +23,10 @@ _inet_aton = socket.inet_aton
 _inet_ntoa = socket.inet_ntoa
 _U32 = struct.Struct("!I")
 _U16 = struct.Struct("!H")
+_XID_WORDS = struct.Struct("!HH")
+#: reply[40:50] of a memoised reply: UDP checksum, op/htype/hlen/hops, xid (raw request bytes)
+_CSUM_MID_XID = struct.Struct("!H4s4s")
+_IPV4 = b"\x08\x00"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class _Prepared:
     """Per-(binding) constant parts of replies, computed once and cached by the responder."""
 
     __slots__ = ("mac", "mac_bytes", "address", "address_bytes", "server_id", "server_mac",
-                 "lease_opts", "mandatory", "optional", "on_request", "nak_head")
+                 "lease_opts", "mandatory", "optional", "on_request", "all_optional", "nak_head",
+                 "memo")
 
     def __init__(self, b: DhcpBinding):
         net = b.network
@@ -94,6 +99,8 @@ class _Prepared:
             on_request[p.OPT_CLASSLESS_ROUTES] = p.tlv(p.OPT_CLASSLESS_ROUTES,
                                                        p.classless_routes(routes))
         self.on_request = on_request
+        self.all_optional = {**optional, **on_request}
+        self.memo: dict[bytes, tuple] = {}  # _memo_key(request) -> _template(reply, ...)
         self.nak_head = p.tlv(p.OPT_SERVER_ID, self.server_id)
 
 
@@ -107,19 +114,32 @@ _MT_NAK = _mt(p.NAK)
 
 
 class DhcpResponder:
-    """Stateless RFC 2131 responder (the only state is a cache of per-binding constants)."""
+    """Stateless RFC 2131 responder. Its only state are caches of pure functions: per-binding
+    constants and, per binding, reply templates keyed by the request's relevant bytes."""
 
     _CACHE_MAX = 4096
+    #: reply templates kept per binding (DISCOVER, REQUEST in each client state, INFORM ...);
+    #: a guest that varies its requests only churns its own
+    _MEMO_MAX = 8
 
     def __init__(self) -> None:
         self._cache: dict[DhcpBinding, _Prepared] = {}
+        # id(binding) -> (binding, prep): long-lived bindings (raw socket) skip hashing the
+        # frozen dataclass and its NetworkView; holding the binding keeps its id from reuse
+        self._by_id: dict[int, tuple[DhcpBinding, _Prepared]] = {}
 
     def _prepared(self, binding: DhcpBinding) -> _Prepared:
+        hit = self._by_id.get(id(binding))
+        if hit is not None and hit[0] is binding:
+            return hit[1]
         prep = self._cache.get(binding)
         if prep is None:
             if len(self._cache) >= self._CACHE_MAX:
                 self._cache.clear()
             prep = self._cache[binding] = _Prepared(binding)
+        if len(self._by_id) >= self._CACHE_MAX:
+            self._by_id.clear()
+        self._by_id[id(binding)] = (binding, prep)
         return prep
 
     def handle(self, frame: bytes, binding: DhcpBinding | None, now: float) -> Decision:
@@ -129,37 +149,74 @@ class DhcpResponder:
         "malformed: ...")``. ``now`` is accepted for the controller's bookkeeping contract; the
         decision itself does not depend on time (fixed addresses, no pool to expire).
         """
+        return Decision(*self.answer(frame, binding))
+
+    def answer(self, frame: bytes, binding: DhcpBinding | None
+               ) -> tuple[bytes | None, LeaseEvent | None, str]:
+        """``handle`` as a plain (reply, event, reason) tuple, for batch loops.
+
+        A request that equals an earlier one for the same binding except in fields no reply
+        depends on (xid, secs, IP id/TTL/checksum/source, UDP checksum: see ``_memo_key``) gets
+        that earlier decision, its reply patched with this xid and the UDP checksum updated
+        incrementally (RFC 1624): the same bytes as deciding afresh, without parse or encode.
+        """
+        key = _memo_key(frame)
+        if key is None or binding is None:
+            return self._decide(frame, binding)
+        try:
+            prep = self._prepared(binding)
+        except (ValueError, TypeError, OSError):
+            return self._decide(frame, binding)
+        hit = prep.memo.get(key)
+        if hit is not None:
+            head, mid, tail, base, event, reason = hit
+            hi, lo = _XID_WORDS.unpack_from(frame, 46)
+            s = base + hi + lo
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            return (head + _CSUM_MID_XID.pack((0xFFFF - s) or 0xFFFF, mid, frame[46:50]) + tail,
+                    event, reason)
+        out = self._decide(frame, binding)
+        if out[0] is not None:
+            memo = prep.memo
+            if len(memo) >= self._MEMO_MAX:
+                memo.clear()
+            memo[key] = _template(*out)
+        return out
+
+    def _decide(self, frame: bytes, binding: DhcpBinding | None
+                ) -> tuple[bytes | None, LeaseEvent | None, str]:
         try:
             req = p.parse_request(frame)
         except p.MalformedFrame as exc:
-            return Decision(None, None, f"malformed: {exc}")
+            return (None, None, f"malformed: {exc}")
         except Exception as exc:  # belt and braces: a decoder bug must not kill the controller
-            return Decision(None, None, f"malformed: {type(exc).__name__}: {exc}")
+            return (None, None, f"malformed: {type(exc).__name__}: {exc}")
         if req.op != p.BOOTREQUEST:
-            return Decision(None, None, f"ignored: BOOTP op {req.op} is not BOOTREQUEST")
+            return (None, None, f"ignored: BOOTP op {req.op} is not BOOTREQUEST")
         mtype = req.message_type
         name = p.MESSAGE_TYPE_NAMES.get(mtype)
         if name is None or mtype in (p.OFFER, p.ACK, p.NAK):
-            return Decision(None, None, f"ignored: message type {mtype} ({name or 'unknown'})")
+            return (None, None, f"ignored: message type {mtype} ({name or 'unknown'})")
         if binding is None:
-            return Decision(None, None, f"ignored: {name} from a port with no VIF binding")
+            return (None, None, f"ignored: {name} from a port with no VIF binding")
         try:
             prep = self._prepared(binding)
         except (ValueError, TypeError, OSError) as exc:  # controller data, not the guest's
-            return Decision(None, None, f"error: unusable binding for {binding.mac!r}: {exc}")
+            return (None, None, f"error: unusable binding for {binding.mac!r}: {exc}")
         if req.htype != 1 or req.hlen != 6 or req.chaddr[:6] != prep.mac_bytes:
-            return Decision(None, None, f"ignored: {name} chaddr {_mac(req)} is not the VIF's MAC "
+            return (None, None, f"ignored: {name} chaddr {_mac(req)} is not the VIF's MAC "
                                         f"{prep.mac}")
         if prep.address_bytes is None:
-            return Decision(None, None, f"ignored: {name} from {prep.mac}: VIF has no fixed address")
+            return (None, None, f"ignored: {name} from {prep.mac}: VIF has no fixed address")
         opts = req.options
         server_id = opts.get(p.OPT_SERVER_ID)
         if server_id is not None and server_id != prep.server_id and mtype != p.DISCOVER:
-            return Decision(None, None, f"ignored: {name} for server {_inet_ntoa(server_id)} "
+            return (None, None, f"ignored: {name} for server {_inet_ntoa(server_id)} "
                                         f"(not us, {_inet_ntoa(prep.server_id)})")
 
         if mtype == p.DISCOVER:
-            return Decision(self._reply(req, prep, _MT_OFFER, True), None,
+            return (self._reply(req, prep, _MT_OFFER, True), None,
                             f"OFFER {prep.address} to {prep.mac}")
 
         if mtype == p.REQUEST:
@@ -175,36 +232,36 @@ class DhcpResponder:
                 state = "INIT-REBOOT"
                 wanted = requested
             else:
-                return Decision(None, None, "ignored: REQUEST with neither ciaddr, requested "
+                return (None, None, "ignored: REQUEST with neither ciaddr, requested "
                                             "address nor server id")
             if wanted == prep.address_bytes:
-                return Decision(self._reply(req, prep, _MT_ACK, True),
+                return (self._reply(req, prep, _MT_ACK, True),
                                 LeaseEvent("lease", prep.address, prep.mac),
                                 f"ACK {prep.address} to {prep.mac} ({state})")
             shown = _inet_ntoa(wanted) if wanted is not None else "nothing"
-            return Decision(self._nak(req, prep, f"requested {shown}, lease is {prep.address}"),
+            return (self._nak(req, prep, f"requested {shown}, lease is {prep.address}"),
                             None, f"NAK {shown} to {prep.mac} ({state}, VIF has {prep.address})")
 
         if mtype == p.RELEASE:
             if req.ciaddr != prep.address_bytes:
-                return Decision(None, None, f"ignored: RELEASE of {_inet_ntoa(req.ciaddr)}, "
+                return (None, None, f"ignored: RELEASE of {_inet_ntoa(req.ciaddr)}, "
                                             f"VIF has {prep.address}")
-            return Decision(None, LeaseEvent("release", prep.address, prep.mac),
+            return (None, LeaseEvent("release", prep.address, prep.mac),
                             f"RELEASE {prep.address} by {prep.mac}")
 
         if mtype == p.DECLINE:
             declined = opts.get(p.OPT_REQUESTED_IP)
             if declined != prep.address_bytes:
                 shown = _inet_ntoa(declined) if declined is not None else "nothing"
-                return Decision(None, None, f"ignored: DECLINE of {shown}, VIF has {prep.address}")
-            return Decision(None, LeaseEvent("decline", prep.address, prep.mac),
+                return (None, None, f"ignored: DECLINE of {shown}, VIF has {prep.address}")
+            return (None, LeaseEvent("decline", prep.address, prep.mac),
                             f"DECLINE {prep.address} by {prep.mac} (address in use on the wire?)")
 
         # INFORM (RFC 2131 §4.3.5): configuration only, to the address the client already has
         if req.ciaddr != prep.address_bytes:
-            return Decision(None, None, f"ignored: INFORM from ciaddr {_inet_ntoa(req.ciaddr)}, "
+            return (None, None, f"ignored: INFORM from ciaddr {_inet_ntoa(req.ciaddr)}, "
                                         f"VIF has {prep.address}")
-        return Decision(self._reply(req, prep, _MT_ACK, False), None,
+        return (self._reply(req, prep, _MT_ACK, False), None,
                         f"ACK (INFORM) to {prep.address} at {prep.mac}")
 
     # ------------------------------------------------------------------------------- replies
@@ -230,7 +287,7 @@ class DhcpResponder:
         cid, rai = self._echo(req)
         options = mt + prep.mandatory + (prep.lease_opts if lease else b"")
         budget = self._limit(req) - p.BOOTP_HEADER_LEN - 1 - len(rai) - len(options)
-        optional = {**prep.optional, **prep.on_request}
+        optional = prep.all_optional
         prl = req.options.get(p.OPT_PARAM_REQUEST)
         if prl:  # requested options first, in the client's order, then the rest
             order = [c for c in dict.fromkeys(prl) if c in optional]
@@ -266,6 +323,29 @@ class DhcpResponder:
                              xid=req.xid, flags=flags, ciaddr=p.ZERO_IP, yiaddr=p.ZERO_IP,
                              siaddr=p.ZERO_IP, giaddr=req.giaddr, chaddr=req.chaddr,
                              options=options)
+
+
+def _memo_key(frame: bytes) -> bytes | None:
+    """What of a request its reply can depend on, for untagged IPv4 without IP options (None
+    otherwise): Ethernet source and type, IP version..total length, fragment field, protocol
+    and destination, UDP ports and length, BOOTP op..hops, then flags to the frame's end
+    (ciaddr, giaddr, chaddr, sname, file, options, trailing bytes). Left out: Ethernet
+    destination, IP id/TTL/checksum/source, UDP checksum, xid, secs."""
+    if type(frame) is not bytes or len(frame) < 52 or frame[12:14] != _IPV4 or frame[14] != 0x45:
+        return None
+    return b"".join((frame[6:18], frame[20:22], frame[23:24], frame[30:40], frame[42:46],
+                     frame[52:]))
+
+
+def _template(reply: bytes, event: LeaseEvent | None, reason: str) -> tuple:
+    """(reply[:40], reply[42:46], reply[50:], base, event, reason) of an untagged reply:
+    ``base`` is the ones'-complement sum (RFC 1071) of the UDP pseudo header and datagram with
+    checksum and xid zeroed, so another xid only adds its two 16-bit words (RFC 1624)."""
+    data = (reply[26:34] + b"\0\x11" + reply[38:40]             # pseudo header
+            + reply[34:40] + b"\0\0" + reply[42:46] + b"\0\0\0\0" + reply[50:])
+    if len(data) & 1:
+        data += b"\0"
+    return reply[:40], reply[42:46], reply[50:], int.from_bytes(data, "big") % 0xFFFF, event, reason
 
 
 def _destination(req: p.DhcpRequest, yiaddr: bytes, nak: bool) -> tuple[bytes, bytes, int]:

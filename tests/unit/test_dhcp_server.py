@@ -392,3 +392,73 @@ def test_classless_routes_only_when_asked_and_with_the_default_route():
     assert 121 not in option_codes(not_asked.reply)
     plain = handle(responder, craft("discover", options=[("param_req_list", [1, 3, 121])]))
     assert 121 not in option_codes(plain.reply)   # no host routes on this network
+
+
+# ------------------------------------------------- reply templates (repeat requests, RFC 1624)
+
+TEMPLATE_CASES = [
+    ("discover", dict()),
+    ("discover", dict(flags=0x8000, options=[("param_req_list", [1, 3, 6, 12, 15, 26, 28])])),
+    ("request", dict(options=SELECTING)),
+    ("request", dict(src=ADDR, dst=SERVER, ciaddr=ADDR)),                      # RENEWING
+    ("request", dict(src=ADDR, ciaddr=ADDR)),                                  # REBINDING
+    ("request", dict(options=[("requested_addr", "10.0.0.9")])),               # NAK
+    ("request", dict(giaddr="10.0.0.254", eth_src="02:00:00:00:00:fe", sport=67,
+                     options=[("requested_addr", "10.0.0.9")])),               # NAK via relay
+    ("discover", dict(giaddr="10.0.0.254", eth_src="02:00:00:00:00:fe", sport=67,
+                      options=[("client_id", b"\x01abc"), ("relay_agent_information", b"\x01\x02ab")])),
+    ("inform", dict(src=ADDR, ciaddr=ADDR)),
+]
+
+
+@pytest.mark.parametrize("mtype,kw", TEMPLATE_CASES)
+def test_repeated_requests_get_the_bytes_a_fresh_decision_gives(mtype, kw):
+    """The template path (second and later requests of a binding) must equal deciding afresh,
+    for every xid (incremental checksum, including the 0 -> 0xffff edge) and client state."""
+    warm = DhcpResponder()
+    rng = random.Random(7)
+    xids = [0, 0xFFFFFFFF, 0xFFFF0000, 0x0000FFFF, 0x12345678] + [rng.getrandbits(32) for _ in range(40)]
+    for n, xid in enumerate(xids):
+        frame = craft(mtype, xid=xid, **kw)
+        got = warm.handle(frame, BINDING, NOW)
+        fresh = DhcpResponder().handle(frame, BINDING, NOW)
+        assert got == fresh, (n, got.reason, fresh.reason)
+        if n < 6:
+            assert dissect(got.reply)[BOOTP].xid == xid
+    assert len(warm._prepared(BINDING).memo) == 1
+
+
+def test_every_udp_checksum_value_through_templates():
+    """Walk the xid so the patched UDP checksum takes every value it can: each equals the one
+    computed from scratch (ones'-complement zero is sent as 0xffff, RFC 768)."""
+    from sdn.dhcp import packet as p
+
+    responder = DhcpResponder()
+    frame = bytearray(craft("discover"))
+    seen = set()
+    for lo in range(0x10000):
+        frame[48:50] = lo.to_bytes(2, "big")
+        reply = responder.handle(bytes(frame), BINDING, NOW).reply
+        udp = reply[34:]
+        pseudo = reply[26:34] + b"\0\x11" + reply[38:40]
+        zeroed = udp[:6] + b"\0\0" + udp[8:]
+        assert int.from_bytes(reply[40:42], "big") == (p.inet_checksum(pseudo + zeroed) or 0xFFFF)
+        seen.add(reply[40:42])
+    assert len(seen) >= 0xFFFF - 1
+
+
+def test_templates_are_per_binding_and_per_request_shape():
+    responder = DhcpResponder()
+    other = dataclasses.replace(BINDING, address="10.0.0.6")
+    frame = craft("discover")
+    assert reply_of(handle(responder, frame))[BOOTP].yiaddr == ADDR
+    assert reply_of(handle(responder, frame, other))[BOOTP].yiaddr == "10.0.0.6"
+    # a field that changes the reply (broadcast flag) is part of the key
+    assert_broadcast(reply_of(handle(responder, craft("discover", flags=0x8000))))
+    assert_unicast_to(reply_of(handle(responder, frame)), ADDR)
+    # no reply, no template: ignored requests are decided afresh every time
+    stranger = craft("discover", chaddr="02:00:00:00:00:99")
+    for _ in range(3):
+        assert handle(responder, stranger).reply is None
+    assert all(len(k) > 0 for k in responder._prepared(BINDING).memo)
+    assert len(responder._prepared(BINDING).memo) == 2
