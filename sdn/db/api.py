@@ -16,7 +16,7 @@ from importlib import resources
 
 from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from sdn import view
 from sdn.db import models
@@ -150,15 +150,23 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                 .where(models.FixedIp.allocated.is_(True), models.FixedIp.virtual_interface_id.is_not(None))
                 .order_by(models.FixedIp.id)):
             addresses.setdefault(vif_id, []).append(address)
+        # Core rows, not ORM objects: at 10k VIFs the ORM load (identity map, selectinload)
+        # was most of a state reload, which the controller does on every revision change
+        pairs: dict[int, list[tuple[str, str]]] = {}
+        for vif_id, mac, ip_cidr in session.execute(
+                select(models.AllowedAddressPair.vif_id, models.AllowedAddressPair.mac,
+                       models.AllowedAddressPair.ip_cidr).order_by(models.AllowedAddressPair.id)):
+            pairs.setdefault(vif_id, []).append((mac, ip_cidr))
+        Vif, Inst = models.VirtualInterface, models.Instance
         vifs = tuple(
-            view.VifView(uuid=vif.uuid, mac=vif.address, network_id=vif.network_id,
-                         instance=vif.instance.name, hostname=vif.instance.hostname,
-                         addresses=tuple(addresses.get(vif.id, ())), project_id=vif.instance.project_id,
-                         port_security=vif.port_security,
-                         allowed_address_pairs=tuple((p.mac, p.ip_cidr) for p in vif.allowed_address_pairs))
-            for vif in session.scalars(
-                select(models.VirtualInterface).order_by(models.VirtualInterface.id)
-                .options(selectinload(models.VirtualInterface.instance),
-                         selectinload(models.VirtualInterface.allowed_address_pairs))))
+            view.VifView(uuid=uuid, mac=mac, network_id=network_id, instance=name, hostname=hostname,
+                         addresses=tuple(addresses.get(vif_id, ())), project_id=project_id,
+                         port_security=port_security,
+                         allowed_address_pairs=tuple(pairs.get(vif_id, ())))
+            for vif_id, uuid, mac, network_id, port_security, name, hostname, project_id
+            in session.execute(
+                select(Vif.id, Vif.uuid, Vif.address, Vif.network_id, Vif.port_security, Inst.name,
+                       Inst.hostname, Inst.project_id)
+                .join(Inst, Vif.instance_uuid == Inst.uuid).order_by(Vif.id)))
         return view.StateView(revision=revision or 0, networks=networks, vifs=vifs,
                               floating_ips=floating_ips)
