@@ -25,13 +25,25 @@ def _syncs(log: Path) -> list[tuple[float, str, int, int]]:
 
 
 def _patch_ports(br: str, names: list[str]) -> None:
-    """Cheap VIF ports: OVS patch ports (no kernel device), named tap<uuid[:11]>."""
-    for i in range(0, len(names), 1000):
-        cmd = ["ovs-vsctl", "--timeout=300"]
-        for name in names[i:i + 1000]:
+    """Cheap VIF ports: OVS patch ports (no kernel device), named tap<uuid[:11]>.
+
+    ``--no-wait``: waiting for ovs-vswitchd to reconfigure after every batch (each pass is
+    O(ports)) timed out at 10k ports on a loaded machine; one wait at the end for every port
+    to have its ofport instead."""
+    for i in range(0, len(names), 2000):
+        cmd = ["ovs-vsctl", "--no-wait", "--timeout=300"]
+        for name in names[i:i + 2000]:
             cmd += ["--", "add-port", br, name, "--", "set", "Interface", name, "type=patch",
                     f"options:peer=none{name[3:]}"]
         lib.sh(cmd, timeout=600)
+    want = set(names)
+
+    def all_numbered():
+        out = lib.sh(["ovs-vsctl", "--timeout=120", "--bare", "--columns=name,ofport", "list",
+                      "Interface"], timeout=180).stdout.split("\n\n")
+        done = {rec.split()[0] for rec in out if len(rec.split()) == 2 and int(rec.split()[1]) > 0}
+        return want <= done
+    lib.wait_for(all_numbered, 600, 1.0, what=f"{len(names)} patch ports numbered")
 
 
 def _count_flows(br: str) -> int:
@@ -41,11 +53,19 @@ def _count_flows(br: str) -> int:
 
 # ------------------------------------------------------------------ 2. flow programming
 
+PER_NETWORK = 1000
+
 def flow_programming(work: Path, n: int, log) -> dict:
     cl = lib.Cleanup()
     try:
         port = lib.netlab.free_tcp_port()
-        conf, engine, _mgr, net = lib.new_state(work / f"flows{n}", port, "10.64.0.0/16")
+        # at most PER_NETWORK VIFs per network (nova's networks were /24s): a network's flood
+        # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
+        # fits in one OpenFlow message (16-bit length)
+        nets = -(-n // PER_NETWORK)
+        conf, engine, mgr, net = lib.new_state(work / f"flows{n}", port, "10.64.0.0/22")
+        net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
+            "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
         br = lib.bridge(cl, "bbflow", port)
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         _patch_ports(br, ["tap" + u[:11] for u in uuids])
@@ -54,7 +74,11 @@ def flow_programming(work: Path, n: int, log) -> dict:
         lib.wait_for(lambda: _syncs(ctl_log), 120, what="first full sync")
         rss_before = lib.rss_mb(ctl.pid)
         t0 = time.time()
-        lib.add_vifs(engine, net["id"], [lib.mac_n(0x02AA00000000, i) for i in range(n)], uuids=uuids)
+        with lib.db.transaction(engine) as session:   # one state revision for all N
+            for k, net_id in enumerate(net_ids):
+                lo, hi = k * PER_NETWORK, min(n, (k + 1) * PER_NETWORK)
+                lib.add_vifs(engine, net_id, [lib.mac_n(0x02AA00000000, i) for i in range(lo, hi)],
+                             uuids=uuids[lo:hi], session=session)
         written = time.time()   # the VIFs exist in state from here (the insert is in sdn_seconds)
         done = lib.wait_for(lambda: [s for s in _syncs(ctl_log) if s[0] >= t0 - 1 and s[2] >= 10 * n],
                             600, 0.1, what=f"{n} VIFs programmed")[0]

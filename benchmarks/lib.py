@@ -149,11 +149,12 @@ def mac_n(base: int, i: int) -> str:
 
 
 def add_vifs(engine, network_id: int, macs: list[str], project="bench",
-             uuids: list[str] | None = None) -> list[dict]:
+             uuids: list[str] | None = None, session=None) -> list[dict]:
     """Bulk: one instance + VIF + associated fixed IP per MAC, in ONE transaction (what
-    ``sdn instance launch`` does one by one). Returns [{uuid, mac, address, port}]."""
+    ``sdn instance launch`` does one by one), or in ``session``'s. Returns [{uuid, mac, address, port}]."""
     out = []
-    with db.transaction(engine) as s:
+    import contextlib
+    with (contextlib.nullcontext(session) if session is not None else db.transaction(engine)) as s:
         free = s.execute(select(models.FixedIp.id, models.FixedIp.address)
                          .where(models.FixedIp.network_id == network_id,
                                 models.FixedIp.reserved.is_(False),
