@@ -6,17 +6,23 @@ VIF by its ``chaddr`` among the VIFs of the networks it serves -- not by ingress
 OpenFlow path does. Decisions are ``sdn.dhcp.server.DhcpResponder``'s, unchanged.
 
 Lease durability (write-ahead): frames are handled in batches (whatever the socket has queued,
-up to ``BATCH_MAX``). OFFERs and NAKs go out at once; the lease events of a batch are recorded
-in **one** call to ``record`` (one database transaction) and only after it returns are the
-batch's ACKs sent. So an ACK on the wire always has its lease committed, and a crash loses at
-most leases that were never acknowledged (the client retries its REQUEST).
+up to ``BATCH_MAX``). OFFERs and NAKs go out at once; lease events are recorded in **one** call
+to ``record`` (one database transaction) per group and only after it returns are the group's
+ACKs sent. So an ACK on the wire always has its lease committed, and a crash loses at most
+leases that were never acknowledged (the client retries its REQUEST). ``serve_forever`` commits
+on a thread of its own (group commit): while one transaction is being made durable, the loop
+goes on answering and the next group collects every batch's events meanwhile, so an fsync
+never stalls the OFFERs (``serve_once`` alone commits inline).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import select
 import socket
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -27,6 +33,9 @@ LOG = logging.getLogger("sdn.dhcp.rawsocket")
 
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23     # Linux >= 4.20
+SO_ATTACH_FILTER = 26
 BATCH_MAX = 256
 _MAC_LEN = 6
 
@@ -63,6 +72,55 @@ def is_dhcp_request(frame: bytes) -> bool:
     return frame[off + 2:off + 4] == b"\x00\x43"
 
 
+# Classic BPF (struct sock_filter: code, jt, jf, k): keep untagged, unfragmented IPv4/UDP to
+# port 67 carrying a BOOTREQUEST (op 1, so never our own replies); what is_dhcp_request checks,
+# in the kernel, so the loop reads no other frame.
+_BOOTREQUEST_FILTER = [
+    (0x28, 0, 0, 12),           # 0  ldh [12]            ethertype
+    (0x15, 0, 10, ETH_P_IP),    # 1  jne #0x0800, drop
+    (0x30, 0, 0, 23),           # 2  ldb [23]            IP protocol
+    (0x15, 0, 8, 17),           # 3  jne #17 (UDP), drop
+    (0x28, 0, 0, 20),           # 4  ldh [20]            flags + fragment offset
+    (0x45, 6, 0, 0x1FFF),       # 5  jset #0x1fff (a fragment), drop
+    (0xB1, 0, 0, 14),           # 6  ldxb 4*([14]&0xf)   IP header length
+    (0x48, 0, 0, 16),           # 7  ldh [x+16]          UDP destination port
+    (0x15, 0, 3, 67),           # 8  jne #67, drop
+    (0x50, 0, 0, 22),           # 9  ldb [x+22]          BOOTP op
+    (0x15, 0, 1, 1),            # 10 jne #1 (BOOTREQUEST), drop
+    (0x06, 0, 0, 0x40000),      # 11 ret #262144         accept
+    (0x06, 0, 0, 0),            # 12 drop: ret #0
+]
+
+
+def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER ``program``; struct sock_fprog holds a pointer, hence ctypes."""
+    code = b"".join(struct.pack("HBBI", *insn) for insn in program)
+    buf = ctypes.create_string_buffer(code, len(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HL", len(program), ctypes.addressof(buf)))
+
+
+def open_socket(iface: str) -> tuple[socket.socket, bool]:
+    """A non-blocking AF_PACKET socket on ``iface`` that receives only DHCP requests (the
+    filter is attached before the bind, so nothing else is ever queued), and whether it also
+    skips frames this host sends (then ``recv`` needs no address to tell them apart)."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # protocol 0: receives nothing yet
+    try:
+        _attach_filter(sock, _BOOTREQUEST_FILTER)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            ignores_outgoing = True
+        except OSError:
+            ignores_outgoing = False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((iface, ETH_P_IP))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, ignores_outgoing
+
+
 class BatchHandler:
     """Socket-free core: frames in, (immediate replies, lease events, replies after commit)."""
 
@@ -77,20 +135,71 @@ class BatchHandler:
         events: list[LeaseEvent] = []
         after_commit: list[bytes] = []
         get = self.bindings.get
-        handle = self.responder.handle
+        answer = self.responder.answer
         for frame in frames:
-            binding = get(chaddr_of(frame))
+            # chaddr of an untagged frame without IP options (chaddr_of for the rest)
+            binding = get(frame[70:76] if frame[14:15] == b"\x45" else chaddr_of(frame))
             if binding is None:
                 self.unknown += 1
                 continue          # not a VIF of these networks: no answer (as on a VIF port)
-            decision = handle(frame, binding, now)
-            if decision.event is not None:
-                events.append(decision.event)
-                if decision.reply is not None:
-                    after_commit.append(decision.reply)
-            elif decision.reply is not None:
-                now_out.append(decision.reply)
+            reply, event, _reason = answer(frame, binding)
+            if event is not None:
+                events.append(event)
+                if reply is not None:
+                    after_commit.append(reply)
+            elif reply is not None:
+                now_out.append(reply)
         return now_out, events, after_commit
+
+
+class _Committer:
+    """Group commit on a thread: ``submit(events, acks)`` from the loop; the thread records
+    everything submitted since its last commit in one ``record`` call, then sends those ACKs
+    (none of them if ``record`` raised)."""
+
+    def __init__(self, record: Callable[[list[LeaseEvent]], object], send: Callable[[bytes], object]):
+        self.record, self.send = record, send
+        self.acked = 0
+        self._cond = threading.Condition()
+        self._events: list[LeaseEvent] = []
+        self._acks: list[bytes] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="dhcp-lease-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, events: list[LeaseEvent], acks: list[bytes]) -> None:
+        with self._cond:
+            self._events += events
+            self._acks += acks
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Commit what is pending, send its ACKs, stop the thread."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._events and not self._stop:
+                    cond.wait()
+                events, acks = self._events, self._acks
+                self._events, self._acks = [], []
+                if not events and self._stop:
+                    return
+            try:
+                self.record(events)
+            except Exception:  # keep serving; the client's retry gets another chance
+                LOG.exception("could not record %d lease events; their ACKs are not sent",
+                              len(events))
+                continue
+            send = self.send
+            for reply in acks:
+                send(reply)
+            self.acked += len(acks)
 
 
 class RawSocketServer:
@@ -102,13 +211,13 @@ class RawSocketServer:
         self.iface = iface
         self.handler = BatchHandler(bindings)
         self.record = record
+        # a socket of our own is filtered in the kernel; one passed in (tests) is not
+        self._filtered = False
         if sock is None:
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.bind((iface, 0))
-            sock.setblocking(False)
+            sock, self._filtered = open_socket(iface)
         self.sock = sock
         self.served = 0
+        self._committer: _Committer | None = None
 
     def set_bindings(self, bindings: Mapping[bytes, DhcpBinding]) -> None:
         self.handler.bindings = bindings
@@ -121,6 +230,15 @@ class RawSocketServer:
         if not select.select([sock], [], [], timeout)[0]:
             return []
         frames: list[bytes] = []
+        if self._filtered:
+            recv = sock.recv
+            append = frames.append
+            for _ in range(BATCH_MAX):
+                try:
+                    append(recv(2048))
+                except (BlockingIOError, InterruptedError):
+                    break
+            return frames
         recv = sock.recvfrom
         while len(frames) < BATCH_MAX:
             try:
@@ -140,6 +258,10 @@ class RawSocketServer:
         send = self.sock.send
         for reply in now_out:
             send(reply)
+        self.served += len(now_out)
+        if events and self._committer is not None:
+            self._committer.submit(events, after_commit)
+            return len(frames)
         if events and self.record is not None:
             try:
                 self.record(events)
@@ -149,12 +271,22 @@ class RawSocketServer:
                 after_commit = []
         for reply in after_commit:
             send(reply)
-        self.served += len(now_out) + len(after_commit)
+        self.served += len(after_commit)
         return len(frames)
 
     def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        while not should_stop():
-            self.serve_once()
+        """Serve until ``should_stop()``, committing leases on a thread (group commit); what
+        is pending when it stops is committed and acknowledged before this returns."""
+        if self.record is not None:
+            self._committer = _Committer(self.record, self.sock.send)
+        try:
+            while not should_stop():
+                self.serve_once()
+        finally:
+            committer, self._committer = self._committer, None
+            if committer is not None:
+                committer.close()
+                self.served += committer.acked
 
     def close(self) -> None:
         self.sock.close()

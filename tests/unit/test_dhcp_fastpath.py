@@ -141,3 +141,51 @@ def test_raw_server_withholds_acks_when_commit_fails():
                                        record=broken, sock=_FakeSock(frames, log))
     server.serve_once()
     assert log == []
+
+
+def test_serve_forever_commits_on_a_thread_and_acks_after_commit():
+    import threading
+    log = []
+    frames = [craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")]),
+              craft("discover")]
+    sock = _FakeSock(frames, log)
+    threads = []
+
+    def record(events):
+        threads.append(threading.current_thread())
+        log.append(("commit", len(events)))
+    server = rawsocket.RawSocketServer("veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
+                                       record=record, sock=sock)
+    server.serve_forever(lambda: not sock.frames)
+    # the OFFER went out from the loop; the ACK only after its commit, from the commit thread
+    assert log == [("send", 2), ("commit", 1), ("send", 5)]
+    assert threads[0] is not threading.current_thread()
+    assert server.served == 2
+
+
+def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed_one():
+    import threading
+    first_in, release = threading.Event(), threading.Event()
+    commits, sent = [], []
+
+    def record(events):
+        commits.append(list(events))
+        if len(commits) == 1:
+            first_in.set()
+            release.wait(5)
+        if "fail" in events:
+            raise RuntimeError("disk full")
+    committer = rawsocket._Committer(record, sent.append)
+    committer.submit(["a"], [b"A"])
+    assert first_in.wait(5)
+    committer.submit(["b"], [b"B"])
+    committer.submit(["c"], [])          # a RELEASE: an event without a reply
+    assert sent == []                    # nothing acknowledged before its commit returned
+    release.set()
+    committer.close()
+    assert commits == [["a"], ["b", "c"]]            # one transaction for all that queued
+    assert sent == [b"A", b"B"]
+    committer = rawsocket._Committer(record, sent.append)
+    committer.submit(["fail"], [b"F"])
+    committer.close()
+    assert sent == [b"A", b"B"]                      # failed commit: its ACK is never sent
