@@ -23,6 +23,15 @@ _LEASE_READ = (select(_FIXED.c.id, _FIXED.c.address, _FIXED.c.instance_uuid,
                .where(_FIXED.c.address.in_(bindparam("addresses", expanding=True))))
 _LEASE_WRITE = (update(_FIXED).where(_FIXED.c.id == bindparam("row_id"))
                 .values(leased=True, updated_at=bindparam("now")))
+# The same two statements for SQLite's DBAPI directly: Core still costs ~0.25 ms CPU per commit,
+# a third of the raw server's time at 10k DORA/s. DATETIME text as SQLAlchemy's SQLite dialect
+# stores it.
+_SQLITE_LEASE_READ = ("SELECT f.id, f.address, f.instance_uuid, v.address FROM fixed_ips f "
+                      "LEFT OUTER JOIN virtual_interfaces v ON f.virtual_interface_id = v.id "
+                      "WHERE f.address IN ({})")
+_SQLITE_LEASE_WRITE = "UPDATE fixed_ips SET leased = 1, updated_at = ? WHERE id = ?"
+_SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
+_SQLITE_IN_MAX = 500    # host parameters per SELECT (SQLite allows >= 999)
 
 
 class StateSource:
@@ -115,25 +124,67 @@ class StateSource:
         """``apply_lease_events`` for a batch of leases only: one read, one executemany
         update, one commit (BEGIN IMMEDIATE on SQLite, see ``db.get_engine``). Leases change
         only ``leased``/``updated_at``, which no view shows: the state revision stays."""
-        results: list[Exception | None] = []
+        if self.engine.dialect.name == "sqlite":
+            return self._record_leases_sqlite(events)
+        return self._record_leases_core(events)
+
+    def _record_leases_core(self, events: list[LeaseEvent]) -> list[Exception | None]:
         with self.engine.begin() as conn:
-            rows = {r.address: r for r in conn.execute(
+            rows = {r.address: tuple(r) for r in conn.execute(
                 _LEASE_READ, {"addresses": list({e.address for e in events})})}
-            ids: dict[int, None] = {}
-            for event in events:
-                row = rows.get(event.address)
-                if row is None:
-                    results.append(exception.FixedIpNotFound(address=event.address))
-                elif row.instance_uuid is None:
-                    results.append(exception.FixedIpNotAssociated(address=event.address,
-                                                                  event="leased"))
-                elif event.mac and row.mac is not None and row.mac.lower() != event.mac.lower():
-                    results.append(exception.FixedIpMacMismatch(
-                        address=event.address, expected=row.mac, mac=event.mac))
-                else:
-                    ids[row.id] = None
-                    results.append(None)
+            results, ids = _check_leases(events, rows)
             if ids:
                 now = models.utcnow()
                 conn.execute(_LEASE_WRITE, [{"row_id": i, "now": now} for i in ids])
         return results
+
+    def _record_leases_sqlite(self, events: list[LeaseEvent]) -> list[Exception | None]:
+        """``_record_leases`` on the pysqlite connection itself: BEGIN IMMEDIATE (as every
+        writer here), select, executemany, COMMIT (in WAL mode with synchronous=FULL, durable
+        when it returns). The connection runs in autocommit mode (``db.get_engine``)."""
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                addresses = list({e.address for e in events})
+                rows = {}
+                for k in range(0, len(addresses), _SQLITE_IN_MAX):
+                    chunk = addresses[k:k + _SQLITE_IN_MAX]
+                    for row in cur.execute(_SQLITE_LEASE_READ.format(",".join("?" * len(chunk))),
+                                           chunk):
+                        rows[row[1]] = row
+                results, ids = _check_leases(events, rows)
+                if ids:
+                    now = models.utcnow().strftime(_SQLITE_DATETIME)
+                    cur.executemany(_SQLITE_LEASE_WRITE, [(now, i) for i in ids])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+        finally:
+            raw.close()
+        return results
+
+
+def _check_leases(events: list[LeaseEvent], rows: dict[str, tuple]
+                  ) -> tuple[list[Exception | None], dict[int, None]]:
+    """nova's lease_fixed_ip checks for each event against ``rows`` (address -> (id, address,
+    instance_uuid, VIF MAC)): (error or None per event, fixed IP ids to mark leased)."""
+    results: list[Exception | None] = []
+    ids: dict[int, None] = {}
+    for event in events:
+        row = rows.get(event.address)
+        if row is None:
+            results.append(exception.FixedIpNotFound(address=event.address))
+        elif row[2] is None:
+            results.append(exception.FixedIpNotAssociated(address=event.address, event="leased"))
+        elif event.mac and row[3] is not None and row[3].lower() != event.mac.lower():
+            results.append(exception.FixedIpMacMismatch(address=event.address, expected=row[3],
+                                                        mac=event.mac))
+        else:
+            ids[row[0]] = None
+            results.append(None)
+    return results, ids

@@ -67,6 +67,36 @@ def test_batch_lease_events_one_transaction(make_manager, engine):
     assert (ip.leased, ip.instance_uuid) == (False, None)
 
 
+@pytest.mark.parametrize("path", ["_record_leases_sqlite", "_record_leases_core", "_orm"])
+def test_lease_batch_paths_agree(make_manager, engine, path):
+    """The pysqlite and Core lease paths (PostgreSQL takes Core) and the ORM path of mixed
+    batches give the same results and rows: leased, updated_at a datetime of now, one
+    transaction, no revision bump; unknown addresses are rejected alone."""
+    import datetime
+
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.5.0.0/24")
+    a = mgr.allocate_for_instance("a", "p")
+    b = mgr.allocate_for_instance("b", "p")
+    state = _state(engine, mgr)
+    before = api.current_revision(engine)
+    events = [LeaseEvent("lease", a["address"], a["mac"].upper()),
+              LeaseEvent("lease", "10.9.9.9", a["mac"]),                # no such fixed IP
+              LeaseEvent("lease", a["address"], a["mac"]),              # repeated in the batch
+              LeaseEvent("lease", b["address"], "02:00:00:00:00:99")]   # MAC mismatch
+    t0 = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    if path == "_orm":   # a release of an unknown address sends the batch down the ORM path
+        results = state.apply_lease_events(events + [LeaseEvent("release", "10.9.9.8", "")])[:-1]
+    else:
+        results = getattr(state, path)(events)
+    assert [type(r).__name__ if r else None for r in results] == [
+        None, "FixedIpNotFound", None, "FixedIpMacMismatch"]
+    ip = fixed(engine, a["address"])
+    assert ip.leased and t0 <= ip.updated_at <= t0 + datetime.timedelta(seconds=30)
+    assert not fixed(engine, b["address"]).leased
+    assert api.current_revision(engine) == before
+
+
 def test_batch_handler_binds_by_chaddr_and_holds_acks():
     other = DhcpBinding(mac="02:00:00:00:00:02", address="10.0.0.6", hostname="vm-2", network=NET)
     handler = rawsocket.BatchHandler({bytes.fromhex(MAC.replace(":", "")): BINDING,
