@@ -5,6 +5,11 @@
 
 Not a test. The Scapy side does what a Scapy-based responder must do per packet: dissect the
 request and build the OFFER as Ether/IP/UDP/BOOTP/DHCP, serialised with checksums.
+
+sdn is measured twice: "repeat" is a client asking again with a new xid (reply template of its
+binding, as for every retry, renewal and perfdhcp's reused MACs), "new" a request the responder
+has no template for (full parse + decision + encode + keeping the template; BOOTP hops cycles so
+none repeats), "first" the same on a fresh responder (plus the binding's constants).
 """
 
 from __future__ import annotations
@@ -55,6 +60,23 @@ def scapy_offer(frame: bytes) -> bytes:
     return bytes(reply)
 
 
+def with_xids(frame: bytes, n: int) -> list[bytes]:
+    """``frame`` with n different xids (BOOTP xid at bytes 46..50 of an untagged frame)."""
+    return [frame[:46] + (0x10000 + i).to_bytes(4, "big") + frame[50:] for i in range(n)]
+
+
+def with_hops(frame: bytes, n: int) -> list[bytes]:
+    """``frame`` with n xids and hops cycling 0..255 (hops is part of the template key)."""
+    return [f[:45] + bytes((i % 256,)) + f[46:] for i, f in enumerate(with_xids(frame, n))]
+
+
+def per_second(fn, frames: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    for frame in frames:
+        fn(frame)
+    return len(frames) / (time.perf_counter() - t0)
+
+
 def rate(fn, frame: bytes, n: int) -> float:
     fn(frame)  # warm caches
     t0 = time.perf_counter()
@@ -74,16 +96,27 @@ def main() -> None:
     assert responder.handle(discover, BINDING, 0.0).reason.startswith("OFFER")
     assert responder.handle(selecting, BINDING, 0.0).reason.startswith("ACK")
 
-    ours = rate(lambda f: responder.handle(f, BINDING, 0.0), discover, args.iterations)
-    ours_ack = rate(lambda f: responder.handle(f, BINDING, 0.0), selecting, args.iterations)
+    n = args.iterations
+    ours = per_second(lambda f: responder.handle(f, BINDING, 0.0), with_xids(discover, n))
+    ours_ack = per_second(lambda f: responder.handle(f, BINDING, 0.0), with_xids(selecting, n))
+    new = per_second(lambda f: responder.handle(f, BINDING, 0.0), with_hops(discover, n))
+    new_ack = per_second(lambda f: responder.handle(f, BINDING, 0.0), with_hops(selecting, n))
+    first = per_second(lambda f: DhcpResponder().handle(f, BINDING, 0.0), with_xids(discover, n))
+    first_ack = per_second(lambda f: DhcpResponder().handle(f, BINDING, 0.0),
+                           with_xids(selecting, n))
     theirs = rate(scapy_offer, discover, args.scapy_iterations)
-    print(f"sdn.dhcp  DISCOVER->OFFER: {ours:10.0f}/s  ({1e6 / ours:7.1f} us/packet, "
-          f"{args.iterations} iterations)")
-    print(f"sdn.dhcp  REQUEST->ACK:    {ours_ack:10.0f}/s  ({1e6 / ours_ack:7.1f} us/packet)")
-    print(f"scapy     DISCOVER->OFFER: {theirs:10.0f}/s  ({1e6 / theirs:7.1f} us/packet, "
+    print(f"sdn.dhcp  DISCOVER->OFFER repeat: {ours:10.0f}/s  ({1e6 / ours:7.1f} us/packet, "
+          f"{n} iterations)")
+    print(f"sdn.dhcp  REQUEST->ACK    repeat: {ours_ack:10.0f}/s  ({1e6 / ours_ack:7.1f} us/packet)")
+    print(f"sdn.dhcp  DISCOVER->OFFER new:    {new:10.0f}/s  ({1e6 / new:7.1f} us/packet)")
+    print(f"sdn.dhcp  REQUEST->ACK    new:    {new_ack:10.0f}/s  ({1e6 / new_ack:7.1f} us/packet)")
+    print(f"sdn.dhcp  DISCOVER->OFFER first:  {first:10.0f}/s  ({1e6 / first:7.1f} us/packet)")
+    print(f"sdn.dhcp  REQUEST->ACK    first:  {first_ack:10.0f}/s  ({1e6 / first_ack:7.1f} us/packet)")
+    print(f"scapy     DISCOVER->OFFER:        {theirs:10.0f}/s  ({1e6 / theirs:7.1f} us/packet, "
           f"{args.scapy_iterations} iterations)")
-    print(f"ratio sdn.dhcp / scapy:    {ours / theirs:10.1f}x")
-    print(f"full DORA (2 handled packets) with sdn.dhcp: {1 / (1 / ours + 1 / ours_ack):.0f}/s")
+    print(f"ratio sdn.dhcp / scapy (first):   {first / theirs:10.1f}x")
+    print(f"full DORA (2 handled packets) with sdn.dhcp: {1 / (1 / ours + 1 / ours_ack):.0f}/s "
+          f"repeat, {1 / (1 / new + 1 / new_ack):.0f}/s new, {1 / (1 / first + 1 / first_ack):.0f}/s first")
 
 
 if __name__ == "__main__":
