@@ -108,10 +108,16 @@ def veth(cl: Cleanup, a: str, a_ns: str | None, b: str, b_ns: str | None,
         sh(pre + ["ethtool", "-K", dev, "tx", "off"], check=False)
 
 
+def del_bridge(name: str) -> None:
+    """Delete ``name`` and wait until ovs-vswitchd has applied it: tearing down a 10k-port
+    bridge takes it minutes, and the next benchmark's add-br would time out meanwhile."""
+    sh(["ovs-vsctl", "--timeout=900", "--if-exists", "del-br", name], check=False, timeout=960)
+
+
 def bridge(cl: Cleanup, name: str, controller_port: int | None = None) -> str:
     sh(["ovs-vsctl", "--if-exists", "del-br", name])
     netlab.create_bridge(name=name, controller_port=controller_port)
-    cl.add(sh, ["ovs-vsctl", "--timeout=30", "--if-exists", "del-br", name], False)
+    cl.add(del_bridge, name)
     return name
 
 

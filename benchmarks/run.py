@@ -66,18 +66,26 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
         elif f:
             rows.append((key, "error", f["error"][:60], "-", "NOT MET"))
     p = r.get("dataplane")
-    if p:
+    if p and "error" in p:
+        rows.append(("dataplane", "error", p["error"][:60], "-", "NOT MET"))
+    elif p:
         rows.append(("iperf3 TCP, Mbit/s (sdn pipeline vs bare NORMAL)", str(p["sdn"]["mbit_s"]),
                      f"NORMAL {p['normal']['mbit_s']}", f"{p['ratio']:.2f}",
                      f">=0.95 {verdict(p['ratio'] >= 0.95)}"))
         rows.append(("datapath flows under traffic (dpctl/dump-flows)",
                      str(p["sdn"]["datapath_flows"]), f"NORMAL {p['normal']['datapath_flows']}", "-", "report"))
-    for a in r.get("alloc", []):
+    alloc = r.get("alloc", [])
+    if isinstance(alloc, dict):     # the step failed as a whole
+        rows.append(("allocation", "error", alloc.get("error", "")[:60], "-", "NOT MET"))
+        alloc = []
+    for a in alloc:
         rows.append((f"allocation {a['backend']}, {a['processes']} procs, ops/s", str(a["ops_per_s"]),
                      f"{a['operations']} ops", "-",
                      f"0 duplicates ({a['duplicates']}) {verdict(a['duplicates'] == 0)}"))
     s = r.get("restart")
-    if s and "error" not in s:
+    if s and "error" in s:
+        rows.append(("restart", "error", s["error"][:60], "-", "NOT MET"))
+    elif s:
         rows.append((f"kill -9 + restart, {s['vifs']} VIFs, 100 pings/s: lost", str(s["lost"]),
                      f"{s['ping_sent']} sent", "-", f"0 {verdict(s['lost'] == 0)}"))
         rows.append(("  time from restart to reconciled (full sync done), s", str(s["reconcile_seconds"]),
