@@ -40,7 +40,7 @@ LOG = logging.getLogger("sdn.controller")
 _SETTINGS: dict = {}
 
 REPLY_TIMEOUT = 15.0      # seconds to wait for a flow-stats or barrier reply
-POLL_INTERVAL = 0.25      # seconds between state revision checks
+POLL_INTERVAL = 0.1       # seconds between state revision checks (one-row read)
 DISASSOCIATE_INTERVAL = 10.0
 ARP_RETRY = 2.0           # seconds between ARPs for the external gateway until it answers
 ARP_REFRESH = 60.0        # ... and between refreshes once known
@@ -246,7 +246,7 @@ class SdnController(app_manager.OSKenApp):
             return
         try:
             from sdn.ovs import Ovs
-            self._ovs = self._ovs or Ovs(self._ovsdb_connection)
+            self._ovs = self._ovs or Ovs(self._ovsdb_connection, tables=Ovs.BRIDGE_TABLES)
             bridge = self._ovs.bridge_by_datapath_id(dpid)
             if bridge:
                 self._ovs.name_tables(bridge, {int(t): t.label for t in Table})
