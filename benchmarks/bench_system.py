@@ -114,6 +114,8 @@ def flow_programming(work: Path, n: int, log) -> dict:
 
 # ------------------------------------------------------------------ 3. data plane
 
+IPERF_ROUNDS = 3
+
 def _iperf(cl, srv_ns: str, cli_ns: str, srv_ip: str, br: str, seconds: int = 5) -> dict:
     cl.proc(lib.popen(["iperf3", "-s", "-1", "-B", srv_ip], Path("/dev/null"), srv_ns))
     time.sleep(0.5)
@@ -133,6 +135,14 @@ def _iperf(cl, srv_ns: str, cli_ns: str, srv_ip: str, br: str, seconds: int = 5)
     return dict(mbit_s=round(bps / 1e6, 1), datapath_flows=dp.get("count"))
 
 
+def _best_of(run, rounds: int = IPERF_ROUNDS) -> dict:
+    """The best of ``rounds`` iperf3 runs (one run swung by +-10% on this shared machine),
+    with every run's rate kept."""
+    runs = [run() for _ in range(rounds)]
+    best = max(runs, key=lambda r: r["mbit_s"])
+    return dict(best, runs_mbit_s=[r["mbit_s"] for r in runs])
+
+
 def data_plane(work: Path, log) -> dict:
     res = {}
     cl = lib.Cleanup()
@@ -145,7 +155,7 @@ def data_plane(work: Path, log) -> dict:
             lib.sh(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", f"{ns}e"])
             lib.sh(["ovs-vsctl", "add-port", br, f"bdnv{i}"])
         lib.sh(["ip", "netns", "exec", "bdn2", "ping", "-c", "2", "-W", "2", "10.77.0.1"])
-        res["normal"] = _iperf(cl, "bdn1", "bdn2", "10.77.0.1", br)
+        res["normal"] = _best_of(lambda: _iperf(cl, "bdn1", "bdn2", "10.77.0.1", br))
     finally:
         cl.run()
     cl = lib.Cleanup()
@@ -165,7 +175,7 @@ def data_plane(work: Path, log) -> dict:
         lib.wait_for(lambda: lib.sh(["ip", "netns", "exec", "bds2", "ping", "-c", "1", "-W", "1",
                                      vifs[0]["address"]], check=False).returncode == 0, 30,
                      what="ping through the pipeline")
-        res["sdn"] = _iperf(cl, "bds1", "bds2", vifs[0]["address"], br)
+        res["sdn"] = _best_of(lambda: _iperf(cl, "bds1", "bds2", vifs[0]["address"], br))
     finally:
         cl.run()
     res["ratio"] = round(res["sdn"]["mbit_s"] / res["normal"]["mbit_s"], 3)
