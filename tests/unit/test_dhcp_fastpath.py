@@ -40,12 +40,17 @@ def _state(engine, mgr):
     return StateSource(engine, mgr, domain="novalocal", lease_time=120, mtu=None)
 
 
-def test_batch_lease_events_one_transaction(make_manager, engine):
+def _two_instances(make_manager, engine):
+    """A FlatDHCP network with instances a and b allocated: (manager, a, b, StateSource)."""
     mgr = make_manager("flatdhcp")
     mgr.create_networks("f", "10.5.0.0/24")
     a = mgr.allocate_for_instance("a", "p")
     b = mgr.allocate_for_instance("b", "p")
-    state = _state(engine, mgr)
+    return mgr, a, b, _state(engine, mgr)
+
+
+def test_batch_lease_events_one_transaction(make_manager, engine):
+    mgr, a, b, state = _two_instances(make_manager, engine)
     before = api.current_revision(engine)
     results = state.apply_lease_events([
         LeaseEvent("lease", a["address"], a["mac"]),
@@ -74,11 +79,7 @@ def test_lease_batch_paths_agree(make_manager, engine, path):
     transaction, no revision bump; unknown addresses are rejected alone."""
     import datetime
 
-    mgr = make_manager("flatdhcp")
-    mgr.create_networks("f", "10.5.0.0/24")
-    a = mgr.allocate_for_instance("a", "p")
-    b = mgr.allocate_for_instance("b", "p")
-    state = _state(engine, mgr)
+    mgr, a, b, state = _two_instances(make_manager, engine)
     before = api.current_revision(engine)
     events = [LeaseEvent("lease", a["address"], a["mac"].upper()),
               LeaseEvent("lease", "10.9.9.9", a["mac"]),                # no such fixed IP
