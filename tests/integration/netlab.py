@@ -275,8 +275,6 @@ DHCLIENT_SCRIPT = r"""#!/bin/sh
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 EVDIR="$(dirname "$0")/events"
 mkdir -p "$EVDIR"
-n=$(ls "$EVDIR" | wc -l)
-env -0 > "$EVDIR/$(printf %04d "$n")-$reason"
 case "$reason" in
   PREINIT)
     ip link set dev "$interface" up
@@ -301,6 +299,9 @@ case "$reason" in
     fi
     ;;
 esac
+# recorded after the interface is configured: a test waiting for BOUND then sees the address
+n=$(ls "$EVDIR" | wc -l)
+env -0 > "$EVDIR/.$$" && mv "$EVDIR/.$$" "$EVDIR/$(printf %04d "$n")-$reason"
 exit 0
 """
 
@@ -342,6 +343,8 @@ def read_dhclient_events(events_dir: Path) -> list[dict[str, str]]:
     """Every dhclient-script invocation, oldest first: the environment dict (has ``reason``)."""
     out = []
     for f in sorted(Path(events_dir).iterdir()):
+        if f.name.startswith("."):      # still being written by the script
+            continue
         env = {}
         for item in f.read_bytes().split(b"\0"):
             if b"=" in item:
