@@ -25,7 +25,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from sdn.apps import fastdp, ofmsgs
-from sdn.apps.state import StateSource
+from sdn.state import StateSource
 from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
 from sdn.dhcp.server import DhcpBinding, DhcpResponder
 from sdn.flows import dhcp as dhcp_flows

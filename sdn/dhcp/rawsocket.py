@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from sdn import config
-    from sdn.apps.state import StateSource
+    from sdn.state import StateSource
 
     ap = argparse.ArgumentParser(prog="sdn-dhcp-raw")
     ap.add_argument("iface")

@@ -58,7 +58,7 @@ class RawDhcp:
 
 class Agent:
     def __init__(self, conf, config_files: list[str]):
-        from sdn.apps.state import StateSource
+        from sdn.state import StateSource
 
         self.conf = conf
         self.config_files = [os.path.abspath(f) for f in config_files]

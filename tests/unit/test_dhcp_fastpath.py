@@ -10,7 +10,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from scapy.layers.dhcp import DHCP
 
 from sdn.apps import ofmsgs
-from sdn.apps.state import StateSource
+from sdn.state import StateSource
 from sdn.db import api
 from sdn.dhcp import LeaseEvent
 from sdn.dhcp import rawsocket

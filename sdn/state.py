@@ -1,4 +1,5 @@
-"""The controller's window on state: reads views and revisions, writes DHCP lease events."""
+"""The backends' window on state (OpenFlow controller and Linux agent alike): reads views and
+revisions, writes DHCP lease events."""
 
 from __future__ import annotations
 
