@@ -149,9 +149,20 @@ _PACKET_OUT_HEAD = _struct.Struct("!BBHIIIH6xHHIH6x")   # header, buffer, in_por
 _PACKET_OUT_FIXED = _PACKET_OUT_HEAD.size
 
 
+#: the most frame bytes one OFPT_PACKET_OUT carries: its 16-bit length (OpenFlow 1.3.5 §7.1)
+#: counts the header, the fixed part and one output action
+PACKET_OUT_MAX_DATA = 0xFFFF - _PACKET_OUT_FIXED
+
+
 def packet_out_bytes(port: int, data: bytes, xid: int = 0) -> bytes:
     """OFPT_PACKET_OUT of ``data`` out of ``port`` from the controller, no buffer: the bytes
-    ``packet_out(dp, port, data)`` serialises to, without building os-ken objects."""
+    ``packet_out(dp, port, data)`` serialises to, without building os-ken objects.
+
+    Raises ValueError when ``data`` is longer than ``PACKET_OUT_MAX_DATA`` (65,495) bytes:
+    the message's length field could not count it."""
+    if len(data) > PACKET_OUT_MAX_DATA:
+        raise ValueError(f"packet-out data of {len(data)} bytes does not fit one OpenFlow "
+                         f"message (at most {PACKET_OUT_MAX_DATA} bytes)")
     return _PACKET_OUT_HEAD.pack(ofp.OFP_VERSION, ofp.OFPT_PACKET_OUT,
                                  _PACKET_OUT_FIXED + len(data), xid & 0xFFFFFFFF,
                                  ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER, 16,

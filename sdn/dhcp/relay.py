@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 
-from sdn.dhcp.server import DhcpBinding
+from sdn.dhcp.server import DhcpBinding, mac_bytes
 from sdn.view import StateView
 
 _TPID_8021Q = b"\x81\x00"
@@ -37,9 +37,7 @@ class RelayBindings:
             network = view.networks.get(vif.network_id)
             if network is None or not vif.addresses:
                 continue
-            mac = bytes.fromhex(vif.mac.replace(":", "").replace("-", ""))
-            by_net.setdefault(network.id, {})[mac] = DhcpBinding(
-                mac=vif.mac, address=vif.addresses[0], hostname=vif.hostname, network=network)
+            by_net.setdefault(network.id, {})[mac_bytes(vif.mac)] = DhcpBinding.for_vif(vif, network)
         self.networks: list[tuple[int, int, dict[bytes, DhcpBinding]]] = []
         for nid, macs in sorted(by_net.items()):
             cidr = netaddr.IPNetwork(view.networks[nid].cidr)

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from sdn.dhcp import packet as p
-from sdn.view import NetworkView
+from sdn.view import NetworkView, VifView
 
 _inet_aton = socket.inet_aton
 _inet_ntoa = socket.inet_ntoa
@@ -29,6 +29,20 @@ _CSUM_MID_XID = struct.Struct("!H4s4s")
 _IPV4 = b"\x08\x00"
 
 
+#: IPv4 MTU assumed when the network sets none (Ethernet, RFC 894)
+DEFAULT_MTU = 1500
+
+
+def mac_bytes(mac: str) -> bytes:
+    """``"fa:16:3e:12:34:56"`` (``:`` or ``-`` separated, any case) -> its 6 bytes.
+
+    Raises ValueError when the text is not hex or not 6 bytes long."""
+    raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    if len(raw) != 6:
+        raise ValueError(f"MAC {mac!r} is not a 6-byte Ethernet address")
+    return raw
+
+
 @dataclass(frozen=True)
 class DhcpBinding:
     """What the controller knows about the VIF a frame came from."""
@@ -37,6 +51,13 @@ class DhcpBinding:
     address: str | None  #: its fixed IP on this network (None -> never answer)
     hostname: str
     network: NetworkView
+
+    @classmethod
+    def for_vif(cls, vif: VifView, network: NetworkView) -> DhcpBinding:
+        """The binding of ``vif`` on ``network``: its MAC, its first fixed IP (None when it
+        has none: such a VIF is never answered), its hostname."""
+        return cls(mac=vif.mac, address=vif.addresses[0] if vif.addresses else None,
+                   hostname=vif.hostname, network=network)
 
 
 @dataclass(frozen=True)
@@ -58,18 +79,18 @@ class _Prepared:
 
     __slots__ = ("mac", "mac_bytes", "address", "address_bytes", "server_id", "server_mac",
                  "lease_opts", "mandatory", "optional", "on_request", "all_optional", "nak_head",
-                 "memo")
+                 "memo", "mtu")
 
     def __init__(self, b: DhcpBinding):
         net = b.network
         self.mac = b.mac.lower()
-        self.mac_bytes = bytes.fromhex(self.mac.replace(":", "").replace("-", ""))
-        if len(self.mac_bytes) != 6:
-            raise ValueError(f"binding MAC {b.mac!r} is not a 6-byte Ethernet address")
+        self.mac_bytes = mac_bytes(self.mac)
+        # the largest IP datagram the segment carries: a reply never exceeds it (RFC 2131 §2)
+        self.mtu = max(p.MIN_MAX_MESSAGE_SIZE, min(int(net.mtu or DEFAULT_MTU), 0xFFFF))
         self.address = b.address
         self.address_bytes = _inet_aton(b.address) if b.address else None
         self.server_id = _inet_aton(net.server_address)
-        self.server_mac = bytes.fromhex(net.gateway_mac.replace(":", ""))
+        self.server_mac = mac_bytes(net.gateway_mac)
         lease = max(0, min(int(net.lease_time), 0xFFFFFFFF))
         self.lease_opts = (p.tlv(p.OPT_LEASE_TIME, _U32.pack(lease))
                            + p.tlv(p.OPT_T1, _U32.pack(lease // 2))
@@ -145,21 +166,31 @@ class DhcpResponder:
     def handle(self, frame: bytes, binding: DhcpBinding | None, now: float) -> Decision:
         """Decide what to answer to ``frame`` received from the VIF described by ``binding``.
 
-        Never raises on frame contents: undecodable input gives ``Decision(None, None,
-        "malformed: ...")``. ``now`` is accepted for the controller's bookkeeping contract; the
-        decision itself does not depend on time (fixed addresses, no pool to expire).
+        Total: any ``frame`` gives a Decision, never an exception. Undecodable input gives
+        ``Decision(None, None, "malformed: ...")``; a reply is an Ethernet frame whose IP
+        datagram fits both the network's MTU (1500 when unset) and the client's maximum
+        message size (option 57, at least 576: RFC 2131 §2, RFC 2132 §9.10). ``now`` is
+        accepted for the controller's bookkeeping contract; the decision itself does not depend
+        on time (fixed addresses, no pool to expire).
         """
         return Decision(*self.answer(frame, binding))
 
     def answer(self, frame: bytes, binding: DhcpBinding | None
                ) -> tuple[bytes | None, LeaseEvent | None, str]:
-        """``handle`` as a plain (reply, event, reason) tuple, for batch loops.
+        """``handle`` as a plain (reply, event, reason) tuple, for batch loops; total as well.
 
         A request that equals an earlier one for the same binding except in fields no reply
         depends on (xid, secs, IP id/TTL/checksum/source, UDP checksum: see ``_memo_key``) gets
         that earlier decision, its reply patched with this xid and the UDP checksum updated
         incrementally (RFC 1624): the same bytes as deciding afresh, without parse or encode.
         """
+        try:
+            return self._answer(frame, binding)
+        except Exception as exc:  # a bug must cost one request, never the caller's thread
+            return (None, None, f"error: {type(exc).__name__}: {exc}")
+
+    def _answer(self, frame: bytes, binding: DhcpBinding | None
+                ) -> tuple[bytes | None, LeaseEvent | None, str]:
         key = _memo_key(frame)
         if key is None or binding is None:
             return self._decide(frame, binding)
@@ -267,26 +298,42 @@ class DhcpResponder:
     # ------------------------------------------------------------------------------- replies
 
     @staticmethod
-    def _limit(req: p.DhcpRequest) -> int:
-        """Largest BOOTP payload the client accepts (option 57 counts the IP datagram)."""
+    def _limit(req: p.DhcpRequest, prep: _Prepared) -> int:
+        """Largest BOOTP payload (bytes) a reply may have: the client's maximum DHCP message
+        size (option 57 counts the IP datagram, never below 576: RFC 2131 §2, RFC 2132 §9.10)
+        capped by the network's MTU, minus the IP and UDP headers."""
         raw = req.options.get(p.OPT_MAX_MESSAGE_SIZE)
         size = _U16.unpack(raw)[0] if raw is not None else p.MIN_MAX_MESSAGE_SIZE
-        return max(size, p.MIN_MAX_MESSAGE_SIZE) - p.IP_UDP_HEADERS_LEN
+        return min(max(size, p.MIN_MAX_MESSAGE_SIZE), prep.mtu) - p.IP_UDP_HEADERS_LEN
 
     @staticmethod
-    def _echo(req: p.DhcpRequest) -> tuple[bytes, bytes]:
-        """Client identifier (RFC 6842) and relay agent information (RFC 3046 §2.2) to echo."""
+    def _echo(req: p.DhcpRequest, budget: int) -> tuple[bytes, bytes]:
+        """Client identifier (RFC 6842 §3) and relay agent information (RFC 3046 §2.2) to echo,
+        each only if it fits ``budget`` bytes (what the reply has left after its mandatory
+        options and END): relay information first, as the relay needs it to reach the client.
+        What does not fit is left out whole (RFC 3046 §2.1 does the same for a relay: never
+        exceed the message size); a truncated option 82 would be a different one."""
         opts = req.options
-        cid = opts.get(p.OPT_CLIENT_ID)
         rai = opts.get(p.OPT_RELAY_AGENT)
-        return (p.tlv(p.OPT_CLIENT_ID, cid) if cid is not None else b"",
-                p.tlv(p.OPT_RELAY_AGENT, rai) if rai is not None else b"")
+        rai = p.tlv(p.OPT_RELAY_AGENT, rai) if rai is not None else b""
+        if len(rai) > budget:
+            rai = b""
+        cid = opts.get(p.OPT_CLIENT_ID)
+        cid = p.tlv(p.OPT_CLIENT_ID, cid) if cid is not None else b""
+        if len(cid) > budget - len(rai):
+            cid = b""
+        return cid, rai
 
     def _reply(self, req: p.DhcpRequest, prep: _Prepared, mt: bytes, lease: bool) -> bytes:
-        """OFFER/ACK (lease=True: yiaddr + lease times) or the ACK to an INFORM (lease=False)."""
-        cid, rai = self._echo(req)
+        """OFFER/ACK (lease=True: yiaddr + lease times) or the ACK to an INFORM (lease=False).
+
+        Size: mandatory options, then the echoed relay information and client identifier,
+        then the optional ones in the client's order, each only while the whole message stays
+        within ``_limit`` (so the reply's IP datagram is at most the MTU / option 57)."""
         options = mt + prep.mandatory + (prep.lease_opts if lease else b"")
-        budget = self._limit(req) - p.BOOTP_HEADER_LEN - 1 - len(rai) - len(options)
+        budget = self._limit(req, prep) - p.BOOTP_HEADER_LEN - 1 - len(options)
+        cid, rai = self._echo(req, budget)
+        budget -= len(cid) + len(rai)
         optional = prep.all_optional
         prl = req.options.get(p.OPT_PARAM_REQUEST)
         if prl:  # requested options first, in the client's order, then the rest
@@ -300,9 +347,7 @@ class DhcpResponder:
             if len(enc) <= budget:
                 extra.append(enc)
                 budget -= len(enc)
-        if cid and len(cid) <= budget:
-            extra.append(cid)
-        options += b"".join(extra) + rai
+        options += b"".join(extra) + cid + rai
         yiaddr = prep.address_bytes if lease else p.ZERO_IP
         eth_dst, ip_dst, port = _destination(req, yiaddr, nak=False)
         return p.build_reply(eth_dst=eth_dst, eth_src=prep.server_mac, ip_src=prep.server_id,
@@ -312,8 +357,10 @@ class DhcpResponder:
                              options=options)
 
     def _nak(self, req: p.DhcpRequest, prep: _Prepared, message: str) -> bytes:
-        cid, rai = self._echo(req)
-        options = _MT_NAK + prep.nak_head + p.tlv(p.OPT_MESSAGE, message.encode()[:200]) + cid + rai
+        """DHCPNAK (RFC 2131 §4.3.2), within ``_limit`` as every reply."""
+        options = _MT_NAK + prep.nak_head + p.tlv(p.OPT_MESSAGE, message.encode()[:200])
+        cid, rai = self._echo(req, self._limit(req, prep) - p.BOOTP_HEADER_LEN - 1 - len(options))
+        options += cid + rai
         flags = req.flags
         if req.giaddr != p.ZERO_IP:  # §4.3.2: make the relay broadcast the NAK
             flags |= p.BROADCAST_FLAG

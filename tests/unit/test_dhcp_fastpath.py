@@ -220,3 +220,9 @@ def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed
     committer.submit(["fail"], [b"F"])
     committer.close()
     assert sent == [b"A", b"B"]                      # failed commit: its ACK is never sent
+
+
+def test_packet_out_bytes_refuses_what_no_openflow_message_can_carry():
+    assert len(ofmsgs.packet_out_bytes(1, bytes(ofmsgs.PACKET_OUT_MAX_DATA))) == 0xFFFF
+    with pytest.raises(ValueError, match="does not fit one OpenFlow message"):
+        ofmsgs.packet_out_bytes(1, bytes(ofmsgs.PACKET_OUT_MAX_DATA + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from struct import error as struct_error
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -462,3 +463,93 @@ def test_templates_are_per_binding_and_per_request_shape():
         assert handle(responder, stranger).reply is None
     assert all(len(k) > 0 for k in responder._prepared(BINDING).memo)
     assert len(responder._prepared(BINDING).memo) == 2
+
+
+# ---- issue 10: replies stay within the MTU / the client's size, whatever the request echoes ----
+
+def _stuffed(mtype, size, code_name="relay_agent_information", extra=(), **kw):
+    """A request of exactly ``size`` frame bytes: ``extra`` options plus ``code_name`` options
+    (255-byte chunks, RFC 3396) filling the rest; padded with PAD to the byte."""
+    base = len(craft(mtype, options=list(extra), **kw))
+    opts, room = list(extra), size - base
+    while room >= 3:
+        chunk = min(255, room - 2)
+        opts.append((code_name, b"R" * chunk))
+        room -= chunk + 2
+    opts += ["pad"] * room
+    frame = craft(mtype, options=opts, **kw)
+    assert len(frame) == size
+    return frame
+
+
+SELECTING = [("server_id", SERVER), ("requested_addr", ADDR)]
+
+
+@pytest.mark.parametrize("mtype,extra,size", [
+    ("discover", [], 1514), ("request", SELECTING, 1508),       # the sizes of issue 10
+    ("discover", [], 65535), ("request", SELECTING, 65500), ("request", SELECTING, 65535)])
+@pytest.mark.parametrize("stuffing", ["relay_agent_information", "client_id"])
+def test_echoed_options_never_push_a_reply_past_the_size_limit(responder, mtype, extra, size,
+                                                                stuffing):
+    d = handle(responder, _stuffed(mtype, size, stuffing, extra))
+    pkt = reply_of(d)
+    assert len(pkt[IP]) <= 576, (len(pkt[IP]), d.reason)  # no option 57: 576 (RFC 2131 §2)
+    opts = options_of(pkt)
+    assert opts["message-type"] == (2 if mtype == "discover" else 5)
+    assert opts["server_id"] == SERVER and opts["subnet_mask"] == "255.255.255.0"
+    assert stuffing not in opts            # too big to echo: left out whole, never truncated
+
+
+def test_relay_information_that_fits_is_echoed_and_costs_optional_options_first(responder):
+    rai = b"\x01\x04port"
+    d = handle(responder, craft("discover", giaddr="10.0.0.9",
+                                options=[("relay_agent_information", rai)]))
+    assert options_of(reply_of(d))["relay_agent_information"] == rai
+
+
+@pytest.mark.parametrize("max_size,mtu,limit", [(65535, 1450, 1450), (65535, None, 1500),
+                                                (1000, 1450, 1000), (100, 1450, 576)])
+def test_reply_fits_the_smaller_of_mtu_and_max_message_size(responder, max_size, mtu, limit):
+    """Option 57 raises the limit above 576, the MTU caps it (RFC 2131 §2, RFC 2132 §9.10)."""
+    net = dataclasses.replace(NET, mtu=mtu, domain="d" * 250,
+                              dns=tuple(f"10.1.{i}.{j}" for i in range(2) for j in range(1, 60)))
+    binding = dataclasses.replace(BINDING, network=net, hostname="h" * 250)
+    d = handle(responder, _stuffed("discover", 3000, extra=[("max_dhcp_size", max_size)]), binding)
+    size = len(reply_of(d)[IP])
+    assert size <= limit
+    assert size > limit - 260     # and the options that fit were sent (each is < 260 bytes)
+
+
+def test_nak_with_huge_echoes_stays_within_576(responder):
+    d = handle(responder, _stuffed("request", 65535, "client_id",
+                                   extra=[("server_id", SERVER), ("requested_addr", "10.0.0.77")]))
+    pkt = reply_of(d)
+    assert options_of(pkt)["message-type"] == 6 and len(pkt[IP]) <= 576
+
+
+def test_handle_is_total_even_when_a_bug_raises(responder, monkeypatch):
+    """An encoder bug costs one request (a Decision with reason 'error: ...'), not the caller."""
+    from sdn.dhcp import packet as p
+
+    def broken(**_fields):
+        raise struct_error("simulated encoder bug")
+    monkeypatch.setattr(p, "build_reply", broken)
+    d = handle(responder, craft("discover"))
+    assert d.reply is None and d.event is None
+    assert d.reason == "error: error: simulated encoder bug"
+
+
+def test_binding_for_vif_and_mac_bytes():
+    from sdn.dhcp.server import mac_bytes
+    from sdn.view import VifView
+
+    vif = VifView(uuid="0123456789abcdef", mac="FA-16-3E-00-00-01", network_id=1, instance="i",
+                  hostname="vm", addresses=("10.0.0.7", "10.0.0.8"))
+    assert DhcpBinding.for_vif(vif, NET) == DhcpBinding(mac="FA-16-3E-00-00-01",
+                                                        address="10.0.0.7", hostname="vm",
+                                                        network=NET)
+    assert DhcpBinding.for_vif(dataclasses.replace(vif, addresses=()), NET).address is None
+    assert mac_bytes("FA-16-3E-00-00-01") == bytes.fromhex("fa163e000001")
+    with pytest.raises(ValueError, match="6-byte"):
+        mac_bytes("fa:16:3e")
+
