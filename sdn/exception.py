@@ -97,6 +97,52 @@ class InstanceProjectMismatch(SdnError):
     msg_fmt = "instance {name} already exists in project {existing}, not {project}; use another name"
 
 
+class InstanceNotInProject(SdnError):
+    msg_fmt = ("instance {name} belongs to project {existing}, not {project}; a project's floating IP "
+               "can only be associated with that project's own instances")
+
+
+class HostnameInUse(SdnError):
+    msg_fmt = ("instance name {name} gives hostname {hostname}, which instance {existing} already has "
+               "(names differing only in case, '_', '.' or trailing '-' share a hostname); use another name")
+
+
+class InvalidAddress(Invalid):
+    msg_fmt = "invalid {what} {value!r}: expected {allowed}"
+
+
+class FloatingRangeConflict(SdnError):
+    msg_fmt = ("{new} overlaps {existing}; an address cannot be both a fixed IP and a floating IP, "
+               "choose a range that does not overlap")
+
+
+class BridgeNotFound(SdnError):
+    msg_fmt = "no Open vSwitch bridge {bridge}; name an existing bridge ({existing}) or create it first"
+
+
+class PortNotCreated(SdnError):
+    msg_fmt = ("Open vSwitch could not attach device {port} to {bridge} ({reason}); the port was removed. "
+               "Create the device first (e.g. a veth or tap end named {port}) or pass --internal")
+
+
+class DatabaseMissing(SdnError):
+    msg_fmt = "no sdn database at {url}{detail}; create it with 'sdn db sync'"
+
+
+class DatabasePermission(SdnError):
+    msg_fmt = ("database {url} cannot be {access} by this user ({reason}); check the permissions of the "
+               "file and its directory, or run as the user that owns them")
+
+
+class DatabaseLocked(SdnError):
+    msg_fmt = ("database {url} is locked by another process ({reason}); wait for that command to finish "
+               "and try again")
+
+
+class DatabaseUnusable(SdnError):
+    msg_fmt = "database {url} is not usable ({reason}); check [database] connection"
+
+
 class OvsError(SdnError):
     msg_fmt = "Open vSwitch refused {what}: {reason}"
 
@@ -118,7 +164,7 @@ class InstanceHasNoVif(SdnError):
 
 
 class FloatingIpExists(SdnError):
-    msg_fmt = "{address} (in {range}) is already a floating or fixed IP; nothing was added"
+    msg_fmt = "floating range {range} overlaps existing {existing}; nothing was added, choose addresses not yet in use"
 
 
 class FloatingIpNotFound(SdnError):

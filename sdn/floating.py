@@ -12,29 +12,31 @@ import netaddr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sdn import exception
+from sdn import exception, validation
 from sdn.db import api as db
 from sdn.db import models
 
 #: Largest range one ``floating create`` may add (a /16): a typo must not write millions of rows.
-MAX_RANGE = 65536
+MAX_RANGE = validation.MAX_FLOATING_IPS
+
+#: Addresses of a floating range (see ``sdn.validation.floating_range``). Raises InvalidCidr.
+parse_range = validation.floating_range
 
 
-def parse_range(ip_range: str) -> list[str]:
-    """Addresses of ``ip_range``: a CIDR (every address but network/broadcast for prefixes up
-    to /30, like nova-manage) or a single address. Raises InvalidCidr."""
-    try:
-        net = netaddr.IPNetwork(ip_range)
-    except (netaddr.AddrFormatError, ValueError, TypeError) as err:
-        raise exception.InvalidCidr(cidr=ip_range, reason=f"{err}; give a CIDR like 203.0.113.0/28 "
-                                    "or one address") from None
-    if net.version != 4:
-        raise exception.InvalidCidr(cidr=ip_range, reason="floating IPs are IPv4")
-    if net.size > MAX_RANGE:
-        raise exception.InvalidCidr(cidr=ip_range, reason=f"{net.size} addresses; at most "
-                                    f"{MAX_RANGE} per command")
-    hosts = net.iter_hosts() if net.prefixlen < 31 else iter(net)
-    return [str(ip) for ip in hosts]
+def floating_ips_in(session: Session, first: int, last: int) -> list[tuple[int, str]]:
+    """(address as an integer, pool) of every floating IP from ``first`` to ``last``, in order."""
+    rows = ((int(netaddr.IPAddress(a)), pool) for a, pool in
+            session.execute(select(models.FloatingIp.address, models.FloatingIp.pool)))
+    return sorted((a, pool) for a, pool in rows if first <= a <= last)
+
+
+def describe_addresses(found: list[tuple[int, str]]) -> str:
+    """``floating IPs A-B (pool P, N addresses)`` for a sorted ``floating_ips_in`` result (its first pool)."""
+    pool = found[0][1]
+    mine = [a for a, p in found if p == pool]
+    lo, hi = netaddr.IPAddress(mine[0]), netaddr.IPAddress(mine[-1])
+    span = f"floating IP {lo}" if lo == hi else f"floating IPs {lo}-{hi}"
+    return f"{span} (pool {pool}, {len(mine)} address{'es' if len(mine) > 1 else ''})"
 
 
 class FloatingIps:
@@ -49,17 +51,21 @@ class FloatingIps:
 
     def create(self, ip_range: str, pool: str | None = None, host: str | None = None,
                interface: str | None = None) -> list[str]:
-        """Add every address of ``ip_range`` to ``pool``. Raises FloatingIpExists if any
-        address is already a floating IP or a fixed IP (nothing is added then)."""
+        """Add every address of ``ip_range`` to ``pool``. Raises FloatingRangeConflict if the
+        range overlaps a network (its fixed IPs), FloatingIpExists if any address is already a
+        floating IP (nothing is added then)."""
         addresses = parse_range(ip_range)
-        pool = pool or self.conf.default_floating_pool
+        pool = self.conf.default_floating_pool if pool is None else validation.required(pool, "the pool", "--pool")
+        first, last = int(netaddr.IPAddress(addresses[0])), int(netaddr.IPAddress(addresses[-1]))
         with db.transaction(self.engine) as session:
-            taken = session.scalars(select(models.FloatingIp.address)
-                                    .where(models.FloatingIp.address.in_(addresses))).first()
-            taken = taken or session.scalars(select(models.FixedIp.address)
-                                              .where(models.FixedIp.address.in_(addresses))).first()
+            for net in session.scalars(select(models.Network).order_by(models.Network.id)):
+                cidr = netaddr.IPNetwork(net.cidr)
+                if cidr.first <= last and first <= cidr.last:
+                    raise exception.FloatingRangeConflict(new=f"floating range {ip_range}",
+                                                          existing=f"network {net.cidr} ({net.label})")
+            taken = floating_ips_in(session, first, last)
             if taken:
-                raise exception.FloatingIpExists(address=taken, range=ip_range)
+                raise exception.FloatingIpExists(range=ip_range, existing=describe_addresses(taken))
             session.add_all(models.FloatingIp(address=a, pool=pool, host=host,
                                               interface=interface or self.conf.public_interface)
                             for a in addresses)
@@ -171,8 +177,7 @@ def _fixed_ip_of(session: Session, instance_name: str, project_id: str,
     if inst is None:
         raise exception.InstanceNotFound(name=instance_name)
     if inst.project_id != project_id:
-        raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
-                                                project=project_id)
+        raise exception.InstanceNotInProject(name=instance_name, existing=inst.project_id, project=project_id)
     query = select(models.FixedIp).where(models.FixedIp.instance_uuid == inst.uuid,
                                          models.FixedIp.allocated.is_(True))
     if fixed_address:

@@ -15,9 +15,7 @@ of its project (VLAN) or the first shared network with a free address (flat mode
 from __future__ import annotations
 
 import datetime
-import math
 import random
-import re
 import uuid as uuidlib
 
 import netaddr
@@ -26,26 +24,22 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sdn import exception, view
+from sdn import exception, validation, view
 from sdn.db import api as db
 from sdn.db import models
-from sdn.floating import FloatingIps
+from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
 
-MAX_VLAN = 4094
+MAX_VLAN = validation.MAX_VLAN
 #: attempts at an allocation that lost a uniqueness race to a concurrent transaction
 _RACE_RETRIES = 3
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: DNS label of an instance name (kept here for callers of sdn.manager)
+hostname_for = validation.hostname_for
 
 
 def generate_mac(rng: random.Random | None = None) -> str:
     """nova/Neutron MAC: ``fa:16:3e`` + 3 random bytes, the first at most 0x7f."""
     rng = rng or random
     return "fa:16:3e:%02x:%02x:%02x" % (rng.randint(0, 0x7F), rng.randint(0, 0xFF), rng.randint(0, 0xFF))
-
-
-def hostname_for(name: str) -> str:
-    """DNS label for an instance name: lower case, ``_``/``.`` become ``-``."""
-    return re.sub(r"[_.]", "-", name.lower()).strip("-")
 
 
 class NetworkManager:
@@ -81,33 +75,33 @@ class NetworkManager:
         Unset arguments take the nova flag defaults (fixed_range, num_networks, vlan_start,
         vpn_start, flat_network_bridge, flat_interface, flat_network_dns); an unset network_size
         is what ``cidr`` holds per network, at most the network_size flag (nova-manage).
+        Only ``None`` means "unset": an empty or zero value is refused, never replaced.
         Returns one ``network_dict`` per network. Raises InvalidCidr, VlanOutOfRange,
-        CidrConflict, VlanInUse, Invalid.
+        CidrConflict, FloatingRangeConflict, VlanInUse, Invalid.
         """
         conf = self.conf
-        cidr = cidr or conf.fixed_range
+        cidr = conf.fixed_range if cidr is None else cidr
         num_networks = conf.num_networks if num_networks is None else num_networks
         vlan_start = conf.vlan_start if vlan_start is None else vlan_start
         vpn_start = conf.vpn_start if vpn_start is None else vpn_start
-        dns1 = dns1 or conf.flat_network_dns
+        dns1 = conf.flat_network_dns if dns1 is None else dns1
         if not self.vlan_mode:
-            bridge = bridge or conf.flat_network_bridge
-            bridge_interface = bridge_interface or conf.flat_interface
-        if not label:
-            raise exception.Invalid("a network needs a label (--label)")
-        if num_networks < 1:
-            raise exception.Invalid(f"num_networks must be at least 1, not {num_networks}")
+            bridge = conf.flat_network_bridge if bridge is None else \
+                validation.required(bridge, "a flat network's bridge", "--bridge")
+            bridge_interface = conf.flat_interface if bridge_interface is None else bridge_interface
+        validation.required(label, "a network's label", "--label")
+        validation.count(num_networks, "num_networks")
         if self.vlan_mode:
-            self._check_vlans(vlan_start, num_networks)
-        subnets = self._carve(cidr, num_networks, network_size or conf.network_size,
+            validation.vlans(vlan_start, num_networks)
+            validation.count(vpn_start, "the first VPN port (--vpn)", 1, 65536 - num_networks)
+        subnets = self._carve(cidr, num_networks, conf.network_size if network_size is None else network_size,
                               fit=network_size is None)
-        for dns in (dns1, dns2):
-            if dns and not netaddr.valid_ipv4(dns):
-                raise exception.Invalid(f"invalid DNS server {dns!r}: expected an IPv4 address")
+        dns1, dns2 = (None if dns is None else validation.ipv4_address(dns, "DNS server") for dns in (dns1, dns2))
 
         with db.transaction(self.engine) as session:
+            floating = floating_ips_in(session, subnets[0].first, subnets[-1].last)
             for subnet in subnets:
-                self._check_overlap(session, subnet)
+                self._check_overlap(session, subnet, floating)
             if self.vlan_mode:
                 for vlan in range(vlan_start, vlan_start + num_networks):
                     used = session.scalar(select(models.Network).where(models.Network.vlan == vlan))
@@ -147,43 +141,24 @@ class NetworkManager:
         raise exception.Invalid(f"fixed_range_v6 {self.conf.fixed_range_v6} has fewer than {count} free /64s left; "
                                 "use a larger fixed_range_v6")
 
-    def _carve(self, cidr: str, num_networks: int, network_size: int, fit: bool) -> list[netaddr.IPNetwork]:
+    @staticmethod
+    def _carve(cidr: str, num_networks: int, network_size: int, fit: bool) -> list[netaddr.IPNetwork]:
         """``num_networks`` subnets of ``cidr`` with ceil(log2(network_size)) host bits; with
         ``fit`` (no size asked for) the size shrinks to what ``cidr`` holds, as nova-manage does."""
-        try:
-            fixed_net = netaddr.IPNetwork(cidr)
-        except (netaddr.AddrFormatError, ValueError, TypeError):
-            raise exception.InvalidCidr(cidr=cidr, reason="expected an IPv4 network such as 10.0.0.0/24") from None
-        if fixed_net.version != 4:
-            raise exception.InvalidCidr(cidr=cidr, reason="only IPv4 fixed ranges are supported")
-        if fixed_net.ip != fixed_net.network:
-            raise exception.InvalidCidr(cidr=cidr, reason=f"host bits are set; did you mean {fixed_net.cidr}?")
-        if network_size < 4:
-            raise exception.Invalid(f"network_size must be at least 4 (network, gateway, one address, "
-                                    f"broadcast), not {network_size}")
-        bits = int(math.ceil(math.log2(network_size)))
-        if fit:
-            bits = min(bits, int(math.log2(fixed_net.size // num_networks)) if fixed_net.size >= num_networks else 0)
-        if 2 ** bits * num_networks > fixed_net.size or bits < 2:
-            raise exception.Invalid(
-                f"network range {fixed_net} ({fixed_net.size} addresses) cannot hold {num_networks} network(s) of "
-                f"{max(2 ** bits, 4)} addresses; use a larger range or fewer/smaller networks")
+        fixed_net = validation.ipv4_network(cidr, "the fixed range (--fixed_range_v4)")
+        bits = validation.host_bits(network_size, num_networks, fixed_net, fit)
         return list(fixed_net.subnet(32 - bits, count=num_networks))
 
     @staticmethod
-    def _check_vlans(vlan_start: int, num_networks: int) -> None:
-        if vlan_start < 1 or vlan_start > MAX_VLAN:
-            raise exception.VlanOutOfRange(reason=f"VLAN {vlan_start} is out of range")
-        if num_networks + vlan_start > MAX_VLAN:  # nova's rule (lp708025)
-            raise exception.VlanOutOfRange(
-                reason=f"num_networks ({num_networks}) + vlan_start ({vlan_start}) is greater than {MAX_VLAN}")
-
-    @staticmethod
-    def _check_overlap(session: Session, subnet: netaddr.IPNetwork) -> None:
+    def _check_overlap(session: Session, subnet: netaddr.IPNetwork, floating: list[tuple[int, str]]) -> None:
+        """Refuse ``subnet`` if it overlaps a network or holds floating IPs (``floating_ips_in``)."""
         for net in session.scalars(select(models.Network)):
             existing = netaddr.IPNetwork(net.cidr)
             if subnet in existing or existing in subnet:
                 raise exception.CidrConflict(cidr=str(subnet), existing=net.cidr, label=net.label)
+        inside = [(address, pool) for address, pool in floating if subnet.first <= address <= subnet.last]
+        if inside:
+            raise exception.FloatingRangeConflict(new=f"network {subnet}", existing=describe_addresses(inside))
 
     def _create_fixed_ips(self, session: Session, network_id: int, subnet: netaddr.IPNetwork) -> None:
         size = subnet.size
@@ -243,10 +218,8 @@ class NetworkManager:
         vpn_private_address. With auto_assign_floating_ip a floating IP is allocated and
         associated in the same transaction.
         """
-        if not instance_name or not _NAME_RE.match(instance_name) or not hostname_for(instance_name):
-            raise exception.InvalidInstanceName(name=instance_name)
-        if not project_id:
-            raise exception.Invalid("an instance needs a project (--project)")
+        validation.instance_name(instance_name)
+        validation.required(project_id, "an instance's project", "--project")
         host = host or self.conf.host
         for attempt in range(_RACE_RETRIES):
             try:
@@ -267,11 +240,15 @@ class NetworkManager:
                 raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
                                                         project=project_id)
             return _allocation(session, inst)
+        hostname = hostname_for(instance_name)
+        clash = session.scalar(select(models.Instance.name).where(models.Instance.hostname == hostname).limit(1))
+        if clash is not None:
+            raise exception.HostnameInUse(name=instance_name, hostname=hostname, existing=clash)
         if session.scalar(select(func.count()).select_from(models.Network)) == 0:
             raise exception.NoNetworks()
         fixed_ip = self._vpn_fixed_ip(session, project_id) if vpn else self._pick_fixed_ip(session, project_id)
         inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
-                               hostname=hostname_for(instance_name), project_id=project_id, host=host)
+                               hostname=hostname, project_id=project_id, host=host)
         session.add(inst)
         vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
                                       instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
@@ -348,10 +325,10 @@ class NetworkManager:
     def add_address_pair(self, instance_name: str, ip: str, mac: str | None = None) -> dict:
         """Allow the VIF to also send from (``mac`` or its own MAC, ``ip``: an address or CIDR,
         IPv4 or IPv6). Raises InvalidCidr, InvalidMac, AddressPairExists."""
-        ip_cidr = _address_or_cidr(ip)
+        ip_cidr = validation.address_or_cidr(ip)
         with db.transaction(self.engine) as session:
             vif = _vif_of(session, instance_name)
-            mac = _unicast_mac(mac) if mac else vif.address
+            mac = validation.unicast_mac(mac) if mac is not None else vif.address
             if any(p.mac == mac and p.ip_cidr == ip_cidr for p in vif.allowed_address_pairs):
                 raise exception.AddressPairExists(name=instance_name, mac=mac, ip=ip_cidr)
             vif.allowed_address_pairs.append(models.AllowedAddressPair(mac=mac, ip_cidr=ip_cidr))
@@ -359,10 +336,10 @@ class NetworkManager:
 
     def remove_address_pair(self, instance_name: str, ip: str, mac: str | None = None) -> dict:
         """Remove exactly the pair add_address_pair added. Raises AddressPairNotFound."""
-        ip_cidr = _address_or_cidr(ip)
+        ip_cidr = validation.address_or_cidr(ip)
         with db.transaction(self.engine) as session:
             vif = _vif_of(session, instance_name)
-            mac = _unicast_mac(mac) if mac else vif.address
+            mac = validation.unicast_mac(mac) if mac is not None else vif.address
             pair = next((p for p in vif.allowed_address_pairs
                          if p.mac == mac and p.ip_cidr == ip_cidr), None)
             if pair is None:
@@ -512,10 +489,7 @@ def _free_fixed_ip(session: Session, network_id: int) -> models.FixedIp | None:
 
 
 def _network_by_cidr(session: Session, cidr: str) -> models.Network:
-    try:
-        normal = str(netaddr.IPNetwork(cidr))
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise exception.InvalidCidr(cidr=cidr, reason="expected an IPv4 network such as 10.0.0.0/24") from None
+    normal = validation.network_lookup(cidr)
     net = session.scalar(select(models.Network).where(models.Network.cidr == normal))
     if net is None:
         raise exception.NetworkNotFound(what=f"with CIDR {normal}")
@@ -569,24 +543,3 @@ def _port_security(vif: models.VirtualInterface, instance_name: str) -> dict:
             "allowed_address_pairs": [{"mac": p.mac, "ip": p.ip_cidr}
                                       for p in vif.allowed_address_pairs]}
 
-
-def _address_or_cidr(value: str) -> str:
-    """Canonical ``a.b.c.d``/``a.b.c.d/n`` (or IPv6); a host CIDR collapses to the address."""
-    try:
-        net = netaddr.IPNetwork(value)
-    except (netaddr.AddrFormatError, ValueError, TypeError) as err:
-        raise exception.InvalidCidr(cidr=value, reason=f"{err}; give an address or CIDR such as "
-                                    "10.0.0.5 or 10.0.0.0/28") from None
-    if net.prefixlen == (32 if net.version == 4 else 128):
-        return str(net.ip)
-    return str(net.cidr)
-
-
-def _unicast_mac(value: str) -> str:
-    try:
-        mac = netaddr.EUI(value, dialect=netaddr.mac_unix_expanded)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        raise exception.InvalidMac(mac=value, reason="expected six hex bytes like fa:16:3e:00:00:01") from None
-    if int(mac) >> 40 & 1:
-        raise exception.InvalidMac(mac=value, reason="a multicast MAC cannot be a VIF's source")
-    return str(mac)

@@ -63,7 +63,8 @@ def test_full_flow(sdn):
 
 @pytest.mark.parametrize("argv, code, text", [
     (["network", "create", "--label", "x"], 2, "--fixed_range_v4"),
-    (["network", "create", "--label", "x", "--fixed_range_v4", "10.0.0.0/24", "--vlan", "4094"], 2, "4094"),
+    (["network", "create", "--label", "x", "--fixed_range_v4", "10.0.0.0/23", "--num_networks", "2", "--vlan", "4094"],
+     2, "VLANs up to 4095"),
     (["network", "create", "--label", "x", "--fixed_range_v4", "nonsense"], 2, "invalid CIDR"),
     (["network", "create", "--label", "x", "--fixed_range_v4", "10.0.0.0/24", "--num_networks", "two"], 2,
      "invalid int"),

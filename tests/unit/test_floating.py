@@ -47,7 +47,7 @@ def test_refusals_change_nothing(env, engine):
     revision = api.current_revision(engine)
     with pytest.raises(exception.FloatingIpNotAllocated):
         fips.associate(a, "w1", "beta")
-    with pytest.raises(exception.InstanceProjectMismatch):
+    with pytest.raises(exception.InstanceNotInProject, match="w1 belongs to project beta, not alpha"):
         fips.associate(a, "w1", "alpha")
     with pytest.raises(exception.FloatingIpExists):
         fips.create("203.0.113.4/30")           # overlaps: nothing of it is added
@@ -92,3 +92,17 @@ def test_vpn_run_uses_the_reserved_address_and_is_idempotent(env, engine):
     net = api.load_views(engine).networks[alloc["network_id"]]
     assert net.vpn_running and net.vpn_private_address == alloc["address"]
     assert [r["state"] for r in vpn.list_vpns(engine) if r["project"] == "alpha"] == ["running"]
+
+
+def test_floating_range_over_a_network_or_with_host_bits_is_refused(make_manager, engine):
+    mgr = make_manager("flat")
+    mgr.create_networks("f", cidr="10.0.0.0/24")
+    fips = FloatingIps(engine, mgr.conf)
+    rev = api.current_revision(engine)
+    with pytest.raises(exception.FloatingRangeConflict,
+                       match=r"floating range 10.0.0.128/25 overlaps network 10.0.0.0/24 \(f\)"):
+        fips.create("10.0.0.128/25")
+    with pytest.raises(exception.InvalidCidr, match="did you mean 198.51.100.0/29"):
+        fips.create("198.51.100.7/29")
+    assert fips.list() == [] and api.current_revision(engine) == rev
+    assert fips.create("198.51.100.7") == ["198.51.100.7"]

@@ -73,14 +73,19 @@ def test_vlan_carving_vpn_and_reserved(make_manager, engine):
 
 
 @pytest.mark.parametrize("kwargs, error, text", [
-    ({"vlan_start": 4094}, exception.VlanOutOfRange, "4094"),
-    ({"vlan_start": 4000, "num_networks": 95}, exception.VlanOutOfRange, "num_networks (95)"),
+    ({"vlan_start": 4094, "num_networks": 2}, exception.VlanOutOfRange, "up to 4095; start at 4093 at most"),
+    ({"vlan_start": 4000, "num_networks": 96}, exception.VlanOutOfRange, "96 networks from VLAN 4000"),
+    ({"vlan_start": 4095}, exception.VlanOutOfRange, "1-4094"),
     ({"vlan_start": 0}, exception.VlanOutOfRange, "1-4094"),
     ({"cidr": "10.0.0.0/33"}, exception.InvalidCidr, "IPv4"),
     ({"cidr": "fd00::/64"}, exception.InvalidCidr, "only IPv4"),
     ({"cidr": "10.0.0.5/24"}, exception.InvalidCidr, "did you mean 10.0.0.0/24"),
     ({"cidr": "10.0.0.0/28", "num_networks": 2, "network_size": 16}, exception.Invalid, "cannot hold 2"),
-    ({"network_size": 2}, exception.Invalid, "at least 4"),
+    ({"network_size": 2}, exception.Invalid, "from 4 to 65536"),
+    ({"network_size": 0}, exception.Invalid, "network_size must be from 4 to 65536, not 0"),
+    ({"cidr": ""}, exception.InvalidCidr, "empty"),
+    ({"cidr": "10.0.0.0/8", "network_size": 2 ** 24}, exception.Invalid, "from 4 to 65536, not 16777216"),
+    ({"cidr": "10.0.0.0/8", "num_networks": 1024}, exception.Invalid, "at most 65536"),
     ({"dns1": "dns.example"}, exception.Invalid, "DNS"),
 ])
 def test_create_rejects_bad_input_without_writing(make_manager, engine, kwargs, error, text):
@@ -279,3 +284,33 @@ def test_load_views(make_manager, engine):
     assert sv.vif_by_port_name(a["port_name"]) == v
     mgr.deallocate_for_instance("web_1")
     assert api.load_views(engine).vifs == ()
+
+
+def test_vlan_4094_with_one_network_is_accepted(make_manager):
+    (net,) = make_manager("vlan").create_networks("last", cidr="10.9.0.0/24", vlan_start=4094, num_networks=1)
+    assert (net["vlan"], net["bridge"]) == (4094, "br4094")
+
+
+def test_names_sharing_a_hostname_are_refused(make_manager, engine):
+    mgr = make_manager("flat")
+    mgr.create_networks("f", cidr="10.0.0.0/24")
+    mgr.allocate_for_instance("a", "p1")
+    rev = api.current_revision(engine)
+    for other in ("a___", "A", "a.", "a-"):
+        with pytest.raises(exception.HostnameInUse, match="gives hostname a, which instance a already has"):
+            mgr.allocate_for_instance(other, "p1")
+    assert count(engine, models.Instance) == 1 and api.current_revision(engine) == rev
+
+
+def test_network_over_floating_range_is_refused_naming_both(make_manager, engine):
+    from sdn.floating import FloatingIps
+
+    mgr = make_manager("flat")
+    FloatingIps(engine, mgr.conf).create("10.0.1.16/28", pool="public")
+    rev = api.current_revision(engine)
+    with pytest.raises(exception.FloatingRangeConflict) as err:
+        mgr.create_networks("f", cidr="10.0.0.0/23", num_networks=2, network_size=256)
+    assert "network 10.0.1.0/24 overlaps floating IPs 10.0.1.17-10.0.1.30 (pool public, 14 addresses)" \
+        in str(err.value)
+    assert count(engine, models.Network) == 0 and api.current_revision(engine) == rev
+    mgr.create_networks("f", cidr="10.0.0.0/24")  # beside the floating range: accepted
