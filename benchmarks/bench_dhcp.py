@@ -1,7 +1,7 @@
 """Benchmark 1: DHCP servers side by side with perfdhcp over veth pairs.
 
 Servers: Kea 2.2 (memfile), dnsmasq, sdn's responder standalone on a raw socket
-(``sdn.dhcp.rawsocket``, binding by chaddr among the network's VIFs, leases group-committed to
+(``sdn.dhcp.rawsocket`` via ``benchmarks/rawsocket_server.py``, binding by chaddr among the network's VIFs, leases group-committed to
 SQLite) and sdn's responder through userspace OVS + the controller (packet-in/packet-out).
 
 Clients: perfdhcp simulates ``CLIENTS`` MACs (``-b mac=02:00:00:00:00:00 -R N``); sdn has one
@@ -127,7 +127,8 @@ def run_sdn_raw(cl, work: Path, log) -> dict:
     conf_path, engine, _mgr, net = lib.new_state(work / "raw", lib.netlab.free_tcp_port(), CIDR)
     lib.add_vifs(engine, net["id"], [lib.mac_n(BASE_MAC, i) for i in range(CLIENTS + 1)])
     cns, sns = _segment(cl, "r")
-    cl.proc(lib.popen([lib.PY, "-m", "sdn.dhcp.rawsocket", "--config-file", str(conf_path), "bsv", *RAW_EXTRA],
+    cl.proc(lib.popen([lib.PY, str(Path(__file__).with_name("rawsocket_server.py")),
+                       "--config-file", str(conf_path), "bsv", *RAW_EXTRA],
                       work / "raw.out", sns))
     time.sleep(2)
     try:

@@ -1,9 +1,34 @@
-"""DHCPv4 server on a Linux raw (AF_PACKET) socket: sdn's responder without OpenFlow.
+"""DHCPv4 server on Linux raw (AF_PACKET) sockets: sdn's responder without OpenFlow.
 
-Used standalone (benchmarks, a Linux backend with ``dhcp_driver = scapy``): it listens on one
-interface that carries a whole segment (nova's network-host model), so a request is bound to a
-VIF by its ``chaddr`` among the VIFs of the networks it serves -- not by ingress port as the
-OpenFlow path does. Decisions are ``sdn.dhcp.server.DhcpResponder``'s, unchanged.
+A server listens on a set of interfaces, each with the bindings it may answer
+(``{interface: {6-byte chaddr: DhcpBinding}}``); a request is answered only if its chaddr is
+one of the bindings *of the interface it arrived on*, so a client is bound by chaddr **and**
+ingress port. Decisions are ``sdn.dhcp.server.DhcpResponder``'s, unchanged.
+
+Two ways to use it:
+
+* per VIF port (``sdn agent`` with ``dhcp_driver = scapy``; ``bindings_by_port``): one socket
+  on each VIF's tap port (``VifView.port_name``) with only that VIF's binding. A guest can then
+  only ever obtain, renew, RELEASE or DECLINE its own lease, as on the OpenFlow path where the
+  punt's in_port picks the VIF. Why per-port sockets rather than one socket on the bridge:
+  a frame read on the bridge device does not say which bridge port it entered by
+  (``sockaddr_ll.sll_ifindex`` is the bridge, and PACKET_AUXDATA carries only VLAN and
+  checksum data); looking the Ethernet source up in the bridge FDB afterwards is racy (the
+  entry may have aged or moved) and trusts a source MAC that a VIF without port security may
+  forge. A socket bound to the tap *is* the port. The socket is bound to ETH_P_ALL, the only
+  kind of packet socket a bridge port delivers to before the bridge consumes the frame
+  (protocol-specific handlers run after the bridge's rx_handler), with frames this host sends
+  ignored (PACKET_IGNORE_OUTGOING, or ``PACKET_OUTGOING`` filtered by address) -- so another
+  guest's broadcast flooded *out of* a tap is never taken for this VIF's. Replies go out of
+  the same tap, i.e. to that guest only.
+* one segment interface (the benchmarks, ``bindings_by_chaddr``): nova's network-host model,
+  every VIF of the served networks on one interface, bound by chaddr alone -- only for a
+  segment whose hosts are trusted not to forge each other's chaddr.
+
+Containment: decoding and deciding are total (``DhcpResponder.answer``), and a failing
+``send`` or ``recv`` (EMSGSIZE, ENETDOWN, ENXIO when a tap goes away ...) is logged, counted
+in ``send_errors`` / ``recv_errors`` and costs that packet (or closes that one socket, reopened
+while the interface is wanted) -- never the server or its commit thread.
 
 Lease durability (write-ahead): frames are handled in batches (whatever the socket has queued,
 up to ``BATCH_MAX``). OFFERs and NAKs go out at once; lease events are recorded in **one** call
@@ -26,11 +51,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from sdn.dhcp.server import DhcpBinding, DhcpResponder, LeaseEvent
+from sdn.dhcp.server import DhcpBinding, DhcpResponder, LeaseEvent, mac_bytes
 from sdn.view import StateView
 
 LOG = logging.getLogger("sdn.dhcp.rawsocket")
 
+ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SOL_PACKET = 263
@@ -40,20 +66,29 @@ BATCH_MAX = 256
 _MAC_LEN = 6
 
 
+def _vif_bindings(view: StateView, network_ids: Iterable[int] | None):
+    """(VifView, DhcpBinding) of every VIF with a fixed address on the given networks (all
+    networks of ``view`` when None)."""
+    wanted = set(view.networks) if network_ids is None else set(network_ids)
+    for vif in view.vifs:
+        network = view.networks.get(vif.network_id)
+        if network is not None and vif.network_id in wanted and vif.addresses:
+            yield vif, DhcpBinding.for_vif(vif, network)
+
+
 def bindings_by_chaddr(view: StateView,
                        network_ids: Iterable[int] | None = None) -> dict[bytes, DhcpBinding]:
     """6-byte MAC -> DhcpBinding for every VIF (with a fixed address) of the given networks
-    (all networks of ``view`` when None)."""
-    wanted = set(view.networks) if network_ids is None else set(network_ids)
-    out: dict[bytes, DhcpBinding] = {}
-    for vif in view.vifs:
-        network = view.networks.get(vif.network_id)
-        if network is None or vif.network_id not in wanted or not vif.addresses:
-            continue
-        mac = bytes.fromhex(vif.mac.replace(":", "").replace("-", ""))
-        out[mac] = DhcpBinding(mac=vif.mac, address=vif.addresses[0], hostname=vif.hostname,
-                               network=network)
-    return out
+    (all networks of ``view`` when None): the bindings of one segment interface."""
+    return {mac_bytes(vif.mac): binding for vif, binding in _vif_bindings(view, network_ids)}
+
+
+def bindings_by_port(view: StateView, network_ids: Iterable[int] | None = None
+                     ) -> dict[str, dict[bytes, DhcpBinding]]:
+    """VIF port name (``VifView.port_name``) -> {its 6-byte MAC: its DhcpBinding} for every
+    VIF (with a fixed address) of the given networks: the interfaces of a per-port server."""
+    return {vif.port_name: {mac_bytes(vif.mac): binding}
+            for vif, binding in _vif_bindings(view, network_ids)}
 
 
 def chaddr_of(frame: bytes) -> bytes | None:
@@ -103,7 +138,10 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
 def open_socket(iface: str) -> tuple[socket.socket, bool]:
     """A non-blocking AF_PACKET socket on ``iface`` that receives only DHCP requests (the
     filter is attached before the bind, so nothing else is ever queued), and whether it also
-    skips frames this host sends (then ``recv`` needs no address to tell them apart)."""
+    skips frames this host sends (then ``recv`` needs no address to tell them apart).
+
+    Bound to ETH_P_ALL so that it also works on a bridge port (see the module docstring).
+    Raises OSError when ``iface`` does not exist (ENODEV) or privileges are missing (EPERM)."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # protocol 0: receives nothing yet
     try:
         _attach_filter(sock, _BOOTREQUEST_FILTER)
@@ -113,7 +151,7 @@ def open_socket(iface: str) -> tuple[socket.socket, bool]:
         except OSError:
             ignores_outgoing = False
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((iface, ETH_P_IP))
+        sock.bind((iface, ETH_P_ALL))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -122,27 +160,35 @@ def open_socket(iface: str) -> tuple[socket.socket, bool]:
 
 
 class BatchHandler:
-    """Socket-free core: frames in, (immediate replies, lease events, replies after commit)."""
+    """Socket-free core of one interface: frames in, (immediate replies, lease events, replies
+    after commit). Answers only chaddrs in ``bindings`` (6-byte MAC -> DhcpBinding)."""
 
     def __init__(self, bindings: Mapping[bytes, DhcpBinding], responder: DhcpResponder | None = None):
         self.bindings = bindings
         self.responder = responder or DhcpResponder()
-        self.unknown = 0        #: requests from a chaddr that is no VIF of these networks
+        self.unknown = 0        #: requests from a chaddr that is no binding of this interface
+        self.errors = 0         #: frames whose handling raised (a bug; logged, frame dropped)
 
     def handle(self, frames: Iterable[bytes], now: float
                ) -> tuple[list[bytes], list[LeaseEvent], list[bytes]]:
+        """(replies to send now, lease events to record, replies to send once they are)."""
         now_out: list[bytes] = []
         events: list[LeaseEvent] = []
         after_commit: list[bytes] = []
         get = self.bindings.get
         answer = self.responder.answer
         for frame in frames:
-            # chaddr of an untagged frame without IP options (chaddr_of for the rest)
-            binding = get(frame[70:76] if frame[14:15] == b"\x45" else chaddr_of(frame))
-            if binding is None:
-                self.unknown += 1
-                continue          # not a VIF of these networks: no answer (as on a VIF port)
-            reply, event, _reason = answer(frame, binding)
+            try:
+                # chaddr of an untagged frame without IP options (chaddr_of for the rest)
+                binding = get(frame[70:76] if frame[14:15] == b"\x45" else chaddr_of(frame))
+                if binding is None:
+                    self.unknown += 1
+                    continue      # not a VIF of this interface: no answer (as on a VIF port)
+                reply, event, _reason = answer(frame, binding)
+            except Exception:  # answer() is total; this is a bug here: cost one frame
+                self.errors += 1
+                LOG.exception("DHCP frame of %d bytes dropped", len(frame))
+                continue
             if event is not None:
                 events.append(event)
                 if reply is not None:
@@ -152,22 +198,39 @@ class BatchHandler:
         return now_out, events, after_commit
 
 
-class _Committer:
-    """Group commit on a thread: ``submit(events, acks)`` from the loop; the thread records
-    everything submitted since its last commit in one ``record`` call, then sends those ACKs
-    (none of them if ``record`` raised)."""
+def _send(send: Callable[[bytes], object], reply: bytes, where: str) -> bool:
+    """``send(reply)``; a failure (EMSGSIZE, ENOBUFS, ENXIO ...) is logged and costs this reply
+    only. Returns whether it was sent."""
+    try:
+        send(reply)
+        return True
+    except OSError as err:
+        LOG.warning("DHCP reply of %d bytes not sent on %s: %s", len(reply), where, err)
+        return False
 
-    def __init__(self, record: Callable[[list[LeaseEvent]], object], send: Callable[[bytes], object]):
-        self.record, self.send = record, send
+
+class _Committer:
+    """Group commit on a thread: ``submit(events, acks)`` from the loop, ``acks`` being
+    (send, reply) pairs; the thread records everything submitted since its last commit in one
+    ``record`` call, then sends those ACKs (none of them if ``record`` raised). Nothing a
+    packet or the database does ends the thread: only ``close``."""
+
+    def __init__(self, record: Callable[[list[LeaseEvent]], object]):
+        self.record = record
         self.acked = 0
+        self.send_errors = 0
         self._cond = threading.Condition()
         self._events: list[LeaseEvent] = []
-        self._acks: list[bytes] = []
+        self._acks: list[tuple[Callable[[bytes], object], bytes]] = []
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="dhcp-lease-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, events: list[LeaseEvent], acks: list[bytes]) -> None:
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, events: list[LeaseEvent], acks: list[tuple[Callable[[bytes], object], bytes]]
+               ) -> None:
         with self._cond:
             self._events += events
             self._acks += acks
@@ -196,71 +259,159 @@ class _Committer:
                 LOG.exception("could not record %d lease events; their ACKs are not sent",
                               len(events))
                 continue
-            send = self.send
-            for reply in acks:
-                send(reply)
-            self.acked += len(acks)
+            for send, reply in acks:
+                if _send(send, reply, "the commit thread"):
+                    self.acked += 1
+                else:
+                    self.send_errors += 1
+
+
+class _Port:
+    """One interface served: its socket and its handler."""
+
+    __slots__ = ("name", "sock", "handler", "filtered")
+
+    def __init__(self, name: str, sock, handler: BatchHandler, filtered: bool):
+        self.name, self.sock, self.handler, self.filtered = name, sock, handler, filtered
 
 
 class RawSocketServer:
-    """Serve DHCP on ``iface``. ``record(events)`` must make the events durable (one
-    transaction) before returning; it may be None (leases not recorded, e.g. a dry run)."""
+    """Serve DHCP on each interface of ``interfaces`` ({name: {6-byte chaddr: DhcpBinding}}),
+    answering on an interface only the chaddrs bound to it. ``record(events)`` must make the
+    events durable (one transaction) before returning; it may be None (leases not recorded,
+    e.g. a dry run). ``sockets`` ({name: socket}) replaces opening them (tests); such a socket
+    is not filtered in the kernel, so frames are checked here.
 
-    def __init__(self, iface: str, bindings: Mapping[bytes, DhcpBinding],
-                 record: Callable[[list[LeaseEvent]], object] | None = None, sock=None):
-        self.iface = iface
-        self.handler = BatchHandler(bindings)
+    An interface whose socket cannot be opened (not there yet) or fails is retried every
+    ``RETRY_S`` seconds while it is wanted (``set_interfaces``)."""
+
+    RETRY_S = 1.0
+
+    def __init__(self, interfaces: Mapping[str, Mapping[bytes, DhcpBinding]],
+                 record: Callable[[list[LeaseEvent]], object] | None = None,
+                 sockets: Mapping[str, object] | None = None):
         self.record = record
-        # a socket of our own is filtered in the kernel; one passed in (tests) is not
-        self._filtered = False
-        if sock is None:
-            sock, self._filtered = open_socket(iface)
-        self.sock = sock
+        self.responder = DhcpResponder()
+        self.ports: dict[str, _Port] = {}
+        for name, sock in (sockets or {}).items():
+            self.ports[name] = _Port(name, sock, BatchHandler({}, self.responder), False)
         self.served = 0
+        self.send_errors = 0
+        self.recv_errors = 0
+        self._wanted: dict[str, Mapping[bytes, DhcpBinding]] = dict(interfaces)
+        self._changed = True
+        self._retry_at = 0.0
         self._committer: _Committer | None = None
+        self._sync()
 
-    def set_bindings(self, bindings: Mapping[bytes, DhcpBinding]) -> None:
-        self.handler.bindings = bindings
+    @property
+    def unknown(self) -> int:
+        """Requests from a chaddr not bound to the interface they arrived on."""
+        return sum(port.handler.unknown for port in self.ports.values())
 
-    def _read_batch(self, timeout: float | None) -> list[bytes]:
-        """Wait up to ``timeout`` for a frame, then take whatever else is queued (no waiting:
-        the socket is non-blocking; a socket *timeout* would make CPython poll before every
-        recv and turn the drain into a wait)."""
-        sock = self.sock
-        if not select.select([sock], [], [], timeout)[0]:
-            return []
-        frames: list[bytes] = []
-        if self._filtered:
-            recv = sock.recv
-            append = frames.append
-            for _ in range(BATCH_MAX):
+    def set_interfaces(self, interfaces: Mapping[str, Mapping[bytes, DhcpBinding]]) -> None:
+        """Serve ``interfaces`` from now on (thread-safe: the serving loop opens and closes
+        sockets before its next read)."""
+        self._wanted = dict(interfaces)
+        self._changed = True
+
+    def alive(self) -> bool:
+        """False once the commit thread of ``serve_forever`` has died (it should never)."""
+        committer = self._committer
+        return committer is None or committer.alive()
+
+    def _sync(self) -> None:
+        """Open sockets of wanted interfaces, close the others, update every handler's bindings."""
+        now = time.monotonic()
+        if not self._changed and now < self._retry_at:
+            return
+        self._changed = False
+        wanted = self._wanted
+        for name in [n for n in self.ports if n not in wanted]:
+            self.ports.pop(name).sock.close()
+        missing = False
+        for name, bindings in wanted.items():
+            port = self.ports.get(name)
+            if port is None:
                 try:
-                    append(recv(2048))
+                    sock, filtered = open_socket(name)
+                except OSError as err:
+                    LOG.debug("DHCP socket on %s not open: %s", name, err)
+                    missing = True
+                    continue
+                port = self.ports[name] = _Port(name, sock, BatchHandler({}, self.responder),
+                                                filtered)
+            port.handler.bindings = bindings
+        self._retry_at = now + self.RETRY_S if missing else float("inf")
+
+    def _drop(self, port: _Port, err: OSError) -> None:
+        """A socket failed (its interface went away?): close it; reopened while wanted."""
+        self.recv_errors += 1
+        LOG.warning("DHCP socket on %s failed (%s); reopening while it is wanted", port.name, err)
+        self.ports.pop(port.name, None)
+        port.sock.close()
+        self._retry_at = min(self._retry_at, time.monotonic() + self.RETRY_S)
+
+    def _read_batch(self, port: _Port) -> list[bytes]:
+        """Whatever is queued on ``port`` (no waiting: the socket is non-blocking; a socket
+        *timeout* would make CPython poll before every recv and turn the drain into a wait)."""
+        sock = port.sock
+        frames: list[bytes] = []
+        try:
+            if port.filtered:
+                recv = sock.recv
+                append = frames.append
+                for _ in range(BATCH_MAX):
+                    try:
+                        append(recv(2048))
+                    except (BlockingIOError, InterruptedError):
+                        break
+                return frames
+            recv = sock.recvfrom
+            while len(frames) < BATCH_MAX:
+                try:
+                    data, addr = recv(2048)
                 except (BlockingIOError, InterruptedError):
                     break
-            return frames
-        recv = sock.recvfrom
-        while len(frames) < BATCH_MAX:
-            try:
-                data, addr = recv(2048)
-            except (BlockingIOError, InterruptedError):
-                break
-            if addr[2] != PACKET_OUTGOING and is_dhcp_request(data):
-                frames.append(data)
+                if addr[2] != PACKET_OUTGOING and is_dhcp_request(data):
+                    frames.append(data)
+        except OSError as err:
+            self._drop(port, err)
         return frames
 
     def serve_once(self, timeout: float | None = 0.5) -> int:
-        """Handle one batch; returns the number of frames read."""
-        frames = self._read_batch(timeout)
+        """Wait up to ``timeout`` seconds for requests, handle what is queued on every ready
+        interface; returns the number of frames read."""
+        self._sync()
+        ports = list(self.ports.values())
+        if not ports:
+            time.sleep(timeout or 0)
+            return 0
+        try:
+            ready = select.select([p.sock for p in ports], [], [], timeout)[0]
+        except (OSError, ValueError):   # a socket closed under us: find it by the next sync
+            self._changed = True
+            return 0
+        ready = set(ready)
+        total = 0
+        for port in ports:
+            if port.sock in ready:
+                total += self._serve_port(port)
+        return total
+
+    def _serve_port(self, port: _Port) -> int:
+        frames = self._read_batch(port)
         if not frames:
             return 0
-        now_out, events, after_commit = self.handler.handle(frames, time.time())
-        send = self.sock.send
+        now_out, events, after_commit = port.handler.handle(frames, time.time())
+        send = port.sock.send
         for reply in now_out:
-            send(reply)
-        self.served += len(now_out)
+            if _send(send, reply, port.name):
+                self.served += 1
+            else:
+                self.send_errors += 1
         if events and self._committer is not None:
-            self._committer.submit(events, after_commit)
+            self._committer.submit(events, [(send, reply) for reply in after_commit])
             return len(frames)
         if events and self.record is not None:
             try:
@@ -270,15 +421,17 @@ class RawSocketServer:
                               len(events))
                 after_commit = []
         for reply in after_commit:
-            send(reply)
-        self.served += len(after_commit)
+            if _send(send, reply, port.name):
+                self.served += 1
+            else:
+                self.send_errors += 1
         return len(frames)
 
     def serve_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Serve until ``should_stop()``, committing leases on a thread (group commit); what
         is pending when it stops is committed and acknowledged before this returns."""
         if self.record is not None:
-            self._committer = _Committer(self.record, self.sock.send)
+            self._committer = _Committer(self.record)
         try:
             while not should_stop():
                 self.serve_once()
@@ -287,38 +440,9 @@ class RawSocketServer:
             if committer is not None:
                 committer.close()
                 self.served += committer.acked
+                self.send_errors += committer.send_errors
 
     def close(self) -> None:
-        self.sock.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sdn.dhcp.rawsocket --config-file F IFACE [--network-id N ...]``: serve the
-    VIFs of state on IFACE, recording leases in state (used by the benchmarks)."""
-    import argparse
-    import signal
-
-    from sdn import config
-    from sdn.state import StateSource
-
-    ap = argparse.ArgumentParser(prog="sdn-dhcp-raw")
-    ap.add_argument("iface")
-    ap.add_argument("--config-file", required=True)
-    ap.add_argument("--network-id", type=int, action="append")
-    ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    conf = config.load(["--config-file", args.config_file])
-    state = StateSource.from_conf(conf)
-    server = RawSocketServer(args.iface, bindings_by_chaddr(state.load(), args.network_id),
-                             None if args.no_record else state.apply_lease_events)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    LOG.info("serving DHCP on %s for %d VIFs", args.iface, len(server.handler.bindings))
-    server.serve_forever(lambda: bool(stop))
-    LOG.info("served %d replies; %d requests from unknown clients", server.served, server.handler.unknown)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        for port in list(self.ports.values()):
+            port.sock.close()
+        self.ports.clear()

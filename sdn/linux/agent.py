@@ -1,11 +1,12 @@
 """``sdn agent``: the Linux backend's host agent.
 
 On start and whenever the state revision changes (or a VIF port appears/disappears, or a
-dnsmasq died) it reconciles this host -- in the network namespace it runs in -- with the
+dnsmasq or raw-socket DHCP server died) it reconciles this host -- in the network namespace it runs in -- with the
 shared state: bridges (+ VLAN interfaces), gateway addresses, iptables (nova's rules through
 the IptablesManager), ebtables anti-spoof chains per VIF, floating addresses on
-public_interface, and DHCP (dnsmasq per network, or sdn's responder on a raw socket per
-bridge with ``dhcp_driver = scapy``). Each step is idempotent: a reconcile that finds the host
+public_interface, and DHCP (dnsmasq per network, or with ``dhcp_driver = scapy`` sdn's
+responder per bridge, on a raw socket per VIF tap port: see ``sdn.dhcp.rawsocket``; a server
+that stopped is restarted at the next poll). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
 """
 
@@ -38,17 +39,29 @@ def load_extras(engine) -> dict[int, desired.NetworkExtras]:
 
 
 class RawDhcp:
-    """sdn's DHCP responder on a raw socket on one bridge (``dhcp_driver = scapy``), in a thread."""
+    """sdn's DHCP responder (``dhcp_driver = scapy``) for one bridge's network, in a thread:
+    one raw socket per VIF tap port on the bridge (``sdn.dhcp.rawsocket``: bound by chaddr and
+    ingress port). ``interfaces`` is ``{tap name: {6-byte MAC: DhcpBinding}}``."""
 
-    def __init__(self, bridge: str, bindings, record):
+    def __init__(self, bridge: str, interfaces, record):
         from sdn.dhcp.rawsocket import RawSocketServer
 
         self.bridge = bridge
-        self.server = RawSocketServer(bridge, bindings, record)
+        self.server = RawSocketServer(interfaces, record)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(self.stop.is_set,),
-                                       name=f"dhcp-{bridge}", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name=f"dhcp-{bridge}", daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve_forever(self.stop.is_set)
+        except BaseException:
+            LOG.exception("raw DHCP server on %s stopped", self.bridge)
+            raise
+
+    def alive(self) -> bool:
+        """Serving: its thread and its lease-commit thread are running."""
+        return self.thread.is_alive() and self.server.alive()
 
     def close(self) -> None:
         self.stop.set()
@@ -128,7 +141,7 @@ class Agent:
                                           self.conf.dnsmasq_log)
             changes += dnsmasq.stop_others(self.networks_path, {s.bridge for s in plan.dnsmasq})
             return changes
-        from sdn.dhcp.rawsocket import bindings_by_chaddr
+        from sdn.dhcp.rawsocket import bindings_by_port
 
         wanted = {s.bridge: s.network_id for s in plan.dnsmasq}
         for bridge in list(self.raw):
@@ -136,13 +149,25 @@ class Agent:
                 self.raw.pop(bridge).close()
                 changes.append(f"raw DHCP on {bridge} stopped")
         for bridge, net_id in wanted.items():
-            bindings = bindings_by_chaddr(view, [net_id])
-            if bridge in self.raw:
-                self.raw[bridge].server.set_bindings(bindings)
+            # the VIF ports present on this bridge, each answering only its own VIF
+            interfaces = {port: bindings for port, bindings in bindings_by_port(view, [net_id]).items()
+                          if plan.ports.get(port) == bridge}
+            raw = self.raw.get(bridge)
+            if raw is not None and not raw.alive():   # supervision: a dead server is replaced
+                LOG.error("raw DHCP server on %s had stopped; restarting it", bridge)
+                raw.close()
+                self.raw[bridge] = RawDhcp(bridge, interfaces, self._record)
+                changes.append(f"raw DHCP on {bridge} restarted")
+            elif raw is not None:
+                raw.server.set_interfaces(interfaces)
             else:
-                self.raw[bridge] = RawDhcp(bridge, bindings, self._record)
+                self.raw[bridge] = RawDhcp(bridge, interfaces, self._record)
                 changes.append(f"raw DHCP on {bridge} started")
         return changes
+
+    def raw_dhcp_alive(self) -> bool:
+        """Every raw DHCP server (``dhcp_driver = scapy``) is serving."""
+        return all(raw.alive() for raw in self.raw.values())
 
     def _record(self, events) -> None:
         batch = getattr(self.state, "apply_lease_events", None)
@@ -176,8 +201,8 @@ class Agent:
         while True:
             rev = self.state.revision()
             links = interface.link_names(self.ipr)
-            dhcp_ok = (self.conf.dhcp_driver != "dnsmasq" or not self.dhcp
-                       or self.dnsmasq_alive(self._dnsmasq_bridges()))
+            dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
+                                         else self.dnsmasq_alive(self._dnsmasq_bridges())))
             if rev != last_rev or links != last_links or not dhcp_ok:
                 try:
                     changes = self.reconcile()

@@ -156,8 +156,9 @@ def test_raw_server_sends_acks_only_after_commit():
     frames = [craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")]),
               craft("discover")]
     server = rawsocket.RawSocketServer(
-        "veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
-        record=lambda events: log.append(("commit", len(events))), sock=_FakeSock(frames, log))
+        {"veth": {bytes.fromhex(MAC.replace(":", "")): BINDING}},
+        record=lambda events: log.append(("commit", len(events))),
+        sockets={"veth": _FakeSock(frames, log)})
     assert server.serve_once() == 2
     assert log == [("send", 2), ("commit", 1), ("send", 5)]   # OFFER now, ACK after commit
 
@@ -168,8 +169,8 @@ def test_raw_server_withholds_acks_when_commit_fails():
     def broken(_events):
         raise RuntimeError("database is locked")
     frames = [craft("request", options=[("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")])]
-    server = rawsocket.RawSocketServer("veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
-                                       record=broken, sock=_FakeSock(frames, log))
+    server = rawsocket.RawSocketServer({"veth": {bytes.fromhex(MAC.replace(":", "")): BINDING}},
+                                       record=broken, sockets={"veth": _FakeSock(frames, log)})
     server.serve_once()
     assert log == []
 
@@ -185,8 +186,8 @@ def test_serve_forever_commits_on_a_thread_and_acks_after_commit():
     def record(events):
         threads.append(threading.current_thread())
         log.append(("commit", len(events)))
-    server = rawsocket.RawSocketServer("veth", {bytes.fromhex(MAC.replace(":", "")): BINDING},
-                                       record=record, sock=sock)
+    server = rawsocket.RawSocketServer({"veth": {bytes.fromhex(MAC.replace(":", "")): BINDING}},
+                                       record=record, sockets={"veth": sock})
     server.serve_forever(lambda: not sock.frames)
     # the OFFER went out from the loop; the ACK only after its commit, from the commit thread
     assert log == [("send", 2), ("commit", 1), ("send", 5)]
@@ -206,18 +207,18 @@ def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed
             release.wait(5)
         if "fail" in events:
             raise RuntimeError("disk full")
-    committer = rawsocket._Committer(record, sent.append)
-    committer.submit(["a"], [b"A"])
+    committer = rawsocket._Committer(record)
+    committer.submit(["a"], [(sent.append, b"A")])
     assert first_in.wait(5)
-    committer.submit(["b"], [b"B"])
+    committer.submit(["b"], [(sent.append, b"B")])
     committer.submit(["c"], [])          # a RELEASE: an event without a reply
     assert sent == []                    # nothing acknowledged before its commit returned
     release.set()
     committer.close()
     assert commits == [["a"], ["b", "c"]]            # one transaction for all that queued
     assert sent == [b"A", b"B"]
-    committer = rawsocket._Committer(record, sent.append)
-    committer.submit(["fail"], [b"F"])
+    committer = rawsocket._Committer(record)
+    committer.submit(["fail"], [(sent.append, b"F")])
     committer.close()
     assert sent == [b"A", b"B"]                      # failed commit: its ACK is never sent
 
@@ -226,3 +227,91 @@ def test_packet_out_bytes_refuses_what_no_openflow_message_can_carry():
     assert len(ofmsgs.packet_out_bytes(1, bytes(ofmsgs.PACKET_OUT_MAX_DATA))) == 0xFFFF
     with pytest.raises(ValueError, match="does not fit one OpenFlow message"):
         ofmsgs.packet_out_bytes(1, bytes(ofmsgs.PACKET_OUT_MAX_DATA + 1))
+
+
+class _FailingSock(_FakeSock):
+    """A socket whose send fails as the kernel does for an oversize frame (EMSGSIZE) while
+    ``fail`` holds, and whose recv may fail as for a vanished interface (ENETDOWN)."""
+
+    def __init__(self, frames, log, fail_send=True, fail_recv=False):
+        super().__init__(frames, log)
+        self.fail_send, self.fail_recv, self.closed = fail_send, fail_recv, False
+
+    def recvfrom(self, n, flags=0):
+        if self.fail_recv:
+            raise OSError(100, "Network is down")
+        return super().recvfrom(n, flags)
+
+    def send(self, data):
+        if self.fail_send:
+            raise OSError(90, "Message too long")
+        super().send(data)
+
+    def close(self):
+        self.closed = True
+
+
+SELECT = [("server_id", "10.0.0.1"), ("requested_addr", "10.0.0.5")]
+
+
+def test_failed_sends_cost_their_packet_only_and_the_commit_thread_lives_on():
+    log, commits = [], []
+    sock = _FailingSock([craft("discover"), craft("request", options=SELECT)], log)
+    server = rawsocket.RawSocketServer({"veth": {bytes.fromhex(MAC.replace(":", "")): BINDING}},
+                                       record=commits.append, sockets={"veth": sock})
+    server.serve_forever(lambda: not sock.frames)     # OFFER and ACK both fail to send
+    assert server.send_errors == 2 and server.served == 0 and len(commits) == 1
+    sock.fail_send = False
+    sock.frames = [craft("discover"), craft("request", options=SELECT)]
+    server.serve_forever(lambda: not sock.frames)     # same server: serves again
+    assert log == [("send", 2), ("send", 5)] and server.served == 2
+
+
+def test_committer_survives_a_failing_ack_send():
+    sent = []
+
+    def broken(_reply):
+        raise OSError(90, "Message too long")
+    committer = rawsocket._Committer(lambda _events: None)
+    committer.submit(["a"], [(broken, b"A")])
+    committer.submit(["b"], [(sent.append, b"B")])
+    committer.close()
+    assert sent == [b"B"] and committer.send_errors == 1 and committer.acked == 1
+
+
+def test_a_failing_socket_is_closed_and_the_others_keep_serving():
+    log = []
+    bad = _FailingSock([craft("discover")], [], fail_send=False, fail_recv=True)
+    good = _FakeSock([craft("discover")], log)
+    binding = {bytes.fromhex(MAC.replace(":", "")): BINDING}
+    server = rawsocket.RawSocketServer({"tapbad": binding, "tapgood": binding},
+                                       sockets={"tapbad": bad, "tapgood": good})
+    server.RETRY_S = 3600                   # no reopening of the real (absent) interface here
+    assert server.serve_once() == 1
+    assert bad.closed and "tapbad" not in server.ports and server.recv_errors == 1
+    assert log == [("send", 2)]
+
+
+def test_batch_handler_answers_only_the_bindings_of_its_port():
+    """Per-port bindings (bindings_by_port): a chaddr bound to another port gets nothing."""
+    other = DhcpBinding(mac="02:00:00:00:00:02", address="10.0.0.6", hostname="vm-2", network=NET)
+    on_a = rawsocket.BatchHandler({bytes.fromhex(MAC.replace(":", "")): BINDING})
+    release_of_b = craft("release", chaddr=other.mac, ciaddr=other.address)
+    assert on_a.handle([release_of_b], 0.0) == ([], [], [])
+    assert on_a.unknown == 1
+    mine = craft("release", ciaddr=BINDING.address)
+    assert on_a.handle([mine], 0.0) == ([], [LeaseEvent("release", "10.0.0.5", MAC.lower())], [])
+
+
+def test_bindings_by_port_keys_each_vif_by_its_tap(make_manager, engine):
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.5.0.0/24")
+    a = mgr.allocate_for_instance("a", "p")
+    b = mgr.allocate_for_instance("b", "p")
+    view = api.load_views(engine)
+    got = rawsocket.bindings_by_port(view)
+    by_mac = {vif.mac: vif for vif in view.vifs}
+    assert set(got) == {by_mac[a["mac"]].port_name, by_mac[b["mac"]].port_name}
+    only = got[by_mac[a["mac"]].port_name]
+    assert list(only) == [bytes.fromhex(a["mac"].replace(":", ""))]
+    assert only[bytes.fromhex(a["mac"].replace(":", ""))].address == a["address"]
