@@ -341,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     except exception.SdnError as err:
         return _fail(str(err), err.exit_code)
     except sa_exc.OperationalError as err:
-        url = conf.database.connection if conf is not None else "?"
-        return _fail(f"database {url} is not usable ({err.orig}); run 'sdn db sync' first", 1)
+        from sdn.db import api
+
+        err = api.explain(err, conf.database.connection if conf is not None else "?")
+        return _fail(str(err), err.exit_code)
     except sa_exc.SQLAlchemyError as err:
         return _fail(f"database error: {err.__class__.__name__}: {getattr(err, 'orig', None) or err}", 1)
     except KeyboardInterrupt:

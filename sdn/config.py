@@ -207,6 +207,21 @@ def _raw_value(conf: cfg.ConfigOpts, group: str, name: str) -> str:
         return "?"
 
 
+def _check_utf8(path: str) -> None:
+    """Refuse a config file that is not UTF-8 text, naming it (oslo.config would raise a bare
+    UnicodeDecodeError that does not say which file)."""
+    try:
+        with open(path, "rb") as f:
+            f.read().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise exception.ConfigError(f"config file {path} is not a UTF-8 INI file (byte {err.start} is "
+                                    f"{err.object[err.start:err.start + 1]!r}); give a text file of "
+                                    "[section] and 'name = value' lines") from None
+    except OSError as err:
+        raise exception.ConfigError(f"cannot read config file {path} ({err.strerror}); "
+                                    "pass a readable --config-file") from None
+
+
 def load(argv: list[str] | None = None, config_files: list[str] | None = None,
          conf: cfg.ConfigOpts | None = None) -> cfg.ConfigOpts:
     """Parse ``argv`` (oslo-style, e.g. ``--config-file F``) and ``config_files`` into ``conf``.
@@ -220,6 +235,7 @@ def load(argv: list[str] | None = None, config_files: list[str] | None = None,
     for path in config_files:
         if not os.path.isfile(path):
             raise exception.ConfigError(f"config file {path} does not exist; pass an existing --config-file")
+        _check_utf8(path)
     try:
         conf(args=list(argv or []), project="sdn", default_config_files=list(config_files),
              validate_default_values=True)

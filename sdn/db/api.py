@@ -11,29 +11,46 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from importlib import resources
 
 from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from sdn import view
+from sdn import exception, view
 from sdn.db import models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
 SQLITE_BUSY_TIMEOUT = 30
 
 
+def _sqlite_file(url) -> str | None:
+    """Absolute path of a SQLite database file URL (None for other databases and :memory:)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return os.path.abspath(parsed.database)
+
+
 def get_engine(url: str) -> Engine:
-    """An engine for ``url``; for a SQLite file, creates its parent directory and sets up
-    WAL + busy timeout + BEGIN IMMEDIATE for writers (plain deferred BEGIN for readers)."""
+    """An engine for ``url``; for a SQLite file, sets up WAL + busy timeout + BEGIN IMMEDIATE
+    for writers (plain deferred BEGIN for readers).
+
+    Connecting never creates a SQLite file or its directory (only ``sync`` does): a command run
+    before ``sdn db sync`` raises DatabaseMissing and leaves the disk as it was."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+    path = _sqlite_file(url)
+
+    @event.listens_for(engine, "do_connect")
+    def _existing_file_only(_dialect, _record, _cargs, _cparams):
+        if path is not None and not os.path.exists(path):
+            raise exception.DatabaseMissing(url=url, detail=f" (file {path} does not exist)")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -41,7 +58,7 @@ def get_engine(url: str) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
+        cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -96,12 +113,33 @@ def sync(engine: Engine) -> None:
     from alembic import command
     from alembic.config import Config
 
+    path = _sqlite_file(engine.url)
+    if path is not None and not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        sqlite3.connect(path).close()  # the one place that creates the file
     ini = resources.files("sdn.db") / "alembic.ini"
     cfg = Config(str(ini))
     cfg.set_main_option("script_location", str(resources.files("sdn.db") / "migrations"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
+    """The operator's view of a database error: no schema (run ``sdn db sync``), permission
+    denied, locked by another process, or otherwise unusable; each with its own advice."""
+    reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    low = reason.lower()
+    shown = make_url(url).render_as_string(hide_password=True)
+    if "no such table" in low or ("does not exist" in low and ("relation" in low or "database" in low)):
+        return exception.DatabaseMissing(url=shown, detail=f" (it has no sdn schema: {reason})")
+    if "readonly database" in low or "read-only" in low:
+        return exception.DatabasePermission(url=shown, access="written", reason=reason)
+    if "permission denied" in low or "unable to open database file" in low:
+        return exception.DatabasePermission(url=shown, access="opened", reason=reason)
+    if "locked" in low or "busy" in low:
+        return exception.DatabaseLocked(url=shown, reason=reason)
+    return exception.DatabaseUnusable(url=shown, reason=reason)
 
 
 def current_revision(engine: Engine) -> int:

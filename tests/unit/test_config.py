@@ -66,3 +66,12 @@ def test_invalid_values_name_option_and_allowed(tmp_path, group, name, value, wo
 def test_missing_config_file_is_clear(tmp_path):
     with pytest.raises(exception.ConfigError, match="does not exist"):
         config.load([], [str(tmp_path / "nope.conf")], conf=config.make_conf())
+
+
+def test_binary_config_file_is_named(tmp_path):
+    path = tmp_path / "random.conf"
+    path.write_bytes(b"[DEFAULT]\nhost = \xff\xfe\x00garbage\n")
+    with pytest.raises(exception.ConfigError) as err:
+        config.load([], [str(path)], conf=config.make_conf())
+    assert f"config file {path} is not a UTF-8 INI file" in str(err.value)
+    assert "byte 17 is b'\\xff'" in str(err.value)

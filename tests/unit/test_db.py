@@ -123,3 +123,58 @@ def test_concurrent_projects_get_distinct_vlan_networks(tmp_path, engine, db_url
     for v in api.load_views(engine).vifs:
         by_project.setdefault(v.project_id, set()).add(v.network_id)
     assert all(len(nets) == 1 for nets in by_project.values())
+
+
+def test_reading_a_missing_database_creates_nothing(tmp_path):
+    url = f"sqlite:///{tmp_path}/missing/dir/sdn.sqlite"
+    eng = api.get_engine(url)
+    try:
+        api.current_revision(eng)
+        raise AssertionError("reading a missing database succeeded")
+    except exception.DatabaseMissing as err:
+        assert "sdn db sync" in str(err) and "does not exist" in str(err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _real_error(make):
+    """The SQLAlchemy wrapper of a genuine sqlite3 error raised by ``make()``."""
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+    try:
+        make(sqlite3)
+    except sqlite3.Error as orig:
+        return sa_exc.OperationalError("stmt", {}, orig)
+    raise AssertionError("no error raised")
+
+
+def test_database_errors_are_told_apart(tmp_path, engine, db_url):
+    path = str(tmp_path / "state" / "sdn.sqlite")
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+
+    def read_only_write(sqlite3):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("UPDATE state_revision SET value = value + 1")
+
+    def no_schema(sqlite3):
+        sqlite3.connect(str(empty)).execute("SELECT * FROM networks")
+
+    def locked(sqlite3):
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            other = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+        finally:
+            holder.execute("ROLLBACK")
+
+    missing = api.explain(_real_error(no_schema), db_url)
+    assert isinstance(missing, exception.DatabaseMissing) and "no sdn schema" in str(missing)
+    assert "sdn db sync" in str(missing)
+    denied = api.explain(_real_error(read_only_write), db_url)
+    assert isinstance(denied, exception.DatabasePermission) and "cannot be written" in str(denied)
+    assert "sdn db sync" not in str(denied) and "permissions" in str(denied)
+    busy = api.explain(_real_error(locked), db_url)
+    assert isinstance(busy, exception.DatabaseLocked) and "locked by another process" in str(busy)
+    assert "sdn db sync" not in str(busy)
