@@ -28,40 +28,45 @@ def _nat(nat: m.Nat):
     return parser.NXActionNAT(flags=flags, range_ipv4_min=nat.ip, range_ipv4_max=nat.ip, **ports)
 
 
-def _action(action: m.Action):
-    if isinstance(action, m.Output):
-        return parser.OFPActionOutput(action.port, 0)
-    if isinstance(action, m.Controller):
-        return parser.OFPActionOutput(ofp.OFPP_CONTROLLER, action.max_len)
-    if isinstance(action, m.PushVlan):
-        return parser.OFPActionPushVlan(action.ethertype)
-    if isinstance(action, m.PopVlan):
-        return parser.OFPActionPopVlan()
-    if isinstance(action, m.SetField):
-        return parser.OFPActionSetField(**{action.field: action.value})
-    if isinstance(action, m.Move):
-        return parser.NXActionRegMove(src_field=action.src, dst_field=action.dst,
-                                      n_bits=action.n_bits)
-    if isinstance(action, m.DecTtl):
-        return parser.OFPActionDecNwTtl()
-    if isinstance(action, m.Ct):
-        nat = [] if action.nat is None else [_nat(action.nat)]
-        return parser.NXActionCT(flags=NX_CT_F_COMMIT if action.commit else 0, zone_src="",
-                                 zone_ofs_nbits=action.zone,
-                                 recirc_table=int(action.table) if action.table is not None
-                                 else NX_CT_RECIRC_NONE, alg=0, actions=nat)
-    raise TypeError(f"cannot encode {action!r} as an apply-action")
+def _ct(action: m.Ct):
+    nat = [] if action.nat is None else [_nat(action.nat)]
+    return parser.NXActionCT(flags=NX_CT_F_COMMIT if action.commit else 0, zone_src="",
+                             zone_ofs_nbits=action.zone,
+                             recirc_table=int(action.table) if action.table is not None
+                             else NX_CT_RECIRC_NONE, alg=0, actions=nat)
+
+
+#: os-ken object of each action: the reference encoding (``sdn.apps.ofwire`` packs the same
+#: bytes). A meter is an instruction in OpenFlow 1.3, not an apply-action: ``instructions``
+#: places it, and a group bucket cannot hold one.
+ACTIONS = m.ActionTable("ofmsgs", {
+    m.Output: lambda a: parser.OFPActionOutput(a.port, 0),
+    m.Controller: lambda a: parser.OFPActionOutput(ofp.OFPP_CONTROLLER, a.max_len),
+    m.PushVlan: lambda a: parser.OFPActionPushVlan(a.ethertype),
+    m.PopVlan: lambda a: parser.OFPActionPopVlan(),
+    m.SetField: lambda a: parser.OFPActionSetField(**{a.field: a.value}),
+    m.Move: lambda a: parser.NXActionRegMove(src_field=a.src, dst_field=a.dst, n_bits=a.n_bits),
+    m.Meter: lambda a: parser.OFPInstructionMeter(a.meter_id),
+    m.DecTtl: lambda a: parser.OFPActionDecNwTtl(),
+    m.Ct: _ct,
+    m.Group: lambda a: parser.OFPActionGroup(a.group_id),
+    m.Resubmit: lambda a: parser.NXActionResubmitTable(in_port=ofwire.RESUBMIT_IN_PORT,
+                                                       table_id=int(a.table)),
+})
+
+
+def action(a: m.Action):
+    """The os-ken object of one action (for a :class:`~sdn.flows.model.Meter`, the meter
+    instruction)."""
+    return m.dispatch(ACTIONS, a)
 
 
 def instructions(flow: Flow) -> list:
     """OF1.3 instructions: meter, apply-actions, goto-table (in the order §5.9 executes them)."""
     insts = []
     actions = []
-    for action in flow.actions:
-        if isinstance(action, m.Meter):
-            insts.append(parser.OFPInstructionMeter(action.meter_id))
-        else:
-            actions.append(_action(action))
+    for a in flow.actions:
+        (insts if isinstance(a, m.Meter) else actions).append(action(a))
     if actions:
         insts.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
     if flow.goto is not None:
@@ -101,6 +106,41 @@ def sdn_flow_stats_request(dp):
 def meter_config_request(dp):
     """Configuration of every meter on the switch."""
     return parser.OFPMeterConfigStatsRequest(dp, 0, ofp.OFPM_ALL)
+
+
+#: GroupEntry.type -> OpenFlow group type (sdn uses "all" only: flood to every bucket)
+GROUP_TYPES = {"all": ofp.OFPGT_ALL}
+
+
+def bucket_actions(bucket: tuple) -> list:
+    """os-ken actions of one group bucket; ValueError for a meter (an instruction, which a
+    bucket cannot hold)."""
+    if any(isinstance(a, m.Meter) for a in bucket):
+        raise ValueError(f"a group bucket cannot apply a meter: {bucket!r}")
+    return [action(a) for a in bucket]
+
+
+def group_mod(dp, entry: m.GroupEntry | None, group_id: int, command=ofp.OFPGC_ADD):
+    """OFPGC_ADD / OFPGC_MODIFY of ``entry`` (its type and buckets; weight 0, no watch), or
+    OFPGC_DELETE of ``group_id`` (``entry`` ignored: None will do)."""
+    if command == ofp.OFPGC_DELETE:
+        return parser.OFPGroupMod(dp, command=command, type_=ofp.OFPGT_ALL, group_id=group_id)
+    buckets = [parser.OFPBucket(weight=0, watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                                actions=bucket_actions(b)) for b in entry.buckets]
+    return parser.OFPGroupMod(dp, command=command, type_=GROUP_TYPES[entry.type],
+                              group_id=group_id, buckets=buckets)
+
+
+def group_desc_request(dp):
+    """Description (type, buckets) of every group on the switch."""
+    return parser.OFPGroupDescStatsRequest(dp, 0)
+
+
+def aggregate_request(dp, cookie: int, cookie_mask: int):
+    """Packet, byte and flow counts of the flows, any table, whose cookie matches ``cookie``
+    under ``cookie_mask`` (a cheap drift check: the flow count alone)."""
+    return parser.OFPAggregateStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY,
+                                           cookie, cookie_mask, parser.OFPMatch())
 
 
 def bundle_ctrl(dp, bundle_id: int, type_: int):

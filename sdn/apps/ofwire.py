@@ -31,6 +31,7 @@ from sdn.flows.model import Flow
 NX_CT_F_COMMIT = 1
 NX_CT_RECIRC_NONE = 0xFF
 NX_NAT_F_SRC, NX_NAT_F_DST = 1, 2   # OVS nicira-ext.h
+RESUBMIT_IN_PORT = 0xFFF8   # OFPP_IN_PORT in NXAST_RESUBMIT_TABLE's 16 bits: "resubmit(,TABLE)"
 BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _ALL_ONES = (1 << 64) - 1
 _MAX_XID = 0xFFFFFFFF
@@ -44,6 +45,7 @@ _U16, _U32 = struct.Struct("!H"), struct.Struct("!I")
 _NX_HEADER = struct.Struct("!HHIH")                   # OFPAT_EXPERIMENTER, len, NX id, subtype
 _ACTION_OUTPUT = struct.Struct("!HHIH6x")
 _ACTION_HDR8 = struct.Struct("!HHH2x")                # push_vlan (ethertype), 8 bytes
+_ACTION_GROUP = struct.Struct("!HHI")
 _INST_HDR = struct.Struct("!HH4x")                    # apply-actions header
 _INST_METER = struct.Struct("!HHI")
 _INST_GOTO = struct.Struct("!HHB3x")
@@ -163,33 +165,46 @@ def _nat(nat: m.Nat) -> bytes:
     return _nx(nicira_ext.NXAST_NAT, struct.pack("!2xHH", flags, present) + optional)
 
 
+def _set_field(a: m.SetField) -> bytes:
+    tlv = oxm(a.field, a.value, False)[1]
+    length = _pad8(4 + len(tlv))
+    return _MATCH_HDR.pack(ofp.OFPAT_SET_FIELD, length) + tlv + bytes(length - 4 - len(tlv))
+
+
+def _ct(a: m.Ct) -> bytes:
+    nat = b"" if a.nat is None else _nat(a.nat)
+    recirc = int(a.table) if a.table is not None else NX_CT_RECIRC_NONE
+    return _nx(nicira_ext.NXAST_CT,
+               struct.pack("!H4sHB3xH", NX_CT_F_COMMIT if a.commit else 0, bytes(4), a.zone,
+                           recirc, 0) + nat)
+
+
+_EMPTY_ACTION = struct.Struct("!HH4x")   # pop_vlan, dec_nw_ttl: type, length 8
+
+#: The bytes of each action, as ``ofmsgs.ACTIONS``' os-ken objects serialise them (a meter is
+#: its meter instruction: ``instructions`` places it).
+ACTIONS = m.ActionTable("ofwire", {
+    m.Output: lambda a: _ACTION_OUTPUT.pack(ofp.OFPAT_OUTPUT, 16, a.port, 0),
+    m.Controller: lambda a: _ACTION_OUTPUT.pack(ofp.OFPAT_OUTPUT, 16, ofp.OFPP_CONTROLLER,
+                                                a.max_len),
+    m.PushVlan: lambda a: _ACTION_HDR8.pack(ofp.OFPAT_PUSH_VLAN, 8, a.ethertype),
+    m.PopVlan: lambda a: _EMPTY_ACTION.pack(ofp.OFPAT_POP_VLAN, 8),
+    m.SetField: _set_field,
+    m.Move: lambda a: _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", a.n_bits, 0, 0)
+                          + _oxm_header(a.src) + _oxm_header(a.dst)),
+    m.Meter: lambda a: _INST_METER.pack(ofp.OFPIT_METER, 8, a.meter_id),
+    m.DecTtl: lambda a: _EMPTY_ACTION.pack(ofp.OFPAT_DEC_NW_TTL, 8),
+    m.Ct: _ct,
+    m.Group: lambda a: _ACTION_GROUP.pack(ofp.OFPAT_GROUP, 8, a.group_id),
+    m.Resubmit: lambda a: _nx(nicira_ext.NXAST_RESUBMIT_TABLE,
+                              struct.pack("!HB", RESUBMIT_IN_PORT, int(a.table))),
+})
+
+
 @lru_cache(maxsize=_CACHE)
 def action(a: m.Action) -> bytes:
-    """One apply-action, as os-ken's parser classes (``ofmsgs._action``) serialise it."""
-    if isinstance(a, m.Output):
-        return _ACTION_OUTPUT.pack(ofp.OFPAT_OUTPUT, 16, a.port, 0)
-    if isinstance(a, m.Controller):
-        return _ACTION_OUTPUT.pack(ofp.OFPAT_OUTPUT, 16, ofp.OFPP_CONTROLLER, a.max_len)
-    if isinstance(a, m.PushVlan):
-        return _ACTION_HDR8.pack(ofp.OFPAT_PUSH_VLAN, 8, a.ethertype)
-    if isinstance(a, m.PopVlan):
-        return struct.pack("!HH4x", ofp.OFPAT_POP_VLAN, 8)
-    if isinstance(a, m.DecTtl):
-        return struct.pack("!HH4x", ofp.OFPAT_DEC_NW_TTL, 8)
-    if isinstance(a, m.SetField):
-        tlv = oxm(a.field, a.value, False)[1]
-        length = _pad8(4 + len(tlv))
-        return _MATCH_HDR.pack(ofp.OFPAT_SET_FIELD, length) + tlv + bytes(length - 4 - len(tlv))
-    if isinstance(a, m.Move):
-        return _nx(nicira_ext.NXAST_REG_MOVE, struct.pack("!HHH", a.n_bits, 0, 0)
-                   + _oxm_header(a.src) + _oxm_header(a.dst))
-    if isinstance(a, m.Ct):
-        nat = b"" if a.nat is None else _nat(a.nat)
-        recirc = int(a.table) if a.table is not None else NX_CT_RECIRC_NONE
-        return _nx(nicira_ext.NXAST_CT,
-                   struct.pack("!H4sHB3xH", NX_CT_F_COMMIT if a.commit else 0, bytes(4), a.zone,
-                               recirc, 0) + nat)
-    raise TypeError(f"cannot encode {a!r} as an apply-action")
+    """One action's bytes (cached: the dataclasses are immutable and most actions repeat)."""
+    return m.dispatch(ACTIONS, a)
 
 
 @lru_cache(maxsize=_CACHE)
@@ -199,7 +214,7 @@ def instructions(actions: tuple, goto) -> bytes:
     applied = []
     for a in actions:
         if isinstance(a, m.Meter):
-            out.append(_INST_METER.pack(ofp.OFPIT_METER, 8, a.meter_id))
+            out.append(action(a))
         else:
             applied.append(action(a))
     if applied:

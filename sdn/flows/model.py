@@ -223,3 +223,27 @@ def vlan_vid(vlan: int) -> int:
     if not 1 <= vlan <= 4094:
         raise ValueError(f"VLAN {vlan} is outside 1-4094")
     return OFPVID_PRESENT | vlan
+
+
+class ActionTable(dict):
+    """One encoder's ``{action type: function}``: how it renders each action (bytes, os-ken
+    objects, ovs-ofctl text, a simulated effect). Every encoder declares one covering
+    :data:`ACTION_TYPES` (tests/unit/test_encoders.py), so a new action costs one function
+    per encoder and a forgotten one fails a test; ``encoder`` names it in errors."""
+
+    def __init__(self, encoder: str, functions: dict):
+        super().__init__(functions)
+        self.encoder = encoder
+
+
+def dispatch(table: ActionTable, action, *args):
+    """``table[type(action)](action, *args)``; TypeError, naming the encoder, for anything
+    that is not one of :data:`ACTION_TYPES` (or that the encoder does not handle)."""
+    try:
+        render = table[type(action)]
+    except KeyError:
+        if type(action) in ACTION_TYPES:
+            raise TypeError(f"{table.encoder} has no encoding of {action!r}") from None
+        raise TypeError(f"{table.encoder} cannot encode {action!r}: not one of "
+                        f"{', '.join(t.__name__ for t in ACTION_TYPES)}") from None
+    return render(action, *args)

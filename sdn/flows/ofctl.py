@@ -50,29 +50,32 @@ def _value(value) -> str:
     return str(value)
 
 
-def _action(action: m.Action) -> str:
-    if isinstance(action, m.Output):
-        return "IN_PORT" if action.port == m.OFPP_IN_PORT else f"output:{action.port}"
-    if isinstance(action, m.Controller):
-        return f"controller(max_len={action.max_len})"
-    if isinstance(action, m.PushVlan):
-        return f"push_vlan:{action.ethertype:#06x}"
-    if isinstance(action, m.PopVlan):
-        return "pop_vlan"
-    if isinstance(action, m.SetField):
-        return f"set_field:{_value(action.value)}->{field_name(action.field)}"
-    if isinstance(action, m.Move):
-        return f"move:{field_name(action.src)}[]->{field_name(action.dst)}[]"
-    if isinstance(action, m.Meter):
-        return f"meter:{action.meter_id}"
-    if isinstance(action, m.DecTtl):
-        return "dec_ttl"
-    if isinstance(action, m.Ct):
-        args = (["commit"] if action.commit else []) + [f"zone={action.zone}"]
-        args += [_nat(action.nat)] if action.nat else []
-        args += [f"table={int(action.table)}"] if action.table is not None else []
-        return f"ct({','.join(args)})"
-    raise TypeError(f"no ovs-ofctl rendering for {action!r}")
+def _ct(action: m.Ct) -> str:
+    args = (["commit"] if action.commit else []) + [f"zone={action.zone}"]
+    args += [_nat(action.nat)] if action.nat else []
+    args += [f"table={int(action.table)}"] if action.table is not None else []
+    return f"ct({','.join(args)})"
+
+
+#: ovs-ofctl text of each action (tables by number, as ``table=``/``goto_table:`` are).
+ACTIONS = m.ActionTable("ofctl", {
+    m.Output: lambda a: "IN_PORT" if a.port == m.OFPP_IN_PORT else f"output:{a.port}",
+    m.Controller: lambda a: f"controller(max_len={a.max_len})",
+    m.PushVlan: lambda a: f"push_vlan:{a.ethertype:#06x}",
+    m.PopVlan: lambda a: "pop_vlan",
+    m.SetField: lambda a: f"set_field:{_value(a.value)}->{field_name(a.field)}",
+    m.Move: lambda a: f"move:{field_name(a.src)}[]->{field_name(a.dst)}[]",
+    m.Meter: lambda a: f"meter:{a.meter_id}",
+    m.DecTtl: lambda a: "dec_ttl",
+    m.Ct: _ct,
+    m.Group: lambda a: f"group:{a.group_id}",
+    m.Resubmit: lambda a: f"resubmit(,{int(a.table)})",
+})
+
+
+def actions(acts) -> str:
+    """``a,b,c`` for a sequence of actions (``drop`` when empty)."""
+    return ",".join([m.dispatch(ACTIONS, a) for a in acts]) or "drop"
 
 
 def render(flow: m.Flow, generation: int | None = None) -> str:
@@ -84,7 +87,14 @@ def render(flow: m.Flow, generation: int | None = None) -> str:
     parts += [f"table={int(flow.table)}", f"priority={flow.priority}"]
     parts += [f"ct_state={_ct_state(v)}" if k == "ct_state" else f"{field_name(k)}={_value(v)}"
               for k, v in flow.match]
-    acts = [_action(a) for a in flow.actions]
+    acts = [m.dispatch(ACTIONS, a) for a in flow.actions]
     if flow.goto is not None:
         acts.append(f"goto_table:{int(flow.goto)}")
     return ",".join(parts) + ",actions=" + (",".join(acts) if acts else "drop")
+
+
+def render_group(entry: m.GroupEntry) -> str:
+    """``group_id=...,type=all,bucket=actions=...,bucket=...`` for ``ovs-ofctl -O OpenFlow13
+    add-group`` (an empty bucket drops its copy)."""
+    buckets = "".join(f",bucket=actions={actions(b)}" for b in entry.buckets)
+    return f"group_id={entry.group_id},type={entry.type}{buckets}"

@@ -107,20 +107,51 @@ def _nat(ct: m.Ct, pkt: dict) -> None:
         pkt[f"tcp_{side}"] = pkt[f"udp_{side}"] = ct.nat.port
 
 
-def _apply(action: m.Action, pkt: dict, result: Result) -> None:
+def _output(action: m.Output, pkt: dict, result: Result) -> None:
     tag = pkt["vlan_vid"] & 0xFFF if pkt["vlan_vid"] & m.OFPVID_PRESENT else None
-    if isinstance(action, m.Output):
-        if action.port == m.OFPP_IN_PORT:
-            result.outputs.append((pkt["in_port"], tag))
-        elif action.port != pkt["in_port"]:
-            result.outputs.append((action.port, tag))
-    elif isinstance(action, m.Controller):
-        result.to_controller = True
-    elif isinstance(action, m.PushVlan):
-        pkt["vlan_vid"] = m.OFPVID_PRESENT
-    elif isinstance(action, m.PopVlan):
-        pkt["vlan_vid"] = m.OFPVID_NONE
-    elif isinstance(action, m.SetField):
-        pkt[action.field] = action.value
-    elif isinstance(action, m.Move):
-        pkt[action.dst] = pkt.get(action.src)
+    if action.port == m.OFPP_IN_PORT:
+        result.outputs.append((pkt["in_port"], tag))
+    elif action.port != pkt["in_port"]:
+        result.outputs.append((action.port, tag))
+
+
+def _controller(action: m.Controller, pkt: dict, result: Result) -> None:
+    result.to_controller = True
+
+
+def _set(field_name: str, value):
+    def apply(action, pkt: dict, result: Result) -> None:
+        pkt[field_name] = value
+    return apply
+
+
+def _set_field(action: m.SetField, pkt: dict, result: Result) -> None:
+    pkt[action.field] = action.value
+
+
+def _move(action: m.Move, pkt: dict, result: Result) -> None:
+    pkt[action.dst] = pkt.get(action.src)
+
+
+def _ignore(action, pkt: dict, result: Result) -> None:
+    """Meters and TTLs are not simulated."""
+
+
+#: Actions that change the walk's control flow, handled by ``_Walk.actions`` itself.
+WALK_ACTIONS = (m.Ct, m.Group, m.Resubmit)
+
+#: Effect of every other action on the packet and the result.
+ACTIONS = m.ActionTable("trace", {
+    m.Output: _output,
+    m.Controller: _controller,
+    m.PushVlan: _set("vlan_vid", m.OFPVID_PRESENT),
+    m.PopVlan: _set("vlan_vid", m.OFPVID_NONE),
+    m.SetField: _set_field,
+    m.Move: _move,
+    m.Meter: _ignore,
+    m.DecTtl: _ignore,
+})
+
+
+def _apply(action: m.Action, pkt: dict, result: Result) -> None:
+    m.dispatch(ACTIONS, action, pkt, result)

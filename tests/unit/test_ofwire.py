@@ -8,7 +8,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn.apps import ofmsgs, ofwire
 from sdn.flows import model as m
-from sdn.flows.compiler import bind_ports, compile_datapath
+from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import Feature, Table, flow
 from sdn.flows.router import RouterSettings
 from sdn.view import FloatingView, NetworkView, StateView, VifView
@@ -52,18 +52,24 @@ class Dp:
 
 def _flows():
     binding = bind_ports(VIEW, PORTS, frozenset({"trunk1", "trunk2"}), "pub")
-    out = compile_datapath(VIEW, binding, 100, RS)
-    # no router, no learned gateway: other branches of the compiler
-    out += compile_datapath(VIEW, binding, None, dataclasses.replace(RS, metadata_host=None))
-    out += compile_datapath(dataclasses.replace(VIEW, floating_ips=()), binding, None, None)
-    return list(dict.fromkeys(out))
+    desired = [compile_datapath(VIEW, binding, CompileSettings(dhcp_rate_pps=100, router=RS)),
+               # no router, no learned gateway: other branches of the compiler
+               compile_datapath(VIEW, binding, CompileSettings(
+                   router=dataclasses.replace(RS, metadata_host=None))),
+               compile_datapath(dataclasses.replace(VIEW, floating_ips=()), binding)]
+    flows = [f for d in desired for f in d.flows]
+    groups = {g.group_id: g for d in desired for g in d.groups.values()}
+    return list(dict.fromkeys(flows)), list(groups.values())
 
 
-FLOWS = _flows()
+FLOWS, GROUPS = _flows()
 EXTRA = [
-    flow(Feature.L2, Table.DELIVERY, 5, {"eth_dst": ("01:00:00:00:00:00", "01:00:00:00:00:00"),
-                                         "reg6": 7}, [m.Output(3)]),
-    flow(Feature.L2, Table.DELIVERY, 5, {"eth_dst": ("01:23:45:67:89:ab", "ff:ff:ff:00:00:00")}),
+    flow(Feature.L2, Table.L2_LOOKUP, 5, {"eth_dst": ("01:00:00:00:00:00", "01:00:00:00:00:00"),
+                                          "reg6": 7}, [m.Output(3), m.Group(m.entry_id(Feature.L2, 7))]),
+    flow(Feature.L2, Table.L2_LOOKUP, 5, {"eth_dst": ("01:23:45:67:89:ab", "ff:ff:ff:00:00:00")}),
+    flow(Feature.L2, Table.L2_LOOKUP, 6, {"reg6": 7},
+         [m.SetField("reg7", 3), m.Resubmit(Table.INGRESS_ACL), m.SetField("reg7", 0xFFFFFFFF),
+          m.Resubmit(Table.CLASSIFY), m.Group(0xFFFFFFFF), m.Resubmit(Table.OUTPUT)]),
     flow(Feature.ROUTER, Table.L3_ROUTE, 9, {"eth_type": 0x0800, "ipv4_dst": ("10.1.2.3", "255.255.0.0")},
          [m.SetField("ipv4_src", "1.2.3.4"), m.SetField("eth_src", "02:00:00:00:00:09")], Table.L3_OUTPUT),
     flow(Feature.ROUTER, Table.L3_ROUTE, 9, {"eth_type": 0x86DD, "ipv6_src": "fe80::1",
@@ -85,7 +91,7 @@ EXTRA = [
                                                   "eth_src": ("02:00:00:00:00:00", "ff:ff:00:00:00:00"),
                                                   "vlan_vid": (0x1000, 0x1000)}),
     flow(Feature.PIPELINE, Table.CLASSIFY, 0, {}),
-    flow(Feature.PIPELINE, Table.CLASSIFY, 0, {}, [m.Meter(1)], Table.DELIVERY),
+    flow(Feature.PIPELINE, Table.CLASSIFY, 0, {}, [m.Meter(1)], Table.OUTPUT),
 ]
 
 
@@ -110,8 +116,9 @@ def test_fixture_is_rich():
             "ipv4_dst", "udp_src", "udp_dst", "tcp_dst", "arp_op", "arp_spa", "arp_tpa",
             "arp_sha", "ipv6_src", "icmpv6_type", "ipv6_nd_target", "reg5", "reg6",
             "ct_state"} <= fields
-    assert {"Output", "Controller", "PushVlan", "PopVlan", "SetField", "Move", "Meter",
-            "DecTtl", "Ct"} <= kinds
+    assert {t.__name__ for t in m.ACTION_TYPES} <= kinds | {
+        type(a).__name__ for f in EXTRA for a in f.actions}
+    assert GROUPS
     assert any(isinstance(v, tuple) for f in FLOWS for _, v in f.match)
     assert any(f.goto is None and not f.actions for f in FLOWS)
 
@@ -136,7 +143,7 @@ def test_delete_cookie_bytes_equal_oskens():
 def test_cached_encodings_do_not_leak_between_flows():
     # the same field value in a match (mask applied) and a set-field (as given) differ
     assert ofwire.oxm("reg3", (3, 1))[1] != ofwire.oxm("reg3", (3, 1), False)[1]
-    f = EXTRA[4]
+    f = EXTRA[5]   # meter, ct(nat), controller, push_vlan, set_field, IN_PORT, move
     assert ofwire.flow_add(f, GEN, XID) == ofwire.flow_add(f, GEN, XID)
 
 
