@@ -7,12 +7,29 @@ by name (``sdn.view.vif_port_name``).
 
 from __future__ import annotations
 
-from ovsdbapp.backend.ovs_idl import connection
-from ovsdbapp.schema.open_vswitch import impl_idl
+import logging
+import warnings
+
+with warnings.catch_warnings():
+    # ovs.poller (imported by ovsdbapp) tries ``from eventlet import patcher`` only to detect
+    # monkey-patching; eventlet >= 0.37 warns on import, 9 lines on every plug/unplug. sdn does not
+    # use eventlet here, so that one warning, from that one import, is dropped.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated", module=r"ovs\.poller")
+    from ovsdbapp.backend.ovs_idl import connection
+    from ovsdbapp.schema.open_vswitch import impl_idl
 
 from sdn import exception
 
 DEFAULT_TIMEOUT = 10
+
+
+def _not_post_commit_check(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Post-commit checks failed")
+
+
+# ovsdbapp logs a traceback when vswitchd could not add an interface, then reports success;
+# plug_vif reads the Interface row itself and raises PortNotCreated, so the traceback is noise.
+logging.getLogger(impl_idl.__name__).addFilter(_not_post_commit_check)
 
 
 class Ovs:
@@ -92,12 +109,43 @@ class Ovs:
         cols = [("external_ids", external_ids)]
         if internal:
             cols.append(("type", "internal"))
+        self._require_bridge(bridge)
         self._commit(f"port {port_name} on {bridge}",
                      [api.add_port(bridge, port_name, may_exist=True),
                       api.db_set("Interface", port_name, *cols)])
+        if internal:
+            return
+        problem = self._attach_problem(port_name)
+        if problem:  # a port that cannot carry traffic is removed: the bridge is as it was
+            self._commit(f"removal of port {port_name}", [api.del_port(port_name, bridge, if_exists=True)])
+            raise exception.PortNotCreated(port=port_name, bridge=bridge, reason=problem)
+
+    def _attach_problem(self, port_name: str) -> str | None:
+        """Why vswitchd could not attach the interface (its ``error`` column, ofport -1 or none
+        assigned), or None when it has an OpenFlow port number."""
+        row = self.api.db_list("Interface", [port_name], columns=["ofport", "error"],
+                               if_exists=True).execute(check_error=True)
+        if not row:
+            return "the interface row is gone"
+        ofport = row[0]["ofport"]
+        ofport = ofport[0] if isinstance(ofport, list) and ofport else ofport
+        error = row[0]["error"]
+        error = error[0] if isinstance(error, list) and error else error
+        if error:
+            return str(error)
+        if ofport in ([], None) or ofport < 0:
+            return f"ofport {ofport if ofport != [] else 'unassigned'}: no such device"
+        return None
+
+    def _require_bridge(self, bridge: str) -> None:
+        if not self.bridge_exists(bridge):
+            names = sorted(self.api.list_br().execute(check_error=True))
+            raise exception.BridgeNotFound(bridge=bridge, existing=", ".join(names) or "there are none")
 
     def unplug_vif(self, bridge: str, port_name: str) -> None:
-        """Remove ``port_name`` from ``bridge``; no error if it is not there."""
+        """Remove ``port_name`` from ``bridge``; no error if it is not there. Raises
+        BridgeNotFound for a bridge that does not exist."""
+        self._require_bridge(bridge)
         self._commit(f"removal of port {port_name}", [self.api.del_port(port_name, bridge, if_exists=True)])
 
     def port_exists(self, bridge: str, port_name: str) -> bool:
