@@ -55,9 +55,8 @@ class RawDhcp:
     def _serve(self) -> None:
         try:
             self.server.serve_forever(self.stop.is_set)
-        except BaseException:
+        except Exception:  # the thread ends; the agent's next poll sees it and restarts it
             LOG.exception("raw DHCP server on %s stopped", self.bridge)
-            raise
 
     def alive(self) -> bool:
         """Serving: its thread and its lease-commit thread are running."""
