@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(create, "dns1", help="first DNS server (default flat_network_dns)")
     _opt(create, "dns2", help="second DNS server")
     _opt(create, "project_id", help="project owning the network(s)")
-    net.add_parser("list", help="list networks")
+    net.add_parser("list", help="list networks").add_argument("--json", action="store_true",
+                                                               help="print a JSON list of objects")
     delete = net.add_parser("delete", help="delete a network with no allocated fixed IPs")
     _opt(delete, "fixed_range", required=True, metavar="CIDR", help="CIDR of the network to delete")
 
@@ -184,6 +185,9 @@ def cmd_network(args, conf) -> None:
             vlan = f" vlan {n['vlan']} bridge {n['bridge']}" if n["vlan"] else ""
             print(f"created network {n['id']} {n['label']} {n['cidr']} gw {n['gateway']}{vlan}")
     elif args.action == "list":
+        if args.json:
+            print(json.dumps(mgr.list_networks()))
+            return
         _table([[n["id"], n["cidr"], n["netmask"], n["gateway"], n["dhcp_start"], n["dns1"], n["dns2"],
                  n["vlan"], n["project_id"], n["label"]] for n in mgr.list_networks()],
                ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label"])
