@@ -46,12 +46,18 @@ def _request(mtype: str, *, eth_src: str, chaddr: str, ciaddr: str = "0.0.0.0", 
                     options=[*options, *stuffing, *(["pad"] * room)])
 
 
+def _two_guests(backend):
+    """A VLAN network with guests a1 and a2 of one project, the agent running:
+    (env, (a1, host of a1), (a2, host of a2))."""
+    env = backend_vlan_env(backend)
+    guests = [backend.launch(env, name, "alpha") for name in ("a1", "a2")]
+    backend.start(env)
+    return env, *guests
+
+
 @pytest.mark.parametrize("backend", ["linux-scapy"], indirect=True)
 def test_release_and_decline_of_another_vifs_lease_are_ignored(backend):
-    env = backend_vlan_env(backend)
-    a1, h_a1 = backend.launch(env, "a1", "alpha")
-    a2, h_a2 = backend.launch(env, "a2", "alpha")
-    backend.start(env)
+    env, (a1, h_a1), (a2, h_a2) = _two_guests(backend)
     h_a1.dhclient()
     wait_for(lambda: lease_state(env, a1["address"]), timeout=10, what="a1's lease in state")
 
@@ -75,10 +81,7 @@ def test_release_and_decline_of_another_vifs_lease_are_ignored(backend):
 
 @pytest.mark.parametrize("backend", ["linux-scapy"], indirect=True)
 def test_mtu_sized_requests_stuffed_with_option_82_get_replies_within_the_mtu(backend):
-    env = backend_vlan_env(backend)
-    a1, h_a1 = backend.launch(env, "a1", "alpha")
-    a2, h_a2 = backend.launch(env, "a2", "alpha")
-    backend.start(env)
+    env, (a1, h_a1), (a2, h_a2) = _two_guests(backend)
     cap = h_a1.capture("udp dst port 68")
     discover = _request("discover", eth_src=a1["mac"], chaddr=a1["mac"], size=1514)
     request = _request("request", eth_src=a1["mac"], chaddr=a1["mac"], size=1508,
