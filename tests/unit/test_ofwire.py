@@ -161,7 +161,7 @@ def test_bundle_adds_allocate_fresh_xids_from_the_datapath_counter():
 
 
 def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
-    """The bytes _send_plan now sends equal the old os-ken loop: deletes, adds, stale cookies,
+    """The bytes DatapathSync._send_bundle sends equal the old os-ken loop: deletes, adds, stale cookies,
     each bundle-add with the next xid of the datapath."""
     deletes, adds, stale = FLOWS[:7], FLOWS[7:40], [m.cookie(Feature.L2, 3), m.cookie(Feature.DHCP, 4)]
     dp = Dp()
@@ -183,9 +183,13 @@ def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
 
 
 class _RecordingDp(Dp):
+    """Records what is sent; answers each barrier at once (through ``sync.on_barrier``)."""
+
     def __init__(self):
         self.xid = 500
         self.sent: list[bytes] = []
+        self.barriers = 0
+        self.sync = None
 
     def set_xid(self, msg):   # os-ken Datapath.set_xid
         self.xid = (self.xid + 1) & 0xFFFFFFFF
@@ -197,36 +201,30 @@ class _RecordingDp(Dp):
             self.set_xid(msg)
         msg.serialize()
         self.sent.append(bytes(msg.buf))
+        if isinstance(msg, parser.OFPBarrierRequest):
+            self.barriers += 1
+            self.sync.on_barrier(msg.xid)
 
     def send(self, buf):
         self.sent.append(bytes(buf))
 
 
-class _Waiter:
-    errors: list = []
-
-
-class _Controller:
-    def __init__(self):
-        import itertools
-        self._bundle_ids = itertools.count(1)
-        self.requests = []
-
-    def _request(self, dp, msg):
-        self.requests.append(msg)
-        dp.send_msg(msg)
-        return _Waiter()
+def _sync(dp):
+    from sdn.apps.datapath import DatapathSync
+    dp.sync = DatapathSync(dp, lambda ports: m.Desired([], {}, {}), lambda: GEN, start=False,
+                           reply_timeout=1)
+    dp.sync.generation = GEN
+    return dp.sync
 
 
 def _send_plan(plan):
-    from sdn.apps.controller import SdnController
     from sdn.flows import reconcile
-    ctl, dp = _Controller(), _RecordingDp()
+    dp = _RecordingDp()
     try:
-        SdnController._send_plan(ctl, dp, reconcile.Plan(**plan), GEN)
+        _sync(dp)._send_bundle(reconcile.Plan(**plan))
     finally:
         stream = b"".join(dp.sent)
-    return ctl, dp, stream
+    return dp, stream
 
 
 def _ctrl_type(stream: bytes, offset: int) -> tuple[int, int]:
@@ -245,14 +243,14 @@ def _messages(stream: bytes):
 
 
 def test_send_plan_opens_adds_commits_then_waits_for_a_barrier():
-    ctl, dp, stream = _send_plan(dict(adds=FLOWS[:30], deletes=FLOWS[30:33],
-                                      stale_cookies=[m.cookie(Feature.L2, 1)]))
+    dp, stream = _send_plan(dict(adds=FLOWS[:30], deletes=FLOWS[30:33],
+                                 stale_cookies=[m.cookie(Feature.L2, 1)]))
     kinds = list(_messages(stream))
     assert kinds[0] == (ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_OPEN_REQUEST)
     assert kinds[1:35] == [(ofp.OFPT_EXPERIMENTER, -1)] * 34
     assert kinds[35:] == [(ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_COMMIT_REQUEST),
                           (ofp.OFPT_BARRIER_REQUEST, -1)]
-    assert len(ctl.requests) == 1
+    assert dp.barriers == 1
     xids = [int.from_bytes(stream[o + 4:o + 8], "big") for o in _offsets(stream)]
     assert xids == list(range(501, 501 + len(xids)))   # unique, from the datapath's counter
 
@@ -266,12 +264,10 @@ def _offsets(stream):
 
 def test_send_plan_discards_the_bundle_when_a_flow_cannot_be_encoded():
     bad = dataclasses.replace(FLOWS[0], actions=(object(),))
-    ctl = _Controller()
     dp = _RecordingDp()
-    from sdn.apps.controller import SdnController
     from sdn.flows import reconcile
-    with pytest.raises(TypeError):
-        SdnController._send_plan(ctl, dp, reconcile.Plan(adds=[*FLOWS[:5], bad]), GEN)
+    with pytest.raises(TypeError, match="ofwire cannot encode"):
+        _sync(dp)._send_bundle(reconcile.Plan(adds=[*FLOWS[:5], bad]))
     kinds = list(_messages(b"".join(dp.sent)))
     assert kinds[0][1] == ofp.ONF_BCT_OPEN_REQUEST and kinds[-1][1] == ofp.ONF_BCT_DISCARD_REQUEST
-    assert (ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_COMMIT_REQUEST) not in kinds and not ctl.requests
+    assert (ofp.OFPT_EXPERIMENTER, ofp.ONF_BCT_COMMIT_REQUEST) not in kinds and not dp.barriers
