@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sdn import exception, validation, view
+from sdn import exception, leases, validation, view
 from sdn.db import api as db
 from sdn.db import models
 from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
@@ -380,36 +380,15 @@ class NetworkManager:
     # -- DHCP lease events and the disassociation task ----------------------------------------
 
     def lease_fixed_ip(self, address: str, mac: str | None = None) -> None:
-        """DHCP ACK sent for ``address`` (nova's dhcpbridge ``add``/``old``): mark it leased.
-        Raises FixedIpNotFound, FixedIpNotAssociated, FixedIpMacMismatch."""
-        with db.transaction(self.engine) as session:
-            ip = self._lease_target(session, address, mac, "leased")
-            ip.leased = True
-            ip.updated_at = models.utcnow()
+        """DHCP ACK sent for ``address`` (nova's dhcpbridge ``add``/``old``): mark it leased
+        (``sdn.leases``). Raises FixedIpNotFound, FixedIpNotAssociated, FixedIpMacMismatch."""
+        leases.one(self.engine, leases.LEASE, address, mac)
 
     def release_fixed_ip(self, address: str, mac: str | None = None) -> None:
         """DHCP lease of ``address`` released or expired (dhcpbridge ``del``): clear ``leased``,
-        and disassociate the address if the instance no longer holds it.
+        and disassociate the address if the instance no longer holds it (``sdn.leases``).
         Raises FixedIpNotFound, FixedIpNotAssociated, FixedIpMacMismatch."""
-        with db.transaction(self.engine) as session:
-            ip = self._lease_target(session, address, mac, "released")
-            ip.leased = False
-            ip.updated_at = models.utcnow()
-            if not ip.allocated:
-                ip.instance_uuid = None
-                ip.host = None
-
-    @staticmethod
-    def _lease_target(session: Session, address: str, mac: str | None, event: str) -> models.FixedIp:
-        ip = session.scalar(select(models.FixedIp).where(models.FixedIp.address == address))
-        if ip is None:
-            raise exception.FixedIpNotFound(address=address)
-        if ip.instance_uuid is None:
-            raise exception.FixedIpNotAssociated(address=address, event=event)
-        vif = ip.virtual_interface
-        if mac and vif is not None and vif.address.lower() != mac.lower():
-            raise exception.FixedIpMacMismatch(address=address, expected=vif.address, mac=mac)
-        return ip
+        leases.one(self.engine, leases.RELEASE, address, mac)
 
     def timeout_fixed_ips(self, now: datetime.datetime | None = None) -> int:
         """Disassociate fixed IPs deallocated and unleased for longer than

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from sdn.flows.model import (OFPP_IN_PORT, Feature, Flow, Move, Output, Reg, SetField, Table,
-                             flow)
+from sdn.flows.context import DatapathContext
+from sdn.flows.model import (OFPP_IN_PORT, EthType, Feature, Flow, Move, Output, Reg, SetField,
+                             Table, flow)
 from sdn.view import NetworkView
 
 PRIO_ARP = 200
@@ -25,9 +26,14 @@ def reply_actions(address: str, mac: str) -> list:
             SetField("arp_spa", str(ipaddress.IPv4Address(address))), Output(OFPP_IN_PORT)]
 
 
+def compile(dp: DatapathContext) -> list[Flow]:
+    """Feature entry point: every network present on the datapath."""
+    return [f for network in dp.networks for f in compile_network(network)]
+
+
 def compile_network(network: NetworkView) -> list[Flow]:
     """Reply to ``who-has <gateway>`` from any port of ``network`` with its gateway MAC."""
     return [flow(Feature.GATEWAY_ARP, Table.SERVICES, PRIO_ARP,
-                 {Reg.NET: network.key, "eth_type": 0x0806, "arp_op": ARP_REQUEST,
+                 {Reg.NET: network.key, "eth_type": EthType.ARP, "arp_op": ARP_REQUEST,
                   "arp_tpa": network.gateway},
                  reply_actions(network.gateway, network.gateway_mac))]

@@ -3,16 +3,28 @@
 From a VIF: untagged frames only (a tagged frame from an instance is VLAN hopping, dropped by
 the table default), reg5 := in_port, reg6 := the VIF's network key, on to port security.
 From a trunk: VLAN networks by tag (tag popped), the flat network untagged; on to services
-(past port security: the far end already ran it), where routed frames reach the router.
+(past port security and the egress ACL: the far end already ran them), where routed frames reach the router.
 """
 
 from __future__ import annotations
 
+from sdn.flows.context import DatapathContext
 from sdn.flows.model import (OFPVID_NONE, Feature, Flow, PopVlan, Reg, SetField, Table, flow,
                              vlan_vid)
+from sdn.flows.pipeline import next_table
 from sdn.view import NetworkView
 
 PRIO_PORT = 100
+
+
+def compile(dp: DatapathContext) -> list[Flow]:
+    """Feature entry point: every VIF port and trunk of the datapath."""
+    flows = []
+    for port, vif in dp.vifs:
+        flows += compile_vif(port, dp.network_of(vif))
+    for trunk in dp.binding.trunks:
+        flows += compile_trunk(trunk, dp.networks)
+    return flows
 
 
 def compile_vif(ofport: int, network: NetworkView) -> list[Flow]:
@@ -20,7 +32,7 @@ def compile_vif(ofport: int, network: NetworkView) -> list[Flow]:
     return [flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,
                  {"in_port": ofport, "vlan_vid": OFPVID_NONE},
                  [SetField(Reg.SRC_PORT, ofport), SetField(Reg.NET, network.key)],
-                 goto=Table.PORT_SECURITY)]
+                 goto=next_table(Table.CLASSIFY))]
 
 
 def compile_trunk(ofport: int, networks: list[NetworkView]) -> list[Flow]:

@@ -4,30 +4,36 @@ Table CLASSIFY: punt relayed DHCP (udp 67->67, RFC 1542) from a relay port, tagg
 No match on nw_dst, so unicast RENEWING requests to the server address are punted too
 (Neutron's OVS DHCP matched only broadcast and left renewals unanswered). Each VIF's punts
 pass its own packets-per-second meter, so one VIF flooding DISCOVERs cannot starve the
-others or the controller.
+others or the controller. Meters are ``model.entry_id(Feature.DHCP, ofport)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from sdn.flows.model import Controller, Feature, Flow, Meter, Reg, Table, flow
+from sdn.flows.context import DatapathContext
+from sdn.flows.model import (Controller, EthType, Feature, Flow, IpProto, Meter, MeterEntry, Reg,
+                             Table, entry_id, flow)
 
 PRIO_PUNT = 300
 #: above the classifier's port flows: a relay port is also a trunk
 PRIO_RELAY_PUNT = 200
-#: sdn's meters are METER_BASE | ofport: recognisable in dump-meters, clear of other users.
-METER_BASE = 0x5D000000
-METER_MASK = 0xFF000000
 
 
 def meter_id(ofport: int) -> int:
-    """The DHCP punt meter of VIF ``ofport``."""
-    return METER_BASE | ofport
+    """The DHCP punt meter of VIF or relay port ``ofport``."""
+    return entry_id(Feature.DHCP, ofport)
 
 
-def is_sdn_meter(mid: int) -> bool:
-    return mid & METER_MASK == METER_BASE
+def compile(dp: DatapathContext) -> list:
+    """Feature entry point: punt flows of every VIF and relay port, and their meters."""
+    vif_rate, relay_rate = dp.settings.dhcp_rate_pps, dp.settings.relay_rate_pps
+    out: list = []
+    for port, _vif in dp.vifs:
+        out += compile_vif(port, vif_rate)
+    for relay in dp.binding.relays:
+        out += compile_relay(relay, relay_rate)
+    out += compile_meters((port for port, _ in dp.vifs), vif_rate)
+    out += compile_meters(dp.binding.relays, relay_rate)
+    return out
 
 
 def compile_vif(ofport: int, rate_pps: int | None = None) -> list[Flow]:
@@ -35,14 +41,16 @@ def compile_vif(ofport: int, rate_pps: int | None = None) -> list[Flow]:
     ``rate_pps`` is set."""
     actions = ([Meter(meter_id(ofport))] if rate_pps else []) + [Controller()]
     return [flow(Feature.DHCP, Table.SERVICES, PRIO_PUNT,
-                 {Reg.SRC_PORT: ofport, "eth_type": 0x0800, "ip_proto": 17,
+                 {Reg.SRC_PORT: ofport, "eth_type": EthType.IPV4, "ip_proto": IpProto.UDP,
                   "udp_src": 68, "udp_dst": 67},
                  actions)]
 
 
-def compile_meters(vif_ports: Iterable[int], rate_pps: int | None) -> dict[int, int]:
-    """Desired meters: meter id -> rate (packets/s), one per VIF port; none if unlimited."""
-    return {meter_id(port): rate_pps for port in vif_ports} if rate_pps else {}
+def compile_meters(ports, rate_pps: int | None) -> list[MeterEntry]:
+    """One packets/s meter per port; none if unlimited."""
+    if not rate_pps:
+        return []
+    return [MeterEntry(Feature.DHCP, meter_id(port), rate_pps) for port in ports]
 
 
 def compile_relay(ofport: int, rate_pps: int | None = None) -> list[Flow]:
@@ -51,6 +59,6 @@ def compile_relay(ofport: int, rate_pps: int | None = None) -> list[Flow]:
     (see ``sdn.dhcp.relay``); through the port's meter if ``rate_pps`` is set."""
     actions = ([Meter(meter_id(ofport))] if rate_pps else []) + [Controller()]
     return [flow(Feature.DHCP, Table.CLASSIFY, PRIO_RELAY_PUNT,
-                 {"in_port": ofport, "eth_type": 0x0800, "ip_proto": 17,
+                 {"in_port": ofport, "eth_type": EthType.IPV4, "ip_proto": IpProto.UDP,
                   "udp_src": 67, "udp_dst": 67},
                  actions)]

@@ -1,21 +1,50 @@
-"""Table DELIVERY: L2 forwarding inside one network (segment key in reg6), never across.
+"""Tables L2_LOOKUP and OUTPUT: L2 forwarding inside one network (segment key in reg6), never
+across.
 
-Known MACs come from state, not learning: a local VIF's MAC goes to its port, a VIF of the same
-network elsewhere goes out the trunks (tagged with the network's VLAN), and broadcast/multicast
-floods to the network's local VIFs plus the trunks. Anything else (another project's MAC, an
+Known MACs come from state, not learning. In L2_LOOKUP a local VIF's MAC sets reg7 to its port
+and goes on to the ingress ACL, then OUTPUT sends to reg7; a VIF of the same network elsewhere
+goes out the trunks (tagged with the network's VLAN; its own hypervisor runs its ingress ACL);
+broadcast/multicast applies the network's flood group. Anything else (another project's MAC, an
 unknown MAC) hits the table's drop. Output to the ingress port is dropped by OpenFlow itself,
 so floods never echo back. Trunks must form a tree.
+
+Flood groups (type all, OpenFlow 1.3 §5.6.1): one bucket per local VIF (reg7 := port, resubmit
+to the ingress ACL, so each copy meets its receiver's security groups) and one for the trunks.
+One OpenFlow message holds at most 64 KB (~1,300 such buckets), so a network with more local
+VIFs gets a root group whose buckets apply chunk groups of ``FLOOD_CHUNK`` VIFs each: any
+network size up to ``FLOOD_CHUNK * 15`` VIFs on one switch.
+Group ids: ``entry_id(Feature.L2, network index << 4 | chunk)`` (network index: its position
+among the networks present on the datapath, so 4,096 networks per datapath).
 """
 
 from __future__ import annotations
 
-from sdn.flows.model import Feature, Flow, Output, PushVlan, Reg, SetField, Table, flow, vlan_vid
+from sdn.flows.context import DatapathContext
+from sdn.flows.model import (Feature, Flow, Group, GroupEntry, Output, PushVlan, Reg, Resubmit,
+                             SetField, Table, entry_id, flow, vlan_vid)
+from sdn.flows.pipeline import next_table
 from sdn.view import NetworkView, VifView
 
 PRIO_LOCAL = 100
 PRIO_REMOTE = 90
 PRIO_FLOOD = 50
+PRIO_OUTPUT = 100
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+FLOOD_CHUNK = 1000
+_CHUNKS_MAX = 15
+_NETWORKS_MAX = 4096
+
+
+def compile(dp: DatapathContext) -> list:
+    """Feature entry point: lookup and flood of every network present, output of every VIF."""
+    out: list = []
+    for index, network in enumerate(dp.networks):
+        out += compile_network(network, dp.local_by_net.get(network.id, []),
+                               dp.remote_by_net.get(network.id, []), list(dp.binding.trunks),
+                               gateway_remote=dp.routed_elsewhere, index=index)
+    out += [flow(Feature.L2, Table.OUTPUT, PRIO_OUTPUT, {Reg.DST_PORT: port}, [Output(port)])
+            for port, _ in dp.vifs]
+    return out
 
 
 def _to_trunks(network: NetworkView, trunks: list[int]) -> list:
@@ -25,27 +54,57 @@ def _to_trunks(network: NetworkView, trunks: list[int]) -> list:
     return tag + [Output(p) for p in trunks]
 
 
+def flood_group_id(index: int, chunk: int = 0) -> int:
+    """Group id of the flood group of the ``index``-th network on a datapath (chunk 0: the
+    group the flood flow applies)."""
+    if not 0 <= index < _NETWORKS_MAX:
+        raise ValueError(f"more than {_NETWORKS_MAX} networks on one datapath")
+    return entry_id(Feature.L2, index << 4 | chunk)
+
+
+def flood_groups(index: int, ports: list[int], to_trunks: list) -> list[GroupEntry]:
+    """The flood group(s) of one network: first the chunk groups (if any), then the root."""
+    to_port = [(SetField(Reg.DST_PORT, port), Resubmit(Table.INGRESS_ACL)) for port in ports]
+    trunk_bucket = [tuple(to_trunks)] if to_trunks else []
+    root_id = flood_group_id(index)
+    if len(ports) <= FLOOD_CHUNK:
+        return [GroupEntry(Feature.L2, root_id, tuple(to_port + trunk_bucket))]
+    chunks = [to_port[i:i + FLOOD_CHUNK] for i in range(0, len(to_port), FLOOD_CHUNK)]
+    if len(chunks) > _CHUNKS_MAX:
+        raise ValueError(f"{len(ports)} VIFs of one network on one datapath: at most "
+                         f"{FLOOD_CHUNK * _CHUNKS_MAX} can share a flood domain")
+    groups = [GroupEntry(Feature.L2, flood_group_id(index, k + 1), tuple(chunk))
+              for k, chunk in enumerate(chunks)]
+    root = GroupEntry(Feature.L2, root_id,
+                      tuple((Group(g.group_id),) for g in groups) + tuple(trunk_bucket))
+    return groups + [root]
+
+
 def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
                     remote: list[VifView], trunks: list[int],
-                    gateway_remote: bool = False) -> list[Flow]:
-    """Delivery flows of one network on one datapath.
+                    gateway_remote: bool = False, index: int = 0) -> list:
+    """L2_LOOKUP flows and flood groups of one network on one datapath.
 
     ``local`` is [(ofport, vif)] plugged here; ``remote`` the network's VIFs elsewhere;
     ``trunks`` the trunk ofports (sorted for stable output); ``gateway_remote`` sends frames
-    for the gateway MAC over the trunks (the router is on another datapath).
+    for the gateway MAC over the trunks (the router is on another datapath); ``index`` the
+    network's position on the datapath (its flood group id).
     """
     key = network.key
-    flows = [flow(Feature.L2, Table.DELIVERY, PRIO_LOCAL, {Reg.NET: key, "eth_dst": vif.mac},
-                  [Output(port)]) for port, vif in local]
+    to_acl = next_table(Table.L2_LOOKUP)
+    out: list = [flow(Feature.L2, Table.L2_LOOKUP, PRIO_LOCAL, {Reg.NET: key, "eth_dst": vif.mac},
+                      [SetField(Reg.DST_PORT, port)], goto=to_acl) for port, vif in local]
     to_trunks = _to_trunks(network, trunks)
     if to_trunks:
         local_macs = {vif.mac for _, vif in local}
-        flows += [flow(Feature.L2, Table.DELIVERY, PRIO_REMOTE, {Reg.NET: key, "eth_dst": vif.mac},
-                       to_trunks) for vif in remote if vif.mac not in local_macs]
+        out += [flow(Feature.L2, Table.L2_LOOKUP, PRIO_REMOTE, {Reg.NET: key, "eth_dst": vif.mac},
+                     to_trunks) for vif in remote if vif.mac not in local_macs]
         if gateway_remote:
-            flows.append(flow(Feature.L2, Table.DELIVERY, PRIO_REMOTE,
-                              {Reg.NET: key, "eth_dst": network.gateway_mac}, to_trunks))
-    flood = [Output(port) for port, _ in sorted(local, key=lambda pv: pv[0])] + to_trunks
-    flows.append(flow(Feature.L2, Table.DELIVERY, PRIO_FLOOD, {Reg.NET: key, "eth_dst": MULTICAST},
-                      flood))
-    return flows
+            out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_REMOTE,
+                            {Reg.NET: key, "eth_dst": network.gateway_mac}, to_trunks))
+    groups = flood_groups(index, [port for port, _ in sorted(local, key=lambda pv: pv[0])],
+                          to_trunks)
+    out += groups
+    out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_FLOOD, {Reg.NET: key, "eth_dst": MULTICAST},
+                    [Group(groups[-1].group_id)]))
+    return out

@@ -17,12 +17,14 @@ from typing import Union
 
 
 class Table(enum.IntEnum):
-    """Pipeline tables (goto_table only moves forward). Names appear in dump-flows --names."""
+    """Pipeline tables (numbers only grow along a packet's way; the stage graph, each table's
+    successor and its table-miss live in ``sdn.flows.pipeline``). Names appear in
+    ``dump-flows --names``."""
 
     CLASSIFY = 0          # by in_port (VIF, trunk VLAN tag, public port) -> reg5/reg6
     PORT_SECURITY = 10    # anti-spoof: MAC/IP/ARP/ND, no rogue DHCP/RA
-    SERVICES = 20         # DHCP punt, gateway ARP responder, routed traffic -> L3
-    EGRESS_ACL = 30       # reserved: egress security groups (conntrack)
+    EGRESS_ACL = 20       # from a VIF: security groups (pass-through until they exist)
+    SERVICES = 30         # DHCP punt, gateway ARP responder, routed traffic -> L3
     UPLINK = 35           # from the public port: ARP for router addresses, accept -> L3
     L3_UNSNAT = 40        # conntrack SNAT zone: replies to SNATed connections
     L3_DNAT = 41          # conntrack DNAT zone: floating IP, metadata, VPN addresses
@@ -32,8 +34,9 @@ class Table(enum.IntEnum):
     L3_SNAT = 45          # which source NAT (none for metadata/dmz, floating, routing_source_ip)
     L3_SNAT_COMMIT = 46   # new connections: commit the SNAT
     L3_OUTPUT = 47        # into the tenant network or out of the public port
-    INGRESS_ACL = 60      # reserved: ingress security groups
-    DELIVERY = 70         # L2 within the network: local port, trunk (tagged), flood
+    L2_LOOKUP = 50        # destination MAC within the segment: reg7 := local port, or trunks, or flood group
+    INGRESS_ACL = 60      # to a local VIF (reg7): security groups (pass-through until they exist)
+    OUTPUT = 70           # output to reg7
 
     @property
     def label(self) -> str:
@@ -43,14 +46,33 @@ class Table(enum.IntEnum):
 class Reg:
     """Registers carried through the pipeline (NXM reg0-7, OpenFlow 1.3 via OVS extensions)."""
 
-    L3_FLAGS = "reg3"     # router pass: bit 0 DNAT done, bit 1 next hop is a tenant port
-    SRC_PORT = "reg5"     # ofport the packet came in on
-    NET = "reg6"          # segment key: VLAN id, or FLAT_KEY_BASE | network id (sdn.view)
-    DST_PORT = "reg7"     # reserved: destination ofport once resolved
+    L3_DNAT_DONE = "reg3"   # router pass: 1 = DNAT done in this pass (skip un-DNAT)
+    L3_TO_TENANT = "reg4"   # router pass: 1 = next hop is a tenant port
+    SRC_PORT = "reg5"       # ofport the packet came in on
+    NET = "reg6"            # segment key: VLAN id, or FLAT_KEY_BASE | network id (sdn.view)
+    DST_PORT = "reg7"       # destination ofport, set by L2_LOOKUP, read by INGRESS_ACL and OUTPUT
+
+
+class EthType:
+    """Ethertypes matched by the features (IEEE 802 numbers; plain ints)."""
+
+    IPV4 = 0x0800
+    ARP = 0x0806
+    IPV6 = 0x86DD
+
+
+class IpProto:
+    """IP protocol numbers matched by the features (IANA; plain ints)."""
+
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ICMPV6 = 58
 
 
 class Feature(enum.IntEnum):
-    """Which module a flow comes from; byte 6 of its cookie."""
+    """Which module a flow, meter or group comes from; byte 6 of a cookie, byte 2 of a meter or
+    group id."""
 
     PIPELINE = 0x01       # sdn/flows/pipeline.py: table defaults (drops, pass-through)
     CLASSIFIER = 0x02     # sdn/flows/classifier.py
@@ -76,15 +98,43 @@ def cookie(feature: Feature, generation: int) -> int:
     return (COOKIE_APP << 56) | (int(feature) << 48) | (generation & GENERATION_MASK)
 
 
+def feature_of(value: int) -> Feature | None:
+    """The feature a cookie (64 bits) belongs to; None for a foreign or unknown cookie."""
+    if value >> 56 != COOKIE_APP:
+        return None
+    try:
+        return Feature((value >> 48) & 0xFF)
+    except ValueError:
+        return None
+
+
 def describe_cookie(value: int) -> str:
     """Human-readable origin of a cookie: ``"l2 gen 7"``, or ``"foreign"`` if not sdn's."""
     if value >> 56 != COOKIE_APP:
         return "foreign"
-    try:
-        feature = Feature((value >> 48) & 0xFF).name.lower()
-    except ValueError:
-        feature = f"feature-{(value >> 48) & 0xFF:#x}"
-    return f"{feature} gen {value & GENERATION_MASK}"
+    feature = feature_of(value)
+    name = feature.name.lower() if feature else f"feature-{(value >> 48) & 0xFF:#x}"
+    return f"{name} gen {value & GENERATION_MASK}"
+
+
+#: Meter and group ids (32 bits): 0x5d | feature (8 bits) | a feature-defined 16-bit index,
+#: so ``dump-meters``/``dump-groups`` lead to the module as cookies do, and two features never
+#: collide (a VIF's DHCP meter and its QoS meter differ in the feature byte).
+ID_APP = COOKIE_APP << 24
+ID_APP_MASK = 0xFF << 24
+ID_INDEX_MAX = 0xFFFF
+
+
+def entry_id(feature: Feature, index: int) -> int:
+    """Meter or group id of ``feature``'s entry ``index`` (0-65535); ValueError outside."""
+    if not 0 <= index <= ID_INDEX_MAX:
+        raise ValueError(f"{feature.name.lower()} meter/group index {index} is outside 0-65535")
+    return ID_APP | (int(feature) << 16) | index
+
+
+def is_sdn_id(value: int) -> bool:
+    """True for a meter or group id in sdn's range (top byte 0x5d), whatever the feature."""
+    return value & ID_APP_MASK == ID_APP
 
 
 # OpenFlow special ports / values used by the compiler.
@@ -162,7 +212,27 @@ class Ct:
     nat: Nat | None = None
 
 
-Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct]
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Apply group ``group_id`` (OpenFlow 1.3 §5.6): a :class:`GroupEntry` of some feature."""
+
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmit:
+    """Run the packet through ``table`` and come back (Nicira resubmit; may go backwards, and
+    works inside group buckets, where goto_table cannot)."""
+
+    table: Table
+
+
+Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct, Group,
+               Resubmit]
+#: Every action type; each encoder (``sdn.apps.ofwire``, ``sdn.apps.ofmsgs``,
+#: ``sdn.flows.ofctl``, ``sdn.flows.trace``) handles each of them (tested).
+ACTION_TYPES = (Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct, Group,
+                Resubmit)
 
 #: ct_state bits (OVS nicira-ext): match with (value, mask).
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -223,6 +293,43 @@ def vlan_vid(vlan: int) -> int:
     if not 1 <= vlan <= 4094:
         raise ValueError(f"VLAN {vlan} is outside 1-4094")
     return OFPVID_PRESENT | vlan
+
+
+@dataclass(frozen=True, slots=True)
+class MeterEntry:
+    """A packets-per-second drop meter (OpenFlow 1.3 §5.7) owned by ``feature``;
+    ``meter_id`` from :func:`entry_id`."""
+
+    feature: Feature
+    meter_id: int
+    rate_pps: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEntry:
+    """A group (OpenFlow 1.3 §5.6) owned by ``feature``; ``group_id`` from :func:`entry_id`.
+    ``buckets`` is a tuple of action tuples; type "all" copies the packet to every bucket.
+    A bucket may apply another group, which must then be added first (see ``children``)."""
+
+    feature: Feature
+    group_id: int
+    buckets: tuple[tuple[Action, ...], ...]
+    type: str = "all"
+
+    @property
+    def children(self) -> tuple[int, ...]:
+        """Ids of the groups its buckets apply."""
+        return tuple(a.group_id for bucket in self.buckets for a in bucket if isinstance(a, Group))
+
+
+@dataclass
+class Desired:
+    """What one datapath must hold: flows, meters (id -> entry) and groups (id -> entry).
+    The result of ``sdn.flows.compiler.compile_datapath``; the engine makes the switch match."""
+
+    flows: list[Flow]
+    meters: dict[int, MeterEntry]
+    groups: dict[int, GroupEntry]
 
 
 class ActionTable(dict):

@@ -16,7 +16,9 @@ from functools import lru_cache
 
 from netaddr import EUI
 
-from sdn.flows.model import Feature, Flow, Reg, Table, flow
+from sdn.flows.context import DatapathContext
+from sdn.flows.model import EthType, Feature, Flow, IpProto, Reg, Table, flow
+from sdn.flows.pipeline import next_table
 from sdn.view import VifView
 
 PRIO_DENY = 300       # server-side DHCP, RA: dropped even from a legitimate source address
@@ -25,8 +27,9 @@ PRIO_ALLOW = 200
 PRIO_NA_DENY = 240
 PRIO_OPEN = 100       # port security disabled on this VIF
 
-ETH_IP, ETH_ARP, ETH_IPV6 = 0x0800, 0x0806, 0x86DD
-UDP, ICMPV6 = 17, 58
+ETH_IP, ETH_ARP, ETH_IPV6 = EthType.IPV4, EthType.ARP, EthType.IPV6
+UDP, ICMPV6 = IpProto.UDP, IpProto.ICMPV6
+PASS = next_table(Table.PORT_SECURITY)
 ND_RS, ND_RA, ND_NS, ND_NA = 133, 134, 135, 136
 MLD_REPORTS = (131, 143)
 
@@ -47,7 +50,7 @@ def _ip_match(ip_or_cidr: str) -> str | tuple[str, str]:
 
 def _identity_flows(port: int, mac: str, ipv4: list[str], ipv6: list[str]) -> list[Flow]:
     src = {Reg.SRC_PORT: port, "eth_src": mac}
-    allow = dict(goto=Table.SERVICES)
+    allow = dict(goto=PASS)
     f = Feature.PORT_SECURITY
     flows = [flow(f, Table.PORT_SECURITY, PRIO_ALLOW,
                   {**src, "eth_type": ETH_IP, "ip_proto": UDP, "ipv4_src": "0.0.0.0",
@@ -74,12 +77,20 @@ def _identity_flows(port: int, mac: str, ipv4: list[str], ipv6: list[str]) -> li
     return flows
 
 
+def compile(dp: DatapathContext) -> list[Flow]:
+    """Feature entry point: anti-spoof flows of every VIF plugged here."""
+    flows = []
+    for port, vif in dp.vifs:
+        flows += compile_vif(port, vif)
+    return flows
+
+
 def compile_vif(port: int, vif: VifView) -> list[Flow]:
     """Anti-spoof flows for VIF ``vif`` on ``port``; one open flow if port security is off."""
     f = Feature.PORT_SECURITY
     if not vif.port_security:
         return [flow(f, Table.PORT_SECURITY, PRIO_OPEN, {Reg.SRC_PORT: port},
-                     goto=Table.SERVICES)]
+                     goto=PASS)]
     flows = [
         flow(f, Table.PORT_SECURITY, PRIO_DENY,
              {Reg.SRC_PORT: port, "eth_type": ETH_IP, "ip_proto": UDP, "udp_src": 67}),

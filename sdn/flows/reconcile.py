@@ -1,6 +1,6 @@
 """Decide what to send so a datapath's flow table becomes the desired one, without a wipe.
 
-Two situations (the os-ken shell executes the plan, see sdn/apps/controller.py):
+Two situations (the per-datapath sync unit executes the plan, see sdn/apps/datapath.py):
 
 - **Full sync** (switch connected or reconnected, controller restarted): every desired flow is
   sent as an OpenFlow ADD carrying a *new generation* in its cookie. An ADD whose table,
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Flow
+from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Flow, GroupEntry, MeterEntry
 
 
 @dataclass
@@ -64,10 +64,41 @@ class MeterPlan:
     delete: list[int] = field(default_factory=list)
 
 
-def plan_meters(installed: Mapping[int, int | None], desired: Mapping[int, int]) -> MeterPlan:
-    """Diff meters (id -> rate; an installed rate of None means unknown, so re-set it).
-    ``installed`` must hold only sdn's meters."""
-    return MeterPlan(add={m: r for m, r in desired.items() if m not in installed},
-                     modify={m: r for m, r in desired.items()
+def plan_meters(installed: Mapping[int, int | None],
+                desired: Mapping[int, int] | Mapping[int, MeterEntry]) -> MeterPlan:
+    """Diff meters (id -> rate in packets/s, or id -> MeterEntry; an installed rate of None
+    means unknown, so re-set it). ``installed`` must hold only sdn's meters."""
+    rates = {m: (r.rate_pps if isinstance(r, MeterEntry) else r) for m, r in desired.items()}
+    return MeterPlan(add={m: r for m, r in rates.items() if m not in installed},
+                     modify={m: r for m, r in rates.items()
                              if m in installed and installed[m] != r},
-                     delete=sorted(m for m in installed if m not in desired))
+                     delete=sorted(m for m in installed if m not in rates))
+
+
+@dataclass
+class GroupPlan:
+    """Group mods, in the order to send them: ``add`` then ``modify`` before the flows (a group
+    applied by another comes first), ``delete`` after the flows are gone (deleting a group
+    deletes the flows that apply it; OpenFlow 1.3 §6.5), groups applying others first."""
+
+    add: list[GroupEntry] = field(default_factory=list)
+    modify: list[GroupEntry] = field(default_factory=list)
+    delete: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.modify or self.delete)
+
+
+def plan_groups(installed: Mapping[int, GroupEntry | None],
+                desired: Mapping[int, GroupEntry]) -> GroupPlan:
+    """Diff groups by id; an installed entry of None means "exists, content unknown" (after a
+    reconnect), so it is modified. ``installed`` must hold only sdn's groups."""
+    def leaves_first(entries):
+        return sorted(entries, key=lambda g: (bool(g.children), g.group_id))
+
+    add = [g for i, g in desired.items() if i not in installed]
+    modify = [g for i, g in desired.items() if i in installed and installed[i] != g]
+    gone = [i for i in installed if i not in desired]
+    parents = {i for i in gone if installed[i] is None or installed[i].children}
+    return GroupPlan(add=leaves_first(add), modify=leaves_first(modify),
+                     delete=sorted(gone, key=lambda i: (i not in parents, i)))

@@ -16,7 +16,8 @@ gateway MAC, or from the public port to a router address) walks the same stages:
                   (projects stay isolated) except hairpin, which is SNATed so replies return
   L3_OUTPUT       deliver into the tenant network or out of the public port
 
-reg3 = 1 marks "DNAT done in this pass" (skip un-DNAT); reg4 = 1 "next hop is a tenant port".
+``Reg.L3_DNAT_DONE`` = 1 marks "DNAT done in this pass" (skip un-DNAT); ``Reg.L3_TO_TENANT`` = 1
+"next hop is a tenant port". Table-misses come from ``sdn.flows.pipeline`` (ROUTER line).
 """
 
 from __future__ import annotations
@@ -26,19 +27,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sdn.flows import arp_responder
+from sdn.flows.context import DatapathContext
 from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_TRK, OFPVID_NONE,
-                             Controller, Ct, DecTtl, Feature, Flow, Nat, Output, PopVlan,
-                             PushVlan, Reg, SetField, Table, ct_state, flow, vlan_vid)
+                             Controller, Ct, DecTtl, EthType, Feature, Flow, IpProto, Nat, Output,
+                             PopVlan, PushVlan, Reg, SetField, Table, ct_state, flow, vlan_vid)
 from sdn.view import StateView
 
 SNAT_ZONE = 5001
 DNAT_ZONE = 5002
-DNAT_DONE = "reg3"
-TO_TENANT = "reg4"
+DNAT_DONE = Reg.L3_DNAT_DONE
+TO_TENANT = Reg.L3_TO_TENANT
 METADATA_IP = "169.254.169.254"
 VPN_PRIVATE_PORT = 1194
-ETH_IP, ETH_ARP = 0x0800, 0x0806
-TCP, UDP = 6, 17
+ETH_IP, ETH_ARP = EthType.IPV4, EthType.ARP
+TCP, UDP = IpProto.TCP, IpProto.UDP
+#: SERVICES: IPv4 to a gateway MAC goes to the router, above l2/arp flows' reach (200 = ARP)
+PRIO_ROUTED = 150
+#: CLASSIFY: the public port, as the classifier's own port flows
+PRIO_PUBLIC_PORT = 100
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,13 @@ def _arp_responder(port: int, address: str, mac: str) -> Flow:
                                   "arp_tpa": address}, arp_responder.reply_actions(address, mac))
 
 
+def compile(dp: DatapathContext) -> list[Flow]:
+    """Feature entry point: the router, on the datapath that has the public port."""
+    if not dp.routes:
+        return []
+    return compile_router(dp.view, dp.settings.router, dp.binding.public_port)
+
+
 def compile_router(view: StateView, settings: RouterSettings, public_port: int) -> list[Flow]:
     """All router flows for the datapath whose public port is ``public_port``."""
     rs = settings
@@ -98,10 +111,12 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
     # Classification of the public port, and routed traffic from the tenant networks.
     tag = ({"vlan_vid": vlan_vid(rs.public_vlan)}, [PopVlan()]) if rs.public_vlan else \
         ({"vlan_vid": OFPVID_NONE}, [])
-    flows.append(flow(Feature.ROUTER, Table.CLASSIFY, 100, {"in_port": public_port, **tag[0]},
+    flows.append(flow(Feature.ROUTER, Table.CLASSIFY, PRIO_PUBLIC_PORT,
+                      {"in_port": public_port, **tag[0]},
                       tag[1] + [SetField(Reg.SRC_PORT, public_port)], goto=Table.UPLINK))
     for net in nets:
-        flows.append(_f(Table.SERVICES, 150, {**ip, Reg.NET: net.key, "eth_dst": net.gateway_mac},
+        flows.append(_f(Table.SERVICES, PRIO_ROUTED,
+                        {**ip, Reg.NET: net.key, "eth_dst": net.gateway_mac},
                         goto=Table.L3_UNSNAT))
 
     # UPLINK: answer ARP for the router's addresses, learn the gateway, accept what is ours.
@@ -122,7 +137,6 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
                         [Ct(SNAT_ZONE, Table.L3_DNAT, nat=Nat())]))
     flows.append(_f(Table.L3_UNSNAT, 90, {**ip, Reg.SRC_PORT: public_port},
                     [Ct(SNAT_ZONE, Table.L3_DNAT, nat=Nat())]))
-    flows.append(_f(Table.L3_UNSNAT, 0, {}, goto=Table.L3_DNAT))
 
     # L3_DNAT: nobody outside opens connections to fixed IPs; invalid packets die here.
     for c in cidrs:
@@ -143,12 +157,10 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
         flows.append(_f(Table.L3_DNAT_COMMIT, 100,
                         {**match, "ct_state": ct_state(plus=CT_NEW | CT_TRK)},
                         [SetField(DNAT_DONE, 1), Ct(DNAT_ZONE, Table.L3_ROUTE, commit=True, nat=nat)]))
-    flows.append(_f(Table.L3_DNAT, 0, {}, goto=Table.L3_ROUTE))
     for state in (CT_EST, CT_REL):  # an established original-direction packet was DNATed
         flows.append(_f(Table.L3_DNAT_COMMIT, 50, {"ct_state": ct_state(plus=state | CT_TRK,
                                                                          minus=CT_RPL)},
                         [SetField(DNAT_DONE, 1)], goto=Table.L3_ROUTE))
-    flows.append(_f(Table.L3_DNAT_COMMIT, 0, {}, goto=Table.L3_ROUTE))
 
     # L3_ROUTE: tenant fixed IPs (wherever their VIF is: delivery finds the port or trunk).
     for net in nets:
@@ -175,7 +187,6 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
                   "udp_src": VPN_PRIVATE_PORT} for n in vpns]
     flows += [_f(Table.L3_UNDNAT, 100, match, [Ct(DNAT_ZONE, Table.L3_SNAT, nat=Nat())])
               for match in backends]
-    flows.append(_f(Table.L3_UNDNAT, 0, {}, goto=Table.L3_SNAT))
 
     # L3_SNAT
     no_snat = ([rs.metadata_host] if rs.metadata_host else []) + list(rs.dmz_cidrs)
@@ -188,7 +199,6 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
                         [Ct(SNAT_ZONE, Table.L3_SNAT_COMMIT, nat=Nat())]))      # hairpin
         flows.append(_f(Table.L3_SNAT, 150, {**src, TO_TENANT: 1}))           # isolation
         flows.append(_f(Table.L3_SNAT, 100, src, [Ct(SNAT_ZONE, Table.L3_SNAT_COMMIT, nat=Nat())]))
-    flows.append(_f(Table.L3_SNAT, 0, {}, goto=Table.L3_OUTPUT))
 
     new = {"ct_state": ct_state(plus=CT_NEW | CT_TRK)}
     for fixed, address in sorted(first_floating.items()):
@@ -203,23 +213,8 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
                         goto=Table.L3_OUTPUT))
 
     # L3_OUTPUT
-    flows.append(_f(Table.L3_OUTPUT, 100, {TO_TENANT: 1}, goto=Table.DELIVERY))
+    flows.append(_f(Table.L3_OUTPUT, 100, {TO_TENANT: 1}, goto=Table.L2_LOOKUP))
     out_tag = [PushVlan(), SetField("vlan_vid", vlan_vid(rs.public_vlan))] if rs.public_vlan else []
     flows.append(_f(Table.L3_OUTPUT, 50, ip, out_tag + [Output(public_port)]))
     return flows
 
-
-def arp_request(src_mac: str, src_ip: str, target_ip: str) -> bytes:
-    """Broadcast ARP who-has ``target_ip`` tell ``src_ip`` (RFC 826), as an Ethernet frame."""
-    mac = bytes.fromhex(src_mac.replace(":", ""))
-    return (b"\xff" * 6 + mac + b"\x08\x06" + b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac
-            + ipaddress.IPv4Address(src_ip).packed + b"\x00" * 6
-            + ipaddress.IPv4Address(target_ip).packed)
-
-
-def parse_arp_reply(frame: bytes) -> tuple[str, str] | None:
-    """(sender MAC, sender IP) of an untagged Ethernet ARP reply; None for anything else."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x06" or frame[14:22] != \
-            b"\x00\x01\x08\x00\x06\x04\x00\x02":
-        return None
-    return (":".join(f"{b:02x}" for b in frame[22:28]), str(ipaddress.IPv4Address(frame[28:32])))

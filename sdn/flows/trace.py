@@ -4,7 +4,8 @@ Used by unit tests to assert outcomes ("leaves on port 2 tagged 100", "dropped")
 people to ask what sdn's pipeline does with a packet. It models exactly the subset of
 OpenFlow 1.3 that ``sdn.flows`` emits: exact and masked matches, set-field, move, push/pop
 VLAN, output (in_port excluded unless IN_PORT), controller, meter and dec_ttl (ignored),
-goto-table. Conntrack is not simulated: a ``ct`` action is recorded in ``Result.cts`` and, if
+goto-table, groups of type all (each bucket on a copy of the packet) and resubmit (the walk
+goes through the table and returns). Conntrack is not simulated: a ``ct`` action is recorded in ``Result.cts`` and, if
 it recirculates, the walk continues in its table with the packet's ``ct_state`` as the caller
 gave it (so a test states "this is a new connection"). A committing ``nat(src=...)`` or
 ``nat(dst=...)`` rewrites the packet as conntrack would for a new connection; re-applying an
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sdn.flows import model as m
@@ -69,9 +69,17 @@ class Result:
         return {port for port, _ in self.outputs}
 
 
-def trace(flows: Iterable[m.Flow], packet: dict) -> Result:
+_DEPTH_MAX = 64   # resubmits/groups nested deeper than this are a loop (OVS stops at 64 too)
+
+
+def trace(flows, packet: dict, groups=None) -> Result:
     """Run ``packet`` (OXM field -> value; needs ``in_port``; ``vlan_vid`` 0 = untagged) through
-    ``flows`` starting at table 0."""
+    ``flows`` starting at table 0. ``flows`` may be a list of flows or a
+    :class:`~sdn.flows.model.Desired` (whose groups are then used); ``groups`` maps group id ->
+    :class:`~sdn.flows.model.GroupEntry`."""
+    if isinstance(flows, m.Desired):
+        groups = flows.groups if groups is None else groups
+        flows = flows.flows
     tables: dict[int, list[m.Flow]] = defaultdict(list)
     for f in flows:
         tables[int(f.table)].append(f)
@@ -81,21 +89,50 @@ def trace(flows: Iterable[m.Flow], packet: dict) -> Result:
     pkt.update({f"reg{i}": 0 for i in range(8) if f"reg{i}" not in pkt})
     pkt.setdefault("ct_state", 0)
     result = Result(packet=pkt)
-    table: int | None = 0
-    while table is not None:
-        hit = next((f for f in tables.get(table, []) if _matches(pkt, f.match)), None)
-        if hit is None:
-            break  # table-miss without a flow: drop (OpenFlow 1.3 §5.4)
-        result.path.append(hit)
-        table = int(hit.goto) if hit.goto is not None else None
-        for action in hit.actions:
-            _apply(action, pkt, result)
-            if isinstance(action, m.Ct):
-                result.cts.append(action)
-                _nat(action, pkt)
-                table = int(action.table) if action.table is not None else None
-                break  # the rest of the pipeline runs on the recirculated packet
+    _Walk(tables, groups or {}, result).run(0, pkt, 0)
     return result
+
+
+@dataclass
+class _Walk:
+    tables: dict
+    groups: dict
+    result: Result
+
+    def run(self, table: int | None, pkt: dict, depth: int) -> None:
+        if depth > _DEPTH_MAX:
+            raise RecursionError(f"resubmit/group nesting deeper than {_DEPTH_MAX}")
+        while table is not None:
+            hit = next((f for f in self.tables.get(table, []) if _matches(pkt, f.match)), None)
+            if hit is None:
+                return  # table-miss without a flow: drop (OpenFlow 1.3 §5.4)
+            self.result.path.append(hit)
+            table = int(hit.goto) if hit.goto is not None else None
+            if self.actions(hit.actions, pkt, depth):
+                table = self.recirculate
+                continue
+
+    def actions(self, actions, pkt: dict, depth: int) -> bool:
+        """Apply ``actions``; True when a ct() recirculates (to ``self.recirculate``)."""
+        for action in actions:
+            if isinstance(action, m.Ct):
+                self.result.cts.append(action)
+                _nat(action, pkt)
+                self.recirculate = int(action.table) if action.table is not None else None
+                return True  # the rest of the pipeline runs on the recirculated packet
+            if isinstance(action, m.Resubmit):
+                self.run(int(action.table), pkt, depth + 1)
+            elif isinstance(action, m.Group):
+                group = self.groups.get(action.group_id)
+                if group is None:
+                    raise KeyError(f"group {action.group_id:#x} is applied but not defined")
+                for bucket in group.buckets:     # type all: each bucket on its own copy
+                    copy = dict(pkt)
+                    if self.actions(bucket, copy, depth + 1):
+                        self.run(self.recirculate, copy, depth + 1)
+            else:
+                _apply(action, pkt, self.result)
+        return False
 
 
 def _nat(ct: m.Ct, pkt: dict) -> None:

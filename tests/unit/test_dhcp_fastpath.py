@@ -9,6 +9,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 from scapy.layers.dhcp import DHCP
 
+from sdn import leases
 from sdn.apps import ofmsgs
 from sdn.state import StateSource
 from sdn.db import api
@@ -89,7 +90,7 @@ def test_lease_batch_paths_agree(make_manager, engine, path):
     if path == "_orm":   # a release of an unknown address sends the batch down the ORM path
         results = state.apply_lease_events(events + [LeaseEvent("release", "10.9.9.8", "")])[:-1]
     else:
-        results = getattr(state, path)(events)
+        results = getattr(leases, path)(engine, events)
     assert [type(r).__name__ if r else None for r in results] == [
         None, "FixedIpNotFound", None, "FixedIpMacMismatch"]
     ip = fixed(engine, a["address"])

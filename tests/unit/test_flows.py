@@ -3,7 +3,7 @@
 import pytest
 
 from sdn.flows import reconcile
-from sdn.flows.compiler import bind_ports, compile_datapath
+from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import Feature, Table, cookie, describe_cookie
 from sdn.flows.ofctl import render
 from sdn.flows.trace import trace
@@ -123,8 +123,9 @@ def test_flat_network_is_untagged_on_trunk():
 
 
 def test_every_used_table_ends_in_an_explicit_default():
-    defaults = {(int(f.table), f.goto) for f in flows() if f.priority == 0}
-    assert defaults == {(0, None), (10, None), (20, Table.DELIVERY), (70, None)}
+    defaults = {(int(f.table), f.goto) for f in flows().flows if f.priority == 0}
+    assert defaults == {(0, None), (10, None), (20, Table.SERVICES), (30, Table.L2_LOOKUP),
+                        (50, None), (60, Table.OUTPUT), (70, None)}
 
 
 def test_cookie_names_feature_and_generation():
@@ -135,8 +136,8 @@ def test_cookie_names_feature_and_generation():
 
 
 def test_render_is_ovs_ofctl_syntax():
-    text = [render(f, 3) for f in flows()]
-    assert any(t.startswith("cookie=0x5d04000000000003,table=20,priority=300,")
+    text = [render(f, 3) for f in flows().flows]
+    assert any(t.startswith("cookie=0x5d04000000000003,table=30,priority=300,")
                and "actions=controller(max_len=65535)" in t for t in text)
 
 
@@ -145,24 +146,32 @@ def test_compilation_is_deterministic():
 
 
 def test_incremental_plan_touches_only_what_changed():
-    before = reconcile.index(flows())
+    before = reconcile.index(flows().flows)
     a4 = VifView("aaaa4444-0000-0000-0000-000000000004", "fa:16:3e:00:00:a4", 1, "a4", "a4",
                  ("10.10.0.7",), "alpha")
     view = StateView(2, VIEW.networks, VIEW.vifs + (a4,))
-    after = reconcile.index(flows(view, {**PORTS, a4.port_name: 4}))
+    after_desired = flows(view, {**PORTS, a4.port_name: 4})
+    after = reconcile.index(after_desired.flows)
     plan = reconcile.plan_incremental(before, after)
     assert not plan.deletes
     touched_ports = {dict(f.match).get("in_port", dict(f.match).get("reg5")) for f in plan.adds}
-    # new VIF's own flows, plus the alpha flood flow that now includes port 4
+    # new VIF's own flows (its lookup and output too); the flood flow stays, its group changes
     assert touched_ports <= {4, None}
-    assert any(f.table == Table.DELIVERY and f.priority == 50 for f in plan.adds)
+    assert not any(f.table == Table.L2_LOOKUP and f.priority == 50 for f in plan.adds)
+    groups = reconcile.plan_groups(flows().groups, after_desired.groups)
+    assert not groups.add and not groups.delete and len(groups.modify) == 1
+    assert (4, None) in trace(after_desired, {"in_port": 1, "eth_src": A1.mac,
+                                              "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+                                              "arp_op": 1, "arp_sha": A1.mac,
+                                              "arp_spa": "10.10.0.4",
+                                              "arp_tpa": "10.10.0.7"}).outputs
     assert reconcile.plan_incremental(after, after).adds == []
     back = reconcile.plan_incremental(after, before)
     assert back.deletes and all(f.key not in before for f in back.deletes)
 
 
 def test_full_plan_deletes_only_stale_sdn_generations():
-    desired = reconcile.index(flows())
+    desired = reconcile.index(flows().flows)
     installed = [cookie(Feature.L2, 5), cookie(Feature.L2, 6), cookie(Feature.DHCP, 6), 0x0,
                  0xABCD]
     plan = reconcile.plan_full(desired, installed, generation=6)

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from sdn.flows.compiler import bind_ports, compile_datapath
+from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.port_security import link_local
 from sdn.flows.trace import trace
 from sdn.view import NetworkView, StateView, VifView
@@ -99,7 +99,7 @@ def test_disabled_port_security_is_explicit_and_per_vif():
 def test_dhcp_punt_is_metered_per_vif_when_rate_limited():
     view = StateView(1, {1: NET}, (ATTACKER, VICTIM))
     binding = bind_ports(view, {ATTACKER.port_name: 1, VICTIM.port_name: 2}, frozenset())
-    flows = compile_datapath(view, binding, dhcp_rate_pps=50)
+    flows = compile_datapath(view, binding, CompileSettings(dhcp_rate_pps=50)).flows
     punts = [f for f in flows if any(type(a).__name__ == "Controller" for a in f.actions)]
     meters = sorted(a.meter_id for f in punts for a in f.actions if type(a).__name__ == "Meter")
-    assert meters == [0x5D000001, 0x5D000002]
+    assert meters == [0x5D040001, 0x5D040002]   # feature byte 04: DHCP

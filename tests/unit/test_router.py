@@ -2,10 +2,11 @@
 
 import dataclasses
 
-from sdn.flows.compiler import bind_ports, compile_datapath
+from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import CT_EST, CT_NEW, CT_TRK, Nat, Table
 from sdn.flows.ofctl import render
-from sdn.flows.router import RouterSettings, arp_request, parse_arp_reply
+from sdn.apps.gateway import arp_request, parse_arp_reply
+from sdn.flows.router import RouterSettings
 from sdn.flows.trace import trace
 from sdn.view import FloatingView, NetworkView, StateView, VifView
 
@@ -27,7 +28,8 @@ NEW, EST = CT_NEW | CT_TRK, CT_EST | CT_TRK
 
 
 def flows(view=VIEW, settings=RS, ports=PORTS, trunks=frozenset()):
-    return compile_datapath(view, bind_ports(view, ports, trunks, "pub"), None, settings)
+    return compile_datapath(view, bind_ports(view, ports, trunks, "pub"),
+                            CompileSettings(router=settings))
 
 
 def from_vif(vif, port, dst, proto=6, dport=80, ct=NEW, net=ALPHA):
@@ -116,17 +118,17 @@ def test_router_answers_arp_for_its_addresses_only():
 def test_hypervisor_without_the_public_port_sends_routed_frames_over_the_trunk():
     ports = {A1.port_name: 1, "trunk": 7}
     fl = flows(ports=ports, trunks=frozenset({"trunk"}))
-    assert not any(f.table == Table.L3_ROUTE for f in fl)
+    assert not any(f.table == Table.L3_ROUTE for f in fl.flows)
     assert trace(fl, from_vif(A1, 1, "198.51.100.7")).outputs == [(7, 400)]
 
 
 def test_no_router_without_settings():
     fl = compile_datapath(VIEW, bind_ports(VIEW, PORTS, frozenset(), "pub"))
-    assert not any(f.table >= Table.UPLINK and f.table < Table.INGRESS_ACL for f in fl)
+    assert not any(Table.UPLINK <= f.table <= Table.L3_OUTPUT for f in fl.flows)
 
 
 def test_rendering_reads_like_ovs_ofctl():
-    text = "\n".join(render(f) for f in flows())
+    text = "\n".join(render(f) for f in flows().flows)
     assert "ct(commit,zone=5002,nat(dst=10.34.0.3),table=43)" in text
     assert "ct_state=+new+trk" in text
 

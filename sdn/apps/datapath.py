@@ -1,0 +1,367 @@
+"""One switch, kept equal to what state says it must hold: the per-datapath sync unit.
+
+A :class:`DatapathSync` owns everything sdn knows about one connected datapath (its ports,
+the flows, meters and groups it installed, its generation) and one worker thread that does all
+of that switch's OpenFlow request/reply work, so a slow or dead switch never delays another.
+
+Thread model (written down because three kinds of thread meet here):
+
+- os-ken's event thread calls ``set_ports``/``port_changed``/``request`` and the reply hooks
+  ``on_reply``/``on_barrier``/``on_error`` (replies only wake a waiter; no work is done there);
+- the worker thread (one per switch, ``sync-<dpid>``) runs syncs and audits, one at a time; it
+  alone touches ``installed``/``meters``/``groups``/``generation``;
+- ``close()`` (switch gone: EventOFPStateChange to DEAD, echo timeout, a new connection of the
+  same datapath) may come from any thread: it fails the waiter in flight at once and stops
+  the worker.
+
+What a sync does is decided by pure code: ``compile(ports) -> Desired`` (``sdn.flows``) and the
+``sdn.flows.reconcile`` plans; this module only sends messages and waits for replies:
+meters and groups first (OVS cannot bundle meter mods; groups a flow applies must exist),
+then all flow changes in one atomic ONF bundle (extension 230), then the deletions of meters
+and groups no flow uses any more, each step confirmed by a barrier (OpenFlow 1.3 §6.2).
+
+Self-healing: every ``audit_interval`` seconds of quiet the worker counts the switch's sdn flows
+(two aggregate-stats requests: this generation's, and any sdn cookie) and, every
+``deep_audit_every`` audits, lists its meters and groups. Any difference from what it
+installed (``ovs-ofctl del-flows``, a hand-added 0x5d flow, a deleted meter) triggers a full
+sync, which is hitless: it re-adds everything under a new generation and deletes the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from sdn.apps import ofmsgs
+from sdn.flows import reconcile
+from sdn.flows.model import (COOKIE_APP, COOKIE_APP_MASK, GENERATION_MASK, Desired, Flow,
+                             GroupEntry, is_sdn_id)
+
+LOG = logging.getLogger("sdn.datapath")
+
+FULL, INCREMENTAL, AUDIT = "full", "incremental", "audit"
+
+
+class DatapathGone(Exception):
+    """The switch disconnected (or was replaced) while a request waited for its reply."""
+
+
+class DatapathRejected(Exception):
+    """The switch answered a request with an OpenFlow error (type/code named)."""
+
+
+@dataclass
+class _Waiter:
+    """Replies to the requests of one step (from ``first_xid`` on) and their barrier."""
+
+    first_xid: int
+    done: threading.Event = field(default_factory=threading.Event)
+    body: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    reply_xid: int | None = None
+    gone: bool = False
+
+
+def error_text(type_: int, code: int) -> str:
+    """``OFPET_BAD_ACTION/OFPBAC_BAD_OUT_GROUP`` style names of an OpenFlow error (§7.4.4)."""
+    types = {v: k for k, v in vars(ofp).items() if k.startswith("OFPET_") and isinstance(v, int)}
+    name = types.get(type_, f"type {type_}")
+    prefix = {"OFPET_BAD_REQUEST": "OFPBRC_", "OFPET_BAD_ACTION": "OFPBAC_",
+              "OFPET_BAD_INSTRUCTION": "OFPBIC_", "OFPET_BAD_MATCH": "OFPBMC_",
+              "OFPET_FLOW_MOD_FAILED": "OFPFMFC_", "OFPET_GROUP_MOD_FAILED": "OFPGMFC_",
+              "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_TABLE_MOD_FAILED": "OFPTMFC_"}.get(name)
+    codes = {v: k for k, v in vars(ofp).items()
+             if prefix and k.startswith(prefix) and isinstance(v, int)}
+    return f"{name}/{codes.get(code, f'code {code}')}"
+
+
+class DatapathSync:
+    """The sync unit of one datapath ``dp`` (an os-ken Datapath, or anything with ``id``,
+    ``xid``, ``ofproto_parser``, ``set_xid(msg)``, ``send_msg(msg)`` and ``send(bytes)``).
+
+    ``compile(ports)`` returns the :class:`~sdn.flows.model.Desired` of this switch for its
+    ports (name -> ofport) under the current state; ``next_generation()`` a fresh 48-bit
+    generation for a full sync; ``name_tables(dpid)`` (optional) names the tables in OVSDB.
+    Times are seconds.
+    """
+
+    def __init__(self, dp, compile: Callable[[dict[str, int]], Desired],
+                 next_generation: Callable[[], int], *,
+                 name_tables: Callable[[int], None] | None = None,
+                 reply_timeout: float = 15.0, audit_interval: float = 1.0,
+                 deep_audit_every: int = 10, start: bool = True):
+        self.dp = dp
+        self.dpid: int = dp.id
+        self._compile = compile
+        self._next_generation = next_generation
+        self._name_tables = name_tables
+        self.reply_timeout = reply_timeout
+        self.audit_interval = audit_interval
+        self.deep_audit_every = max(1, deep_audit_every)
+        self.ports: dict[str, int] = {}
+        self.ports_known = False
+        self.generation = 0
+        self.installed: dict[tuple, Flow] = {}
+        self.meters: dict[int, int | None] = {}
+        self.groups: dict[int, GroupEntry | None] = {}
+        self.synced = False
+        self.closed = False
+        self.last_sync: dict = {}
+        self._work: queue.Queue = queue.Queue()
+        self._waiter: _Waiter | None = None
+        self._lock = threading.Lock()
+        self._bundle_ids = itertools.count(1)
+        self._audits = 0
+        self._thread = threading.Thread(target=self._run, name=f"sync-{self.dpid:016x}",
+                                        daemon=True)
+        if start:
+            self._thread.start()
+
+    # ---- called from os-ken's event thread ------------------------------------------------
+
+    def set_ports(self, ports: dict[str, int]) -> None:
+        """The switch's full port list is known (port-desc reply): a full sync follows."""
+        self.ports = dict(ports)
+        self.ports_known = True
+        self.request(FULL)
+
+    def port_changed(self, name: str, ofport: int | None) -> None:
+        """A port was added/modified (``ofport``) or deleted (None)."""
+        if ofport is None:
+            self.ports.pop(name, None)
+        else:
+            self.ports[name] = ofport
+        self.request(INCREMENTAL)
+
+    def request(self, kind: str = INCREMENTAL) -> None:
+        """Ask for a sync (FULL or INCREMENTAL); bursts coalesce on the worker."""
+        if not self.closed:
+            self._work.put(kind)
+
+    def on_reply(self, xid: int, body: list, more: bool) -> None:
+        """A multipart reply (flow/meter/group stats, aggregate) part."""
+        waiter = self._waiter
+        if waiter is not None and waiter.reply_xid == xid:
+            waiter.body += body if isinstance(body, list) else [body]
+            if not more:
+                waiter.done.set()
+
+    def on_barrier(self, xid: int) -> None:
+        waiter = self._waiter
+        if waiter is not None and waiter.reply_xid == xid:
+            waiter.done.set()
+
+    def on_error(self, xid: int, type_: int, code: int) -> None:
+        """An OpenFlow error from this switch: it belongs to the step in flight if its xid was
+        sent by that step (xids grow per switch; DHCP packet-outs use xid 0)."""
+        waiter = self._waiter
+        text = error_text(type_, code)
+        if waiter is not None and xid and ((xid - waiter.first_xid) & 0xFFFFFFFF) < 1 << 31:
+            waiter.errors.append(f"xid {xid}: {text}")
+            if waiter.reply_xid == xid:     # the request itself failed: no reply will come
+                waiter.done.set()
+        else:
+            LOG.warning("datapath %016x: error for xid %s outside a sync: %s", self.dpid, xid,
+                        text)
+
+    def close(self) -> None:
+        """The switch is gone: fail the request in flight now, stop the worker."""
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.gone = True
+            waiter.done.set()
+        self._work.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ---- the worker -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.closed:
+            try:
+                kind = self._work.get(timeout=self.audit_interval if self.synced else None)
+            except queue.Empty:
+                kind = AUDIT
+            if kind is None:
+                break
+            pending = {kind}
+            while True:                       # coalesce bursts of changes
+                try:
+                    pending.add(self._work.get_nowait())
+                except queue.Empty:
+                    break
+            if None in pending:
+                break
+            try:
+                self.step(FULL if FULL in pending else
+                          INCREMENTAL if INCREMENTAL in pending else AUDIT)
+            except DatapathGone:
+                break
+            except Exception as err:  # this switch only; it is retried on the next change/audit
+                LOG.error("datapath %016x: sync failed: %s", self.dpid, err)
+                self.synced = False   # the next step is a full sync (its audit wakes it)
+                if not self.closed:
+                    time.sleep(min(self.audit_interval, 1.0))
+                    self._work.put(FULL)
+        LOG.info("datapath %016x: sync unit stopped", self.dpid)
+
+    def step(self, kind: str) -> None:
+        """Run one sync (FULL/INCREMENTAL) or audit (AUDIT) now, on the calling thread."""
+        if not self.ports_known:
+            return
+        if kind == AUDIT:
+            if self.synced and self.audit():
+                return
+            kind = FULL
+        if kind == INCREMENTAL and not self.synced:
+            kind = FULL
+        self.sync(full=(kind == FULL))
+
+    def sync(self, full: bool) -> None:
+        """Make the switch hold the compiled desired state (see the module docstring)."""
+        started = time.monotonic()
+        desired = self._compile(dict(self.ports))
+        flows = reconcile.index(desired.flows)
+        if full:
+            if self._name_tables:
+                self._name_tables(self.dpid)
+            self.generation = self._next_generation() & GENERATION_MASK
+            cookies = [s.cookie for s in self._ask(ofmsgs.sdn_flow_stats_request(self.dp))]
+            plan = reconcile.plan_full(flows, cookies, self.generation)
+            self.meters = self._switch_meters()
+            self.groups = dict.fromkeys(self._switch_groups())
+        else:
+            plan = reconcile.plan_incremental(self.installed, flows)
+        meter_plan = reconcile.plan_meters(self.meters, desired.meters)
+        group_plan = reconcile.plan_groups(self.groups, desired.groups)
+        before = [ofmsgs.meter_mod(self.dp, i, r, ofp.OFPMC_ADD)
+                  for i, r in sorted(meter_plan.add.items())]
+        before += [ofmsgs.meter_mod(self.dp, i, r, ofp.OFPMC_MODIFY)
+                   for i, r in sorted(meter_plan.modify.items())]
+        before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_ADD) for g in group_plan.add]
+        before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_MODIFY)
+                   for g in group_plan.modify]
+        self._send_step(before, "meter/group mods")
+        if plan:
+            self._send_bundle(plan)
+        self.installed = flows
+        after = [ofmsgs.group_mod(self.dp, None, i, ofp.OFPGC_DELETE) for i in group_plan.delete]
+        after += [ofmsgs.meter_mod(self.dp, i, 0, ofp.OFPMC_DELETE) for i in meter_plan.delete]
+        self._send_step(after, "meter/group deletes")
+        self.meters = {i: m.rate_pps for i, m in desired.meters.items()}
+        self.groups = dict(desired.groups)
+        self.synced = True
+        meter_mods = len(meter_plan.add) + len(meter_plan.modify) + len(meter_plan.delete)
+        group_mods = len(group_plan.add) + len(group_plan.modify) + len(group_plan.delete)
+        self.last_sync = dict(kind="full" if full else "incremental", added=len(plan.adds),
+                              deleted=len(plan.deletes), stale=len(plan.stale_cookies),
+                              meter_mods=meter_mods, group_mods=group_mods, flows=len(flows),
+                              seconds=time.monotonic() - started)
+        LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, "
+                 "%d meter and %d group mods, gen %d, %d flows, %.3fs", self.dpid,
+                 self.last_sync["kind"], len(plan.adds), len(plan.deletes),
+                 len(plan.stale_cookies), meter_mods, group_mods, self.generation, len(flows),
+                 self.last_sync["seconds"])
+
+    def audit(self) -> bool:
+        """True if the switch still holds what was installed; logs the drift otherwise."""
+        self._audits += 1
+        app = COOKIE_APP << 56
+        ours = self._count(app | self.generation, COOKIE_APP_MASK | GENERATION_MASK)
+        every = self._count(app, COOKIE_APP_MASK)
+        drift = []
+        if ours != len(self.installed):
+            drift.append(f"{ours} of {len(self.installed)} flows present")
+        if every != ours:
+            drift.append(f"{every - ours} sdn flows of another generation")
+        if self._audits % self.deep_audit_every == 0:
+            meters, groups = set(self._switch_meters()), set(self._switch_groups())
+            if meters != set(self.meters):
+                drift.append(f"meters differ ({len(meters)} present, {len(self.meters)} installed)")
+            if groups != set(self.groups):
+                drift.append(f"groups differ ({len(groups)} present, {len(self.groups)} installed)")
+        if drift:
+            LOG.warning("datapath %016x drifted (%s): full resync", self.dpid, "; ".join(drift))
+        return not drift
+
+    # ---- requests and replies -----------------------------------------------------------------
+
+    def _count(self, cookie: int, mask: int) -> int:
+        body = self._ask(ofmsgs.aggregate_request(self.dp, cookie, mask))
+        return sum(getattr(entry, "flow_count", 0) for entry in body)
+
+    def _switch_meters(self) -> dict[int, int | None]:
+        return {c.meter_id: (c.bands[0].rate if c.bands else None)
+                for c in self._ask(ofmsgs.meter_config_request(self.dp)) if is_sdn_id(c.meter_id)}
+
+    def _switch_groups(self) -> list[int]:
+        return [g.group_id for g in self._ask(ofmsgs.group_desc_request(self.dp))
+                if is_sdn_id(g.group_id)]
+
+    def _begin(self) -> _Waiter:
+        if self.closed:
+            raise DatapathGone(f"datapath {self.dpid:016x} is gone")
+        waiter = _Waiter(first_xid=(self.dp.xid + 1) & 0xFFFFFFFF)
+        self._waiter = waiter
+        return waiter
+
+    def _wait(self, waiter: _Waiter, msg, what: str) -> _Waiter:
+        """Send ``msg`` (a reply-bearing request) and wait for its reply."""
+        try:
+            self.dp.set_xid(msg)
+            waiter.reply_xid = msg.xid
+            self.dp.send_msg(msg)
+            if not waiter.done.wait(self.reply_timeout):
+                raise TimeoutError(f"datapath {self.dpid:016x} did not answer {what} "
+                                   f"within {self.reply_timeout:.0f}s")
+            if waiter.gone or self.closed:
+                raise DatapathGone(f"datapath {self.dpid:016x} disconnected during {what}")
+            if waiter.errors:
+                raise DatapathRejected(f"datapath {self.dpid:016x} rejected {what}: "
+                                       f"{', '.join(waiter.errors[:3])}")
+            return waiter
+        finally:
+            self._waiter = None
+
+    def _ask(self, msg) -> list:
+        """A multipart request and all parts of its reply."""
+        return self._wait(self._begin(), msg, type(msg).__name__).body
+
+    def _send_step(self, msgs: list, what: str) -> None:
+        """Send ``msgs``, then a barrier; errors of any of them fail the step."""
+        if not msgs:
+            return
+        waiter = self._begin()
+        for msg in msgs:
+            self.dp.send_msg(msg)
+        self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp), what)
+
+    def _send_bundle(self, plan: reconcile.Plan) -> None:
+        """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier."""
+        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        waiter = self._begin()
+        # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
+        # with its own xid from dp's counter; encoded chunk by chunk, so the switch parses
+        # one while the next is packed
+        chunks = ofmsgs.plan_bundle_adds(self.dp, bundle_id, plan.deletes, plan.adds,
+                                         self.generation, plan.stale_cookies)
+        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+        try:
+            for chunk in chunks:
+                self.dp.send(chunk)
+        except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST))
+            self._waiter = None
+            raise
+        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+        self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
+                   f"bundle {bundle_id} ({len(plan.adds)} adds, {len(plan.deletes)} deletes)")

@@ -1,0 +1,183 @@
+"""DHCP on the OpenFlow path: answer the punts of ``sdn.flows.dhcp`` and record leases.
+
+``DhcpPunt.on_packet_in`` runs on the switch's receive thread (``sdn.apps.fastdp``): it finds
+the binding (the VIF of the ingress port, or for a relay port the network by giaddr and the
+VIF by chaddr), asks the pure responder (``sdn.dhcp.server``) and returns the packet-out of an
+OFFER/NAK at once. An ACK waits for its lease to be committed (write-ahead: a lease a client
+was told about survives a controller crash) on the :class:`LeaseCommitter`'s thread.
+
+DHCP outlives its dependencies: when the database cannot take a batch (locked, unreachable),
+renewals of leases already recorded for the same MAC are answered from memory and written
+once the database is back; a new binding still needs its commit first (no ACK for an
+unrecorded lease).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from sdn.apps import ofmsgs
+from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
+from sdn.dhcp.server import DhcpBinding, DhcpResponder, LeaseEvent
+from sdn.flows.context import Binding
+from sdn.view import StateView
+
+LOG = logging.getLogger("sdn.dhcp")
+
+LEASE_BATCH_MAX = 512
+
+
+class LeaseCommitter:
+    """Group commit of lease events, then the ACKs of the committed ones (one thread).
+
+    ``record(events) -> [error or None]`` writes one batch in one transaction (raises when the
+    database is unavailable); ``recorded`` maps address -> MAC of the leases known to be in the
+    database (seeded by the caller, kept up to date here).
+    """
+
+    def __init__(self, record: Callable[[list[LeaseEvent]], list],
+                 recorded: dict[str, str] | None = None, start: bool = True):
+        self._record = record
+        self.recorded: dict[str, str] = dict(recorded or {})
+        #: renewals ACKed from memory while the database was unavailable, not yet written
+        self.pending: dict[str, LeaseEvent] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self._outage_since: float | None = None
+        self.stats = {"committed": 0, "from_memory": 0, "withheld": 0}
+        if start:
+            threading.Thread(target=self._run, name="lease-commit", daemon=True).start()
+
+    def submit(self, event: LeaseEvent, send: Callable[[bytes], object] | None,
+               packet: bytes | None) -> None:
+        """Queue ``event``; ``send(packet)`` once it is recorded (``packet`` None: nothing)."""
+        self._queue.put((event, send, packet))
+
+    def seed(self, recorded: dict[str, str]) -> None:
+        """Leases the database holds now (address -> MAC), e.g. after a state reload."""
+        self.recorded = dict(recorded)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < LEASE_BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.commit(batch)
+
+    def commit(self, batch: list[tuple]) -> None:
+        """Record ``batch`` [(event, send, packet)] and send what may be sent."""
+        batch = [item for item in batch if item is not _RETRY]
+        if not batch and not self.pending:
+            return
+        pending = [e for a, e in self.pending.items()
+                   if a not in {event.address for event, _, _ in batch}]
+        events = [item[0] for item in batch] + pending
+        try:
+            results = self._record(events)
+        except Exception as err:   # database unavailable: nothing of this batch is recorded
+            self._answer_from_memory(batch, err)
+            return
+        if self._outage_since is not None:
+            LOG.warning("database back after %.1fs: %d renewals answered from memory written",
+                        time.monotonic() - self._outage_since, len(self.pending))
+            self._outage_since = None
+        self.pending.clear()
+        out: dict[Callable, list[bytes]] = {}
+        for (event, send, packet), error in zip(batch, results):
+            if error is not None:
+                LOG.error("could not record DHCP %s of %s: %s", event.kind, event.address, error)
+            else:
+                self.stats["committed"] += 1
+                if event.kind == "lease":
+                    self.recorded[event.address] = event.mac.lower()
+                else:
+                    self.recorded.pop(event.address, None)
+            if packet and send is not None:
+                out.setdefault(send, []).append(packet)
+        for send, packets in out.items():   # one hand-off to the send thread per switch
+            send(b"".join(packets))
+
+    def _answer_from_memory(self, batch: list[tuple], err: Exception) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            LOG.warning("database unavailable (%s): renewals of recorded leases are answered "
+                        "from memory, new leases wait", err)
+        out: dict[Callable, list[bytes]] = {}
+        for event, send, packet in batch:
+            renewal = (event.kind == "lease"
+                       and self.recorded.get(event.address) == event.mac.lower())
+            if renewal:
+                self.pending[event.address] = event
+                self.stats["from_memory"] += 1
+                if packet and send is not None:
+                    out.setdefault(send, []).append(packet)
+            else:
+                self.stats["withheld"] += 1
+        for send, packets in out.items():
+            send(b"".join(packets))
+        if self.pending:
+            # retried with the next batch; make sure there is one even if clients go quiet
+            threading.Timer(1.0, self._queue.put, args=(_RETRY,)).start()
+
+
+#: A no-op queue item that makes the committer retry its pending renewals.
+_RETRY = (LeaseEvent("retry", "", ""), None, None)
+
+
+class DhcpPunt:
+    """Answers DHCP packet-ins from VIF ports and relay ports of every switch.
+
+    ``view()`` is the current StateView; ``binding(dpid)`` the datapath's current port binding
+    (None before its first sync); ``committer`` records lease events before their ACKs leave.
+    """
+
+    def __init__(self, view: Callable[[], StateView], binding: Callable[[int], Binding | None],
+                 committer: LeaseCommitter, clock: Callable[[], float] = time.time):
+        self._view = view
+        self._binding = binding
+        self.committer = committer
+        self._clock = clock
+        self.responder = DhcpResponder()
+        self._relay: tuple[StateView, RelayBindings] | None = None
+
+    def on_packet_in(self, dp, in_port: int | None, frame: bytes) -> bytes:
+        """The packet-out to send now (OFFER, NAK, ...) or b"" (nothing, or an ACK that waits
+        for its lease commit)."""
+        binding = self._binding(dp.id)
+        if binding is None or in_port is None:
+            return b""
+        view = self._view()
+        tag = b""
+        if in_port in binding.relays:
+            # a relay agent's request: giaddr picks the network, chaddr the VIF
+            # (sdn.dhcp.relay); the reply carries the request's VLAN tag back
+            fields = request_fields(frame)
+            if fields is None:
+                return b""
+            tag, giaddr, chaddr = fields
+            cached = self._relay
+            if cached is None or cached[0] is not view:
+                cached = self._relay = (view, RelayBindings(view))
+            dhcp_binding = cached[1].lookup(giaddr, chaddr)
+        else:
+            vif = binding.vifs.get(in_port)
+            network = view.networks.get(vif.network_id) if vif else None
+            dhcp_binding = None
+            if vif and network:
+                dhcp_binding = DhcpBinding(mac=vif.mac, hostname=vif.hostname, network=network,
+                                           address=vif.addresses[0] if vif.addresses else None)
+        decision = self.responder.handle(frame, dhcp_binding, self._clock())
+        if LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
+        reply = with_tag(decision.reply, tag) if decision.reply else None
+        packet = ofmsgs.packet_out_bytes(in_port, reply) if reply else None
+        if decision.event:
+            self.committer.submit(decision.event, dp.send, packet)
+            return b""
+        return packet or b""

@@ -1,0 +1,111 @@
+"""What every feature compiles from: one datapath's view of state (``DatapathContext``).
+
+Built once per sync by ``sdn.flows.compiler.compile_datapath``; each feature module's
+``compile(dp)`` reads it and returns flows, meters and groups as data. Pure, frozen.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sdn.view import NetworkView, StateView, VifView
+
+if TYPE_CHECKING:
+    from sdn.flows.router import RouterSettings
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where state meets this datapath: VIFs by ofport, the trunk ofports, the public
+    port (ofport of public_interface) if this datapath is the network host's router, and the
+    ofports whose relayed DHCP this datapath answers (``[ovs] dhcp_relay_interfaces``)."""
+
+    vifs: dict[int, VifView]
+    trunks: tuple[int, ...]
+    public_port: int | None = None
+    relays: tuple[int, ...] = ()
+
+
+def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset[str],
+               public_name: str | None = None,
+               relay_names: frozenset[str] = frozenset()) -> Binding:
+    """Match the datapath's ports (name -> ofport) to VIFs (by port name), trunks, the
+    public port and the DHCP relay ports."""
+    by_name = {vif.port_name: vif for vif in view.vifs if vif.network_id in view.networks}
+    vifs = {ofport: by_name[name] for name, ofport in ports.items() if name in by_name}
+    trunks = tuple(sorted(ofport for name, ofport in ports.items() if name in trunk_names))
+    relays = tuple(sorted(ofport for name, ofport in ports.items() if name in relay_names))
+    return Binding(vifs, trunks, ports.get(public_name) if public_name else None, relays)
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """Deployment options the features read (built once from config by the controller).
+
+    ``dhcp_rate_pps``/``relay_rate_pps``: per-VIF / per-relay-port DHCP punt meters (packets/s;
+    None = unmetered). ``router``: the network host's external side (None = no routing here).
+    """
+
+    dhcp_rate_pps: int | None = None
+    relay_rate_pps: int | None = None
+    router: RouterSettings | None = None
+
+
+@dataclass(frozen=True)
+class DatapathContext:
+    """One datapath's share of state, with the derived lookups features need.
+
+    A network is present here if one of its VIFs is plugged here, or if the datapath has two
+    or more trunks (it may be a transit switch).
+    """
+
+    view: StateView
+    binding: Binding
+    settings: CompileSettings = field(default_factory=CompileSettings)
+
+    @cached_property
+    def vifs(self) -> list[tuple[int, VifView]]:
+        """[(ofport, VIF)] plugged here, by ofport."""
+        return sorted(self.binding.vifs.items())
+
+    @cached_property
+    def local_by_net(self) -> dict[int, list[tuple[int, VifView]]]:
+        out: dict[int, list[tuple[int, VifView]]] = defaultdict(list)
+        for port, vif in self.vifs:
+            out[vif.network_id].append((port, vif))
+        return out
+
+    @cached_property
+    def remote_by_net(self) -> dict[int, list[VifView]]:
+        """A network's VIFs plugged elsewhere (behind the trunks)."""
+        local = {vif.uuid for _, vif in self.vifs}
+        out: dict[int, list[VifView]] = defaultdict(list)
+        for vif in self.view.vifs:
+            if vif.uuid not in local:
+                out[vif.network_id].append(vif)
+        return out
+
+    @cached_property
+    def networks(self) -> list[NetworkView]:
+        """Networks present on this datapath, by id."""
+        present = set(self.local_by_net)
+        if len(self.binding.trunks) >= 2:
+            present |= {v.network_id for v in self.view.vifs if v.network_id in self.view.networks}
+        return [self.view.networks[nid] for nid in sorted(present)]
+
+    def network_of(self, vif: VifView) -> NetworkView:
+        return self.view.networks[vif.network_id]
+
+    @property
+    def routes(self) -> bool:
+        """This datapath is the network host's router (it has the public port)."""
+        return self.settings.router is not None and self.binding.public_port is not None
+
+    @property
+    def routed_elsewhere(self) -> bool:
+        """Routing is on, on another datapath: gateway-bound frames go over the trunks."""
+        return self.settings.router is not None and self.binding.public_port is None
