@@ -288,10 +288,12 @@ def main(conf) -> int:
         relay_names=frozenset(conf.ovs.dhcp_relay_interfaces),
         public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection)
     osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
-                         "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port),
-                         "--echo-request-interval", str(deps.echo_interval),
-                         "--maximum-unreplied-echo-requests", str(deps.echo_misses)],
+                         "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
                    project="os_ken")
+    # os-ken sends no echo requests by default (0 misses allowed = off): a switch that stops
+    # answering would stay registered until TCP gives up
+    osken_cfg.CONF.set_override("echo_request_interval", deps.echo_interval)
+    osken_cfg.CONF.set_override("maximum_unreplied_echo_requests", deps.echo_misses)
 
     def _stop(signum, _frame):
         LOG.info("signal %d: controller exiting, flows stay on the switches", signum)

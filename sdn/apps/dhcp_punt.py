@@ -60,6 +60,12 @@ class LeaseCommitter:
         """Leases the database holds now (address -> MAC), e.g. after a state reload."""
         self.recorded = dict(recorded)
 
+    def forget(self, addresses) -> None:
+        """Leases that expired in the database: no longer renewable from memory."""
+        for address in addresses:
+            self.recorded.pop(address, None)
+            self.pending.pop(address, None)
+
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]

@@ -63,7 +63,8 @@ def test_dhclient_leases_and_projects_are_isolated(backend, capture):
     if backend.name == "ovs":
         # tables are named where a newcomer reads flows
         dump = "\n".join(env.bridge.dump_flows())
-        for table in ("classify", "port_security", "services", "delivery"):
+        for table in ("classify", "port_security", "egress_acl", "services", "l2_lookup",
+                      "ingress_acl", "output"):
             assert re.search(rf'table="?{table}"?,', dump), f"table {table} not named in dump-flows"
         # the ACK was recorded in state (lease_fixed_ip) before it was sent (write-ahead)
         assert all(lease_state(env, alloc["address"]) for alloc in (a1, a2, b1))
