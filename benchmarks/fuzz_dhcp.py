@@ -3,9 +3,10 @@
     python benchmarks/fuzz_dhcp.py [--frames N] [--seed S] [--workers W]
 
 Each frame goes through
-  * the controller path as ``sdn.apps.controller._on_dhcp`` runs it (pure pieces, no os-ken):
-    VIF port (binding by port) and relay port (``request_fields`` -> ``RelayBindings.lookup``
-    -> decision -> ``with_tag``), then ``ofmsgs.packet_out_bytes`` of the reply;
+  * the controller's own packet-in handler, ``sdn.apps.dhcp_punt.DhcpPunt.on_packet_in`` (no
+    os-ken: a stand-in datapath, the lease committer capturing what it is given): from a VIF
+    port (binding by port) and from a relay port (giaddr picks the network, chaddr the VIF),
+    down to the packet-out bytes;
   * the responder alone (``DhcpResponder.handle``) with another binding and with none;
   * the raw-socket server's ``BatchHandler`` with a per-port binding.
 Counted: escapes (an exception out of any of them), hangs (a frame taking > 1 s), oversize
@@ -31,9 +32,11 @@ import time
 import traceback
 
 from sdn.apps import ofmsgs
+from sdn.apps.dhcp_punt import DhcpPunt, LeaseCommitter
 from sdn.dhcp import packet as p
 from sdn.dhcp.rawsocket import BatchHandler
 from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
+from sdn.flows.context import Binding
 from sdn.dhcp.server import DhcpBinding, DhcpResponder, mac_bytes
 from sdn.view import NetworkView, StateView, VifView
 
@@ -180,6 +183,31 @@ def check_decision(c: Counts, frame: bytes, reply, event, binding, fields_chaddr
         c.bad("corruption", frame, f"event {event} for binding {binding}")
 
 
+RELAY_PORT = 9
+
+
+class _Datapath:
+    id = 1
+
+    def send(self, _data: bytes) -> None:
+        pass
+
+
+class _Captured(LeaseCommitter):
+    """The committer's input, kept instead of written (the ACK a commit would release)."""
+
+    def __init__(self):
+        super().__init__(record=lambda events: [None] * len(events), start=False)
+        self.items: list = []
+
+    def submit(self, event, send, packet) -> None:
+        self.items.append((event, packet))
+
+
+def _reply_of(packet_out: bytes | None) -> bytes | None:
+    return packet_out[ofmsgs.PACKET_OUT_HEADER_LEN:] if packet_out else None
+
+
 def run(args: tuple[int, int]) -> Counts:
     seed, n = args
     rng = random.Random(seed)
@@ -187,6 +215,9 @@ def run(args: tuple[int, int]) -> Counts:
     c = Counts()
     responder = DhcpResponder()
     relay = RelayBindings(VIEW)
+    dp, captured = _Datapath(), _Captured()
+    ports = Binding(vifs={1: VIFS[0], 2: VIFS[1]}, trunks=(), relays=(RELAY_PORT,))
+    punt = DhcpPunt(lambda: VIEW, lambda _dpid: ports, captured)
     handlers = [BatchHandler({mac: b}, responder) for mac, b in zip(MACS, BINDINGS)]
     for i in range(n):
         frame = mutate(rng, rng.choice(seeds))
@@ -194,20 +225,14 @@ def run(args: tuple[int, int]) -> Counts:
         try:
             f = request_fields(frame)
             chaddr = f[2] if f is not None else None
-            # controller: a VIF port (binding by in_port), packet-out of the reply
+            # controller: a VIF port (binding by in_port), then a relay port
             port = i & 1
-            d = responder.handle(frame, BINDINGS[port], t0)
-            check_decision(c, frame, d.reply, d.event, BINDINGS[port], chaddr)
-            if d.reply:
-                ofmsgs.packet_out_bytes(port + 1, d.reply)
-            # controller: a relay port (giaddr picks the network, chaddr the VIF)
-            if f is not None:
-                tag, giaddr, _ = f
-                binding = relay.lookup(giaddr, chaddr)
-                d = responder.handle(frame, binding, t0)
-                check_decision(c, frame, d.reply, d.event, binding, chaddr)
-                if d.reply:
-                    ofmsgs.packet_out_bytes(9, with_tag(d.reply, tag))
+            for in_port, binding in ((port + 1, BINDINGS[port]),
+                                     (RELAY_PORT, relay.lookup(f[1], chaddr) if f else None)):
+                captured.items.clear()
+                out = punt.on_packet_in(dp, in_port, frame)
+                event, held = captured.items[0] if captured.items else (None, None)
+                check_decision(c, frame, _reply_of(out or held), event, binding, chaddr)
             # responder alone, without a binding: never an answer
             d = responder.handle(frame, None, t0)
             if d.reply is not None or d.event is not None:

@@ -176,8 +176,7 @@ class DhcpPunt:
             network = view.networks.get(vif.network_id) if vif else None
             dhcp_binding = None
             if vif and network:
-                dhcp_binding = DhcpBinding(mac=vif.mac, hostname=vif.hostname, network=network,
-                                           address=vif.addresses[0] if vif.addresses else None)
+                dhcp_binding = DhcpBinding.for_vif(vif, network)
         decision = self.responder.handle(frame, dhcp_binding, self._clock())
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)

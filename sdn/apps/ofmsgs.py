@@ -187,6 +187,8 @@ import struct as _struct  # noqa: E402
 
 _PACKET_OUT_HEAD = _struct.Struct("!BBHIIIH6xHHIH6x")   # header, buffer, in_port, actions, output
 _PACKET_OUT_FIXED = _PACKET_OUT_HEAD.size
+#: bytes before the frame in ``packet_out_bytes``'s message
+PACKET_OUT_HEADER_LEN = _PACKET_OUT_FIXED
 
 
 #: the most frame bytes one OFPT_PACKET_OUT carries: its 16-bit length (OpenFlow 1.3.5 §7.1)
