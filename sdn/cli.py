@@ -202,8 +202,10 @@ def cmd_fixed(args, conf) -> None:
         print(json.dumps(rows, default=str))
         return
     _table([[ip["network"], ip["address"], ip["mac"], ip["hostname"], ip["host"],
-             ",".join(f for f in ("allocated", "leased") if ip[f]) or "associated"] for ip in rows],
-           ["network", "IP address", "MAC address", "hostname", "host", "state"])
+             ",".join(f for f in ("allocated", "leased") if ip[f]) or "associated",
+             ip["lease_end"] or "-"] for ip in rows],
+           ["network", "IP address", "MAC address", "hostname", "host", "state",
+            "lease ends (UTC)"])
 
 
 def cmd_instance(args, conf) -> None:

@@ -192,7 +192,9 @@ class NetworkManager:
             return [network_dict(n) for n in session.scalars(select(models.Network).order_by(models.Network.id))]
 
     def list_fixed_ips(self) -> list[dict]:
-        """Every fixed IP: {network (cidr), address, reserved, allocated, leased, instance, hostname, host, mac}."""
+        """Every fixed IP: {network (cidr), address, reserved, allocated, leased, lease_end
+        (naive UTC ISO text of the last ACK + dhcp_lease_time, None when not leased),
+        instance, hostname, host, mac}."""
         with db.read_transaction(self.engine) as session:
             rows = session.execute(
                 select(models.FixedIp, models.Network.cidr, models.Instance, models.VirtualInterface.address)
@@ -201,7 +203,10 @@ class NetworkManager:
                 .outerjoin(models.VirtualInterface, models.FixedIp.virtual_interface_id == models.VirtualInterface.id)
                 .order_by(models.FixedIp.id))
             return [{"network": cidr, "address": ip.address, "reserved": ip.reserved, "allocated": ip.allocated,
-                     "leased": ip.leased, "instance": inst.name if inst else None,
+                     "leased": ip.leased,
+                     "lease_end": _iso(leases.lease_end(ip.updated_at, ip.leased,
+                                                        self.conf.dhcp_lease_time)),
+                     "instance": inst.name if inst else None,
                      "hostname": inst.hostname if inst else None, "host": ip.host, "mac": mac}
                     for ip, cidr, inst, mac in rows]
 
@@ -480,6 +485,10 @@ def _instance_by_name(session: Session, name: str) -> models.Instance:
     if inst is None:
         raise exception.InstanceNotFound(name=name)
     return inst
+
+
+def _iso(when: datetime.datetime | None) -> str | None:
+    return when.isoformat(sep=" ", timespec="seconds") if when else None
 
 
 def network_dict(net: models.Network) -> dict:
