@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks import lib
 
 SYNC_RE = re.compile(r"(full|incremental) sync: (\d+) added, (\d+) deleted, \d+ stale cookies, "
-                     r"gen \d+, (\d+) flows, ([\d.]+)s")
+                     r"\d+ meter and \d+ group mods, gen \d+, (\d+) flows, ([\d.]+)s")
 
 
 def _syncs(log: Path) -> list[tuple[float, str, int, int]]:

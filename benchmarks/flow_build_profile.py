@@ -35,7 +35,7 @@ vifs = tuple(VifView(uuid=f"{i:08x}-aaaa-bbbb-cccc-000000000000", mac=f"02:aa:00
 view = StateView(1, {1: net}, vifs)
 ports = {v.port_name: i + 1 for i, v in enumerate(vifs)}
 t = time.perf_counter()
-flows = compile_datapath(view, bind_ports(view, ports, frozenset()))
+flows = compile_datapath(view, bind_ports(view, ports, frozenset())).flows
 t1 = time.perf_counter()
 desired = reconcile.index(flows)
 dp = Dp()
@@ -55,12 +55,12 @@ class _Xids:
     xid = 0
 
 
-t5 = time.perf_counter()   # what _send_plan does now: struct-packed bytes (sdn.apps.ofwire)
+t5 = time.perf_counter()   # what DatapathSync._send_bundle does now: struct-packed bytes (sdn.apps.ofwire)
 encoded = [ofwire.flow_add(f, 7) for f in desired.values()]
 t6 = time.perf_counter()
 stream = list(ofwire.bundle_adds(_Xids(), 1, encoded))
 t7 = time.perf_counter()
-print(f"ofwire (what _send_plan sends): flow_add {1e6 * (t6 - t5) / n:.1f} us/flow, bundle_adds "
+print(f"ofwire (what DatapathSync sends): flow_add {1e6 * (t6 - t5) / n:.1f} us/flow, bundle_adds "
       f"{1e6 * (t7 - t6) / n:.1f} us/flow; CPU-bound ceiling {n / (t1 - t + t7 - t5):.0f} flows/s")
 pr = cProfile.Profile()
 pr.enable()
