@@ -1,0 +1,332 @@
+"""Self-healing switches and DHCP that outlives its dependencies (issue 9, "Tests"), on real
+userspace OVS with real dhclient and real pings.
+
+Each test has a positive control (the fault really happened, the thing that must survive is
+really there) and asserts its measured times loosely (the bound of the issue), reporting the
+measurement in the assertion message. Tests 1, 2, 4 and 5 share one module-scoped deployment
+(one controller, two leased instances pinging each other, ``dhcp_lease_time`` 10 s); the
+bridge re-creation and the 5,000-VIF flood build their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration import netlab
+from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactory
+from tests.integration.netlab import OFCTL, sh, wait_for
+from tests.integration.test_controller import launch, lease_state, vlan_env
+
+LEASE_TIME = 10            # s; T1 5 s: renewals every ~5 s, an unanswered one loses the address soon
+MAINTENANCE_INTERVAL = 10  # s; sdn.apps.controller.ControllerDeps.maintenance_interval (not configurable)
+REPAIR_BOUND = 2.0         # s; issue 9: drift repaired within 2 s
+APPLY_BOUND = 1.0          # s; issue 9: state applied within 1 s (of a reconnect, of a DB release)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sdn_flows(bridge: str) -> list[str]:
+    """The bridge's flows without counters and cookies, sorted (``dump-flows --no-stats``)."""
+    out = sh(OFCTL + ["dump-flows", "--no-stats", "--names", bridge]).stdout
+    flows = []
+    for line in out.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("OFPST_FLOW", "NXST_FLOW")):
+            continue
+        flows.append(re.sub(r"cookie=0x[0-9a-f]+,\s*", "", line))
+    return sorted(flows)
+
+
+def cookies(bridge: str) -> list[str]:
+    return re.findall(r"cookie=(0x[0-9a-f]+)", sh(OFCTL + ["dump-flows", bridge]).stdout)
+
+
+def flow_with(bridge: str, text: str) -> bool:
+    return any(text in f for f in netlab.dump_flows(bridge))
+
+
+def set_datapath_id(bridge: str, dpid: str) -> None:
+    sh(["ovs-vsctl", "--timeout=30", "set", "Bridge", bridge, f"other_config:datapath-id={dpid}"])
+    wait_for(lambda: sh(["ovs-vsctl", "--timeout=5", "get", "Bridge", bridge, "datapath_id"]
+                        ).stdout.strip().strip('"') == dpid,
+             timeout=10, what=f"datapath_id of {bridge} to become {dpid}")
+
+
+def event_times(host: netlab.NetnsHost, *reasons: str) -> list[tuple[float, str]]:
+    """(wall time the dhclient script recorded it, reason) of ``host``'s dhclient events."""
+    out = []
+    for f in sorted(Path(host.dhcp_files["events"]).iterdir()):
+        reason = f.name.split("-", 1)[-1]
+        if not f.name.startswith(".") and (not reasons or reason in reasons):
+            out.append((f.stat().st_mtime, reason))
+    return out
+
+
+class PingStream:
+    """``ping -D -O -i 0.05`` from ``host`` to ``address``; ``replies()`` are wall times."""
+
+    def __init__(self, host: netlab.NetnsHost, address: str, interval: float = 0.05):
+        self.path = host.workdir / f"ping-{netlab.random_suffix(6)}.txt"
+        self._out = open(self.path, "wb")
+        self.proc = host.popen(["ping", "-n", "-D", "-O", "-i", str(interval), "-W", "1", address],
+                               stdout=self._out, stderr=subprocess.STDOUT)
+        self.started = time.time()
+
+    def text(self) -> str:
+        return self.path.read_text(errors="replace")
+
+    def replies(self) -> list[float]:
+        return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", self.text(), re.M)]
+
+    def wait_replies_after(self, t: float, n: int = 1, timeout: float = 10) -> list[float]:
+        return wait_for(lambda: [r for r in self.replies() if r > t][n - 1:] or None,
+                        timeout, what=f"{n} ping replies after {t:.3f}")
+
+    def max_gap(self, start: float, end: float) -> float:
+        """The longest time without a reply within [start, end] (wall clock)."""
+        times = [start] + [r for r in self.replies() if start < r < end] + [end]
+        return max(b - a for a, b in zip(times, times[1:]))
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=10)
+        self._out.close()
+        return self.text()
+
+
+def no_traceback(env: netlab.SdnEnv) -> None:
+    log = env.controller_log()
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:6000]
+
+
+# --------------------------------------------------------------------------- shared deployment
+
+
+@dataclass
+class Lab:
+    env: netlab.SdnEnv
+    hosts: NetnsFactory
+    a1: dict
+    h_a1: netlab.NetnsHost
+    a2: dict
+    h_a2: netlab.NetnsHost
+
+    @property
+    def br(self) -> str:
+        return self.env.bridge.name
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, integration_ready):
+    """One controller on one bridge, a1 and a2 (project alpha, one VLAN network) leased with
+    ``dhcp_lease_time`` 10 s and their dhclients kept running (renewing every ~5 s)."""
+    tmp = tmp_path_factory.mktemp("selfheal")
+    bridges = BridgeFactory()
+    envs = SdnEnvFactory(tmp, bridges)
+    hosts = NetnsFactory(tmp / "netns")
+    try:
+        env = vlan_env(envs, dhcp_lease_time=LEASE_TIME)
+        a1, h_a1 = launch(env, hosts, "a1", "alpha")
+        a2, h_a2 = launch(env, hosts, "a2", "alpha")
+        env.start_controller()
+        for client in [h_a1.dhclient(wait=False), h_a2.dhclient(wait=False)]:
+            client.wait_bound()
+        assert h_a1.ping(a2["address"]) and h_a2.ping(a1["address"])
+        yield Lab(env, hosts, a1, h_a1, a2, h_a2)
+        no_traceback(env)
+    finally:
+        try:
+            hosts.close_all()
+        finally:
+            envs.close_all()
+            bridges.close_all()
+
+
+# --------------------------------------------------------------------------- 1. del-flows
+
+
+def test_del_flows_on_a_connected_bridge_is_repaired_within_2s(lab):
+    br = lab.br
+    before = sdn_flows(br)
+    assert len(before) > 20, before
+    stream = PingStream(lab.h_a1, lab.a2["address"])
+    try:
+        stream.wait_replies_after(stream.started, n=5)
+        t_wall, t0 = time.time(), time.monotonic()
+        sh(OFCTL + ["del-flows", br])
+        gone = len(sdn_flows(br))
+        repaired = wait_for(lambda: sdn_flows(br) == before and time.monotonic(), timeout=15,
+                            interval=0.02, what="every sdn flow back after del-flows")
+        repair = repaired - t0
+        # positive control: the flows were really gone (the audit runs every second)
+        assert gone < len(before), f"del-flows left {gone} of {len(before)} flows"
+        assert repair < REPAIR_BOUND, f"del-flows repaired in {repair:.3f}s (bound {REPAIR_BOUND}s)"
+        # pings resume: replies after the repair, and the outage is about the repair time
+        stream.wait_replies_after(t_wall + repair, n=5, timeout=5)
+        outage = stream.max_gap(t_wall - 1, time.time())
+        assert outage < REPAIR_BOUND + 1, (f"pings stopped for {outage:.2f}s "
+                                            f"(repair took {repair:.3f}s)")
+        print(f"del-flows: {len(before)} flows back in {repair:.3f}s; ping outage {outage:.2f}s")
+    finally:
+        stream.stop()
+    assert len(set(c[-12:] for c in cookies(br))) == 1, "flows of an older generation left"
+
+
+# --------------------------------------------------------------------------- 2. foreign flows
+
+
+FOREIGN = "cookie=0x5d01000000000001,table=0,priority=7,dl_src=02:de:ad:00:00:01,actions=drop"
+NON_SDN = "cookie=0x1234,table=0,priority=1,in_port=999,actions=drop"
+
+
+def test_foreign_sdn_flows_are_removed_and_other_flows_kept(lab):
+    br = lab.br
+    before = sdn_flows(br)
+    current = lab.env.pipeline_cookie().split("=")[1]   # this generation's cookie
+    # a hand-added flow with sdn's current cookie (the audit's flow count sees it) and one
+    # with an sdn cookie of another generation; a non-sdn flow that must be left alone
+    same_gen = f"cookie={current},table=0,priority=7,dl_src=02:de:ad:00:00:02,actions=drop"
+    try:
+        for foreign in (FOREIGN, same_gen):
+            lab.env.bridge.add_flow(NON_SDN)
+            t0 = time.monotonic()
+            lab.env.bridge.add_flow(foreign)
+            mac = re.search(r"dl_src=([0-9a-f:]+)", foreign).group(1)
+            present = flow_with(br, mac)
+            removed = wait_for(lambda: not flow_with(br, mac) and time.monotonic(), timeout=15,
+                               interval=0.02, what=f"the foreign flow {foreign} removed")
+            took = removed - t0
+            assert present, f"positive control: {foreign} was not installed"
+            assert took < REPAIR_BOUND, f"foreign flow {foreign} removed after {took:.3f}s"
+            # the repair did not touch the non-sdn flow, and put back exactly sdn's flows
+            flows = netlab.dump_flows(br)
+            assert [f for f in flows if "cookie=0x1234," in f and "in_port=999" in f], flows
+            wait_for(lambda: [f for f in sdn_flows(br) if "in_port=999" not in f] == before,
+                     timeout=5, what="sdn's flows unchanged by the repair")
+            print(f"foreign flow {foreign.split(',')[0]}: removed in {took:.3f}s")
+    finally:
+        sh(OFCTL + ["del-flows", br, "cookie=0x1234/-1"], check=False)
+
+
+# --------------------------------------------------------------------------- 4. locked database
+
+
+LOCKER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    conn.execute("ROLLBACK")
+    print("released", flush=True)
+    sys.stdin.read()
+""")
+
+
+def db_path(env: netlab.SdnEnv) -> str:
+    text = env.config_file.read_text()
+    return re.search(r"^connection = sqlite:///(.+)$", text, re.M).group(1)
+
+
+def test_write_locked_database_pings_renewals_and_prompt_apply(lab):
+    lock_for = 20.0
+    br, path = lab.br, db_path(lab.env)
+    pair_ip = "10.31.0.60"   # in alpha's network (10.31.0.0/26), not an instance's address
+    assert not flow_with(br, pair_ip)
+    stream = PingStream(lab.h_a1, lab.a2["address"])
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, path, str(lock_for)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    change = None
+    try:
+        stream.wait_replies_after(stream.started, n=5)
+        assert locker.stdout.readline().strip() == "locked"
+        t_lock = time.time()
+        # positive control: another writer really cannot get in
+        probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            probe.execute("BEGIN IMMEDIATE")
+        probe.close()
+        # the state change is made while locked: the CLI waits for the lock (its busy timeout
+        # is 30 s) and commits the moment it is released
+        time.sleep(lock_for - 3)
+        change = subprocess.Popen(
+            [lab.env.sdn_exe, "--config-file", str(lab.env.config_file), "instance",
+             "allow-address", "a1", "--ip", pair_ip],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        assert locker.stdout.readline().strip() == "released"
+        t_release, t_rel = time.time(), time.monotonic()
+        applied = wait_for(lambda: flow_with(br, pair_ip) and time.monotonic(), timeout=40,
+                           interval=0.02, what=f"the allowed address {pair_ip} in the flows")
+        apply = applied - t_rel
+        out, _ = change.communicate(timeout=30)
+        assert change.returncode == 0, out
+
+        # pings kept flowing during the lock
+        outage = stream.max_gap(t_lock, t_release)
+        lost = [line for line in stream.text().splitlines() if "no answer yet" in line]
+        # renewals during the lock were answered (RENEW: a unicast REQUEST got its ACK) and
+        # the addresses kept
+        for alloc, host in ((lab.a1, lab.h_a1), (lab.a2, lab.h_a2)):
+            during = [r for t, r in event_times(host) if t_lock < t < t_release]
+            assert during.count("RENEW") >= 2, (
+                f"{alloc['instance']}: dhclient events during the {lock_for:.0f}s lock: {during}\n"
+                f"{lab.env.controller_log()[-3000:]}")
+            assert not {"EXPIRE", "FAIL", "REBIND"} & set(during), during
+            assert host.ips() == [alloc["address"]]
+        assert outage < 1.0, f"pings stopped for {outage:.2f}s during the lock; {lost[:5]}"
+        assert apply < APPLY_BOUND, (f"state change applied {apply:.3f}s after the lock was "
+                                     f"released (bound {APPLY_BOUND}s)")
+        print(f"locked database: {len(stream.replies())} replies, longest gap {outage:.2f}s; "
+              f"state change applied {apply:.3f}s after release")
+    finally:
+        if locker.poll() is None:
+            os.killpg(locker.pid, signal.SIGKILL)
+            locker.wait(timeout=10)
+        if change is not None and change.poll() is None:
+            os.killpg(change.pid, signal.SIGKILL)
+            change.wait(timeout=10)
+        stream.stop()
+    # the renewals answered from memory reach the database once it is back
+    wait_for(lambda: lease_state(lab.env, lab.a1["address"]), timeout=10,
+             what="a1 still leased in state")
+
+
+# --------------------------------------------------------------------------- 5. lease expiry
+
+
+def test_lease_expiry_clears_leased(lab):
+    a3, h_a3 = launch(lab.env, lab.hosts, "a3", "alpha")
+    client = h_a3.dhclient()
+    assert h_a3.ips() == [a3["address"]]
+    # positive control: the lease is recorded (write-ahead: before the ACK left)
+    assert lease_state(lab.env, a3["address"]) is True
+    os.kill(client.pid, signal.SIGKILL)     # no DHCPRELEASE: the lease just runs out
+    client.proc.wait(timeout=5)
+    last_ack = max(t for t, _ in event_times(h_a3, "BOUND", "RENEW", "REBOOT"))
+    bound = LEASE_TIME + MAINTENANCE_INTERVAL + 2   # the maintenance loop wakes every second
+    cleared = wait_for(lambda: lease_state(lab.env, a3["address"]) is False and time.time(),
+                       timeout=bound + 10, interval=0.5,
+                       what=f"{a3['address']} not leased after its lease expired")
+    took = cleared - last_ack
+    # a lease that is being renewed stays (a1's dhclient renews every ~5 s)
+    assert lease_state(lab.env, lab.a1["address"]) is True
+    assert took >= LEASE_TIME, f"lease cleared {took:.1f}s after its last ACK, before it expired"
+    assert took <= bound, (f"lease cleared {took:.1f}s after its last ACK (lease {LEASE_TIME}s, "
+                           f"maintenance every {MAINTENANCE_INTERVAL}s)")
+    assert "leases expired without renewal" in lab.env.controller_log()
+    print(f"lease expiry: leased cleared {took:.1f}s after the last ACK")
