@@ -141,10 +141,6 @@ def test_render_is_ovs_ofctl_syntax():
                and "actions=controller(max_len=65535)" in t for t in text)
 
 
-def test_compilation_is_deterministic():
-    assert flows() == flows()
-
-
 def test_incremental_plan_touches_only_what_changed():
     before = reconcile.index(flows().flows)
     a4 = VifView("aaaa4444-0000-0000-0000-000000000004", "fa:16:3e:00:00:a4", 1, "a4", "a4",
@@ -177,3 +173,60 @@ def test_full_plan_deletes_only_stale_sdn_generations():
     plan = reconcile.plan_full(desired, installed, generation=6)
     assert plan.stale_cookies == [cookie(Feature.L2, 5)]
     assert len(plan.adds) == len(desired)
+
+
+def _router_desired():
+    from tests.unit.test_router import RS
+    from sdn.view import FloatingView
+    view = StateView(1, VIEW.networks, VIEW.vifs, (FloatingView("172.30.0.65", "10.10.0.4", 1),))
+    ports = {**PORTS, "pub": 8, "relay": 6}
+    binding = bind_ports(view, ports, frozenset({"s1-trunk"}), "pub", frozenset({"relay"}))
+    return compile_datapath(view, binding, CompileSettings(dhcp_rate_pps=10, relay_rate_pps=100,
+                                                           router=RS))
+
+
+def test_every_jump_is_declared_in_the_pipeline_and_goto_only_moves_forward():
+    from sdn.flows import pipeline
+    from sdn.flows.model import Ct, Group, Resubmit
+    desired = _router_desired()
+    assert desired.meters and desired.groups      # the rich view exercises every feature
+    for f in desired.flows:
+        jumps = ([f.goto] if f.goto is not None else []) + \
+                [a.table for a in f.actions if isinstance(a, (Ct, Resubmit)) and a.table is not None]
+        for target in jumps:
+            assert target in pipeline.successors(f.table), f"{f.table.label} -> {target.label}: {f}"
+        if f.goto is not None:
+            assert f.goto > f.table
+        for a in f.actions:
+            if isinstance(a, Group):
+                assert a.group_id in desired.groups
+    for g in desired.groups.values():
+        for bucket in g.buckets:
+            for a in bucket:
+                if isinstance(a, Resubmit):
+                    assert a.table in pipeline.successors(Table.L2_LOOKUP)
+                if isinstance(a, Group):
+                    assert a.group_id in desired.groups
+
+
+def test_every_table_has_one_default_and_the_pipeline_declares_it():
+    from sdn.flows import pipeline
+    defaults = [f for f in _router_desired().flows if f.priority == 0]
+    assert sorted(int(f.table) for f in defaults) == sorted(int(s.table) for s in pipeline.STAGES)
+    assert {f.table: f.goto for f in defaults} == {s.table: pipeline.miss_goto(s)
+                                                   for s in pipeline.STAGES}
+
+
+def test_compilation_is_deterministic_across_hash_seeds():
+    """Set/dict order must not leak into the compiled output: compile in two processes with
+    different PYTHONHASHSEEDs and compare the rendered flows and groups."""
+    import os
+    import subprocess
+    import sys
+    code = ("from tests.unit.test_flows import _router_desired; from sdn.flows.ofctl import render;"
+            "d = _router_desired(); print('\\n'.join(render(f, 1) for f in d.flows));"
+            "print(sorted((i, repr(g)) for i, g in d.groups.items()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(outs) == 1
