@@ -80,12 +80,9 @@ def record(engine, events: list[LeaseEvent]) -> list[Exception | None]:
         now = models.utcnow()
         rows = {r.address: list(r) for r in session.execute(
             _ROWS, {"addresses": list({e.address for e in events})})}
-        results: list[Exception | None] = []
+        checked = _checked(events, rows)
         changes: dict[int, dict] = {}
-        for event in events:
-            row = rows.get(event.address)
-            error = check(event, row)
-            results.append(error)
+        for event, row, error in checked:
             if error is not None:
                 continue
             lease = event.kind == LEASE
@@ -98,7 +95,7 @@ def record(engine, events: list[LeaseEvent]) -> list[Exception | None]:
             session.execute(update(FixedIp), list(changes.values()))
         if not any("instance_uuid" in c for c in changes.values()):
             db.keep_revision(session)   # leased/updated_at only: no view shows them
-    return results
+    return [error for _, _, error in checked]
 
 
 def _record_leases_core(engine, events: list[LeaseEvent]) -> list[Exception | None]:
@@ -145,18 +142,17 @@ def _record_leases_sqlite(engine, events: list[LeaseEvent]) -> list[Exception | 
     return results
 
 
+def _checked(events: list[LeaseEvent], rows: dict) -> list[tuple]:
+    """[(event, its row or None, :func:`check`'s error or None)] in event order."""
+    return [(e, rows.get(e.address), check(e, rows.get(e.address))) for e in events]
+
+
 def _leases(events: list[LeaseEvent], rows: dict[str, tuple]
             ) -> tuple[list[Exception | None], dict[int, None]]:
-    """:func:`check` of each lease event: (error or None per event, fixed IP ids to mark)."""
-    results: list[Exception | None] = []
-    ids: dict[int, None] = {}
-    for event in events:
-        row = rows.get(event.address)
-        error = check(event, row)
-        results.append(error)
-        if error is None:
-            ids[row[0]] = None
-    return results, ids
+    """Lease events checked: (error or None per event, fixed IP ids to mark leased)."""
+    checked = _checked(events, rows)
+    return ([error for _, _, error in checked],
+            {row[0]: None for _, row, error in checked if error is None})
 
 
 def _naive_utc(now: float) -> datetime.datetime:
