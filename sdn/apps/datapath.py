@@ -47,6 +47,7 @@ from sdn.flows.model import (COOKIE_APP, COOKIE_APP_MASK, GENERATION_MASK, Desir
 LOG = logging.getLogger("sdn.datapath")
 
 FULL, INCREMENTAL, AUDIT = "full", "incremental", "audit"
+RETRY_MAX = 30.0   # seconds between retries of a switch whose syncs keep failing
 
 
 class DatapathGone(Exception):
@@ -113,6 +114,7 @@ class DatapathSync:
         self.groups: dict[int, GroupEntry | None] = {}
         self.synced = False
         self.closed = False
+        self.failures = 0
         self.last_sync: dict = {}
         self._work: queue.Queue = queue.Queue()
         self._waiter: _Waiter | None = None
@@ -206,12 +208,17 @@ class DatapathSync:
                           INCREMENTAL if INCREMENTAL in pending else AUDIT)
             except DatapathGone:
                 break
-            except Exception as err:  # this switch only; it is retried on the next change/audit
-                LOG.error("datapath %016x: sync failed: %s", self.dpid, err)
-                self.synced = False   # the next step is a full sync (its audit wakes it)
+            except Exception as err:  # this switch only; retried with a full sync, backing off
+                self.failures += 1
+                retry = min(RETRY_MAX, self.audit_interval * 2 ** min(self.failures - 1, 8))
+                LOG.error("datapath %016x: sync failed (%d in a row, retry in %.0fs): %s",
+                          self.dpid, self.failures, retry, err)
+                self.synced = False
                 if not self.closed:
-                    time.sleep(min(self.audit_interval, 1.0))
+                    time.sleep(retry)
                     self._work.put(FULL)
+            else:
+                self.failures = 0
         LOG.info("datapath %016x: sync unit stopped", self.dpid)
 
     def step(self, kind: str) -> None:
