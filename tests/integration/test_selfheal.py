@@ -330,3 +330,83 @@ def test_lease_expiry_clears_leased(lab):
                            f"maintenance every {MAINTENANCE_INTERVAL}s)")
     assert "leases expired without renewal" in lab.env.controller_log()
     print(f"lease expiry: leased cleared {took:.1f}s after the last ACK")
+
+
+# --------------------------------------------------------------------------- 3. bridge re-created
+
+
+def plug(env, netns_host, name, bridge):
+    """Launch ``name`` (project alpha), make its namespace and plug it into ``bridge``."""
+    alloc = env.cli_json("instance", "launch", name, "--project", "alpha")
+    host = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+    env.cli("instance", "plug", name, "--bridge", bridge)
+    return alloc, host
+
+
+def test_bridge_recreated_gets_state_within_1s_while_another_keeps_syncing(
+        make_sdn_env, ovs_bridge, netns_host):
+    env = vlan_env(make_sdn_env)
+    br_a, br_b = env.bridge, ovs_bridge()
+    dpid_a, dpid_b = "00000000005d0a01", "00000000005d0b01"
+    set_datapath_id(br_a.name, dpid_a)
+    set_datapath_id(br_b.name, dpid_b)
+    a1, h_a1 = plug(env, netns_host, "a1", br_a.name)
+    a2, h_a2 = plug(env, netns_host, "a2", br_a.name)
+    b1, h_b1 = plug(env, netns_host, "b1", br_b.name)
+    b2, h_b2 = plug(env, netns_host, "b2", br_b.name)
+    env.start_controller()
+    br_b.set_controller(env.port)
+    wait_for(lambda: env.openflow_connections() == 2 and flow_with(br_b.name, b1["mac"]),
+             timeout=30, what=f"{br_b.name} synced")
+    for client in [h.dhclient(wait=False) for h in (h_a1, h_a2, h_b1, h_b2)]:
+        client.wait_bound()
+    assert h_a1.ping(a2["address"]) and h_b1.ping(b2["address"])
+    stream = PingStream(h_b1, b2["address"])
+    try:
+        stream.wait_replies_after(stream.started, n=5)
+
+        # A goes away: B's state changes still reach B at once, A's wait for A
+        sh(["ovs-vsctl", "--timeout=30", "del-br", br_a.name])
+        t_down = time.time()
+        env.cli("instance", "allow-address", "a1", "--ip", "10.31.0.61")
+        env.cli("instance", "allow-address", "b1", "--ip", "10.31.0.62")
+        t0 = time.monotonic()
+        b_took = wait_for(lambda: flow_with(br_b.name, "10.31.0.62") and time.monotonic(),
+                          timeout=30, interval=0.02, what="B's state change on B") - t0
+        assert b_took < APPLY_BOUND, f"B got a state change {b_took:.3f}s after it, A down"
+        wait_for(lambda: env.openflow_connections() == 1, timeout=10,
+                 what=f"{br_a.name}'s OpenFlow connection closed")
+
+        # A comes back: same name, same datapath id, its instances re-plugged
+        netlab.create_bridge(name=br_a.name)
+        set_datapath_id(br_a.name, dpid_a)
+        for name in ("a1", "a2"):
+            env.cli("instance", "plug", name, "--bridge", br_a.name)
+        br_a.set_controller(env.port)
+        t_conn = wait_for(lambda: env.openflow_connections() == 2 and time.monotonic(),
+                          timeout=30, interval=0.02, what=f"{br_a.name} reconnected")
+        synced = wait_for(lambda: flow_with(br_a.name, "10.31.0.61") and time.monotonic(),
+                          timeout=30, interval=0.02, what="the change made while A was down on A")
+        reconnect_took = synced - t_conn
+        # and a change made now reaches both
+        env.cli("instance", "allow-address", "a2", "--ip", "10.31.0.63")
+        env.cli("instance", "allow-address", "b2", "--ip", "10.31.0.64")
+        t1 = time.monotonic()
+        a_took = wait_for(lambda: flow_with(br_a.name, "10.31.0.63") and time.monotonic(),
+                          timeout=30, interval=0.02, what="a new change on the re-created A") - t1
+        b2_took = wait_for(lambda: flow_with(br_b.name, "10.31.0.64") and time.monotonic(),
+                           timeout=30, interval=0.02, what="a new change on B") - t1
+        assert reconnect_took < APPLY_BOUND, (f"re-created {br_a.name} held the current state "
+                                              f"{reconnect_took:.3f}s after reconnecting")
+        assert a_took < APPLY_BOUND and b2_took < APPLY_BOUND, (a_took, b2_took)
+        # the re-created switch forwards again; B never stopped
+        assert h_a1.ping(a2["address"]) and h_a2.ping(a1["address"])
+        outage = stream.max_gap(t_down, time.time())
+        assert outage < 1.0, f"B's pings stopped for {outage:.2f}s while A was re-created"
+        print(f"bridge re-created: B change {b_took:.3f}s with A down; A synced {reconnect_took:.3f}s"
+              f" after reconnect; then A {a_took:.3f}s, B {b2_took:.3f}s")
+    finally:
+        stream.stop()
+    log = env.controller_log()
+    assert f"datapath {dpid_a} disconnected" in log, log[-3000:]
+    no_traceback(env)
