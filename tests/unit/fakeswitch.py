@@ -32,7 +32,8 @@ Rules enforced as Open vSwitch does (an error message with the offending xid, no
 - a bundle applies atomically at commit: the first failing message's error (its own xid),
   then ONF MSG_FAILED for the commit's xid, and the tables stay as they were.
 
-Knobs: ``dead=True`` (parses and records, never answers), ``reject_next=(type, code)`` (the
+Knobs: ``dead=True`` (parses and records, never answers), ``ignore_barriers=True`` (answers
+everything but barriers: a switch that hangs mid-sync), ``reject_next=(type, code)`` (the
 next flow mod or bundle commit fails with that error, the xid of the flow mod or of the
 bundle's first bundle-add), ``threaded=True`` (messages are processed and answered on the
 switch's own thread, as a real switch would, instead of inside ``send``/``send_msg``).
@@ -127,6 +128,15 @@ def _bucket_children(buckets) -> frozenset:
                      if isinstance(a, parser.OFPActionGroup))
 
 
+def flow_of(msg) -> tuple[tuple, FlowEntry]:
+    """(key, entry) of a parsed OFPFC_ADD: what the switch's table holds for it."""
+    groups, meters = _refs(msg.instructions)
+    start = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE
+    inst = bytes(msg.buf[start + ((msg.match.length + 7) // 8) * 8:])
+    return ((msg.table_id, msg.priority, match_key(msg.match)),
+            FlowEntry(msg.cookie, msg.instructions, inst, groups, meters))
+
+
 def parse_stream(dp, data: bytes) -> list[Received]:
     """Split concatenated OpenFlow messages by their header length and parse each one."""
     out = []
@@ -212,11 +222,13 @@ class FakeSwitch:
     ofproto_parser = parser
 
     def __init__(self, dpid: int = 1, *, dead: bool = False, reject_next: tuple | None = None,
-                 threaded: bool = False, reply_part: int = REPLY_PART):
+                 threaded: bool = False, reply_part: int = REPLY_PART,
+                 ignore_barriers: bool = False):
         self.id = dpid
         self.xid = 0
         self.unit = None
         self.dead = dead
+        self.ignore_barriers = ignore_barriers
         self.reject_next = reject_next
         self.reply_part = reply_part
         self.flows: dict[tuple, FlowEntry] = {}      # (table, priority, match_key) -> entry
@@ -282,6 +294,11 @@ class FakeSwitch:
             self._flow_mod(self.flows, parsed, 0, self.log)
         return (table_id, priority, match_key(parsed.match))
 
+    def tamper_add_group(self, group_id: int) -> None:
+        """Add an empty group of type all (``ovs-ofctl add-group``)."""
+        with self._lock:
+            self.groups[group_id] = GroupState(ofp.OFPGT_ALL, [])
+
     # ---- views for assertions ---------------------------------------------------------------
 
     def sdn_flows(self) -> dict[tuple, FlowEntry]:
@@ -336,7 +353,8 @@ class FakeSwitch:
             self._error(err.xid or r.xid, err.type, err.code)
             return
         if isinstance(msg, parser.OFPBarrierRequest):
-            self.unit.on_barrier(r.xid)
+            if not self.ignore_barriers:
+                self.unit.on_barrier(r.xid)
         elif isinstance(msg, parser.OFPMultipartRequest):
             self._multipart(r.xid, msg)
         else:
@@ -379,12 +397,8 @@ class FakeSwitch:
         if cmd == ofp.OFPFC_ADD:
             if msg.table_id >= ofp.OFPTT_MAX:
                 raise OFError(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_BAD_TABLE_ID, xid)
-            g, m = _refs(msg.instructions)
-            start = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE
-            inst = bytes(msg.buf[start + ((msg.match.length + 7) // 8) * 8:])
-            entry = FlowEntry(msg.cookie, msg.instructions, inst, g, m)
+            key, entry = flow_of(msg)
             self._check_flow(entry, groups, meters, xid)
-            key = (msg.table_id, msg.priority, match_key(msg.match))
             flows[key] = entry
             log.append(("flow_add", key, msg.cookie))
             return
