@@ -186,6 +186,15 @@ def parse_one(dp, buf: bytes) -> Received:
             bands.append(band)
             offset += band.len
         msg = parser.OFPMeterMod(dp, command, flags, meter_id, bands)
+    elif msg_type == ofp.OFPT_PACKET_OUT:
+        buffer_id, in_port, actions_len = struct.unpack_from(ofp.OFP_PACKET_OUT_PACK_STR, buf,
+                                                             ofp.OFP_HEADER_SIZE)
+        actions, offset = [], ofp.OFP_PACKET_OUT_SIZE
+        while offset < ofp.OFP_PACKET_OUT_SIZE + actions_len:
+            action = parser.OFPAction.parser(buf, offset)
+            actions.append(action)
+            offset += action.len
+        msg = parser.OFPPacketOut(dp, buffer_id, in_port, actions, bytes(buf[offset:]))
     elif msg_type == ofp.OFPT_BARRIER_REQUEST:
         msg = parser.OFPBarrierRequest(dp)
     elif msg_type == ofp.OFPT_MULTIPART_REQUEST:
@@ -223,8 +232,10 @@ class FakeSwitch:
 
     def __init__(self, dpid: int = 1, *, dead: bool = False, reject_next: tuple | None = None,
                  threaded: bool = False, reply_part: int = REPLY_PART,
-                 ignore_barriers: bool = False):
+                 ignore_barriers: bool = False, ports: set | None = None):
         self.id = dpid
+        self.ports = ports             # ofports that exist (None: any); packet-out checks it
+        self.on_receive = None         # called with each parsed message (tests inject events)
         self.xid = 0
         self.unit = None
         self.dead = dead
@@ -324,6 +335,8 @@ class FakeSwitch:
         if self.dead:
             return
         for r in msgs:
+            if self.on_receive is not None:
+                self.on_receive(r)
             self._handle(r)
 
     def _handle(self, r: Received) -> None:
@@ -348,6 +361,14 @@ class FakeSwitch:
                     return
                 if isinstance(msg, parser.OFPMeterMod):
                     self._meter_mod(msg, r.xid)
+                    return
+                if isinstance(msg, parser.OFPPacketOut):
+                    for action in msg.actions:
+                        port = getattr(action, "port", None)
+                        if (self.ports is not None and port is not None
+                                and port < ofp.OFPP_MAX and port not in self.ports):
+                            raise OFError(ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_PORT, r.xid)
+                    self.log.append(("packet_out", msg.actions[0].port if msg.actions else None))
                     return
         except OFError as err:
             self._error(err.xid or r.xid, err.type, err.code)
