@@ -22,7 +22,7 @@ from sdn.flows.model import Feature, GENERATION_MASK
 from sdn.flows.trace import trace
 from sdn.view import NetworkView, StateView, VifView
 from tests.unit.fakeswitch import FakeSwitch, flow_of, parse_one
-from tests.unit.test_flows import A1, A3, B1, PORTS, VIEW
+from tests.unit.test_flows import B1, PORTS, VIEW
 
 RATE = 50
 A4 = VifView("aaaa4444-0000-0000-0000-000000000004", "fa:16:3e:00:00:a4", 1, "a4", "a4",
