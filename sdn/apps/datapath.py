@@ -162,7 +162,8 @@ class DatapathSync:
 
     def on_error(self, xid: int, type_: int, code: int) -> None:
         """An OpenFlow error from this switch: it belongs to the step in flight if its xid was
-        sent by that step (xids grow per switch; DHCP packet-outs use xid 0)."""
+        sent by that step (xids grow per switch; packet-outs use xid 0, see
+        ``ofmsgs.packet_out_bytes``)."""
         waiter = self._waiter
         text = error_text(type_, code)
         if waiter is not None and xid and ((xid - waiter.first_xid) & 0xFFFFFFFF) < 1 << 31:
@@ -315,10 +316,11 @@ class DatapathSync:
                 if is_sdn_id(g.group_id)]
 
     def _begin(self) -> _Waiter:
-        if self.closed:
-            raise DatapathGone(f"datapath {self.dpid:016x} is gone")
         waiter = _Waiter(first_xid=(self.dp.xid + 1) & 0xFFFFFFFF)
-        self._waiter = waiter
+        self._waiter = waiter       # first registered, then checked: close() cannot miss it
+        if self.closed:
+            self._waiter = None
+            raise DatapathGone(f"datapath {self.dpid:016x} is gone")
         return waiter
 
     def _wait(self, waiter: _Waiter, msg, what: str) -> _Waiter:

@@ -73,7 +73,8 @@ class GatewayLearner:
         b = self.base
         frame = arp_request(b.mac, b.routing_source_ip, b.external_gateway)
         for dp, port in self._public_ports():
-            dp.send_msg(ofmsgs.packet_out(dp, port, frame))
+            # xid 0, like DHCP's packet-outs: an error it provokes is never taken for a sync's
+            dp.send(ofmsgs.packet_out_bytes(port, frame))
 
     def on_packet_in(self, _dp, _in_port, frame: bytes) -> None:
         reply = parse_arp_reply(frame)
