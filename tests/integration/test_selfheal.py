@@ -29,8 +29,8 @@ from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactor
 from tests.integration.netlab import OFCTL, sh, wait_for
 from tests.integration.test_controller import launch, lease_state, vlan_env
 
-LEASE_TIME = 10            # s; T1 5 s: renewals every ~5 s, an unanswered one loses the address soon
-MAINTENANCE_INTERVAL = 10  # s; sdn.apps.controller.ControllerDeps.maintenance_interval (not configurable)
+LEASE_TIME = 10            # s; T1 5 s: renewals every ~5 s; unanswered, the address goes soon
+MAINTENANCE_INTERVAL = 10  # s; ControllerDeps.maintenance_interval (sdn.apps.controller; fixed)
 REPAIR_BOUND = 2.0         # s; issue 9: drift repaired within 2 s
 APPLY_BOUND = 1.0          # s; issue 9: state applied within 1 s (of a reconnect, of a DB release)
 
@@ -403,10 +403,116 @@ def test_bridge_recreated_gets_state_within_1s_while_another_keeps_syncing(
         assert h_a1.ping(a2["address"]) and h_a2.ping(a1["address"])
         outage = stream.max_gap(t_down, time.time())
         assert outage < 1.0, f"B's pings stopped for {outage:.2f}s while A was re-created"
-        print(f"bridge re-created: B change {b_took:.3f}s with A down; A synced {reconnect_took:.3f}s"
-              f" after reconnect; then A {a_took:.3f}s, B {b2_took:.3f}s")
+        print(f"bridge re-created: B change {b_took:.3f}s with A down; A synced "
+              f"{reconnect_took:.3f}s after reconnect; then A {a_took:.3f}s, B {b2_took:.3f}s")
     finally:
         stream.stop()
     log = env.controller_log()
     assert f"datapath {dpid_a} disconnected" in log, log[-3000:]
     no_traceback(env)
+
+
+# --------------------------------------------------------------------------- 6. 5,000 VIFs flood
+
+
+N_VIFS = 5000
+
+
+def add_patch_ports(bridge: str, names: list[str]) -> dict[str, int]:
+    """Cheap VIF ports (as benchmarks/bench_system.py): OVS patch ports whose peers do not
+    exist, no kernel device. Returns name -> ofport once OVS numbered them all."""
+    for i in range(0, len(names), 1000):
+        cmd = ["ovs-vsctl", "--no-wait", "--timeout=120"]
+        for name in names[i:i + 1000]:
+            cmd += ["--", "add-port", bridge, name, "--", "set", "Interface", name, "type=patch",
+                    f"options:peer=none{name[3:]}"]
+        sh(cmd, timeout=180)
+    want = set(names)
+
+    def numbered():
+        out = sh(["ovs-vsctl", "--timeout=60", "--bare", "--columns=name,ofport", "find",
+                  "Interface", "type=patch"], timeout=90).stdout
+        ports = {}
+        for record in out.split("\n\n"):
+            fields = record.split()
+            if len(fields) == 2 and fields[0] in want and int(fields[1]) > 0:
+                ports[fields[0]] = int(fields[1])
+        return ports if len(ports) == len(want) else None
+    return wait_for(numbered, timeout=180, interval=1.0, what=f"{len(names)} patch ports numbered")
+
+
+def test_5000_vifs_in_one_network_flood_on_real_ovs(make_sdn_env):
+    from benchmarks.lib import add_vifs   # one instance + VIF + fixed IP per MAC, one transaction
+    from sdn import config
+    from sdn.db import api as db
+
+    env = make_sdn_env(config={"DEFAULT": {"network_manager": "flatdhcp"},
+                               "ovs": {"dhcp_rate_limit": 0}})
+    env.cli("network", "create", "--label", "big", "--fixed_range_v4", "10.60.0.0/19",
+            "--network_size", "8192", "--bridge", env.bridge.name)
+    conf = config.load(["--config-file", str(env.config_file)], conf=config.make_conf())
+    engine = db.get_engine(conf.database.connection)
+    try:
+        net_id = env.cli_json("network", "list")[0]["id"]
+        macs = [f"02:5d:00:00:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(N_VIFS)]
+        vifs = add_vifs(engine, net_id, macs, project="alpha",
+                        uuids=[str(uuidlib.uuid4()) for _ in range(N_VIFS)])
+    finally:
+        engine.dispose()
+    try:
+        _flood_5000(env, vifs)
+    finally:   # a 5,000-port bridge takes ovs-vswitchd longer than Bridge.close() waits
+        env.stop_controller(wait_disconnected=False)
+        t = time.monotonic()
+        sh(["ovs-vsctl", "--timeout=300", "--if-exists", "del-br", env.bridge.name], timeout=320)
+        env.bridge.closed = True
+        print(f"5,000-port bridge deleted in {time.monotonic() - t:.1f}s")
+
+
+def _flood_5000(env, vifs):
+    t = time.monotonic()
+    ofports = add_patch_ports(env.bridge.name, [v["port"] for v in vifs])
+    ports_s = time.monotonic() - t
+    t = time.monotonic()
+    env.start_controller(timeout=180)       # returns once the full sync's bundle committed
+    sync_s = time.monotonic() - t
+
+    timing = f"ports numbered in {ports_s:.1f}s, controller synced in {sync_s:.1f}s"
+
+    # the flood group chain: a root group applying chunk groups that hold one bucket per VIF
+    groups = sh(OFCTL + ["dump-groups", env.bridge.name], timeout=60).stdout
+    all_groups = re.findall(r"group_id=(\d+),type=all,(.*)", groups)
+    buckets = {gid: body.count("bucket=") for gid, body in all_groups}
+    roots = [gid for gid, body in all_groups if "group:" in body]
+    assert len(roots) == 1, groups[:2000]
+    chained = set(re.findall(r"group:(\d+)", dict(all_groups)[roots[0]]))
+    assert sum(buckets[g] for g in chained) == N_VIFS and len(chained) >= 2, buckets
+
+    src, dst = vifs[0], vifs[N_VIFS // 2]
+    # positive control: a unicast ARP reply to one VIF reaches that VIF only
+    out = env.bridge.trace(
+        f"in_port={ofports[src['port']]},dl_src={src['mac']},dl_dst={dst['mac']},arp,"
+        f"arp_op=2,arp_sha={src['mac']},arp_spa={src['address']},arp_tpa={dst['address']}")
+    assert [int(n) for n in re.findall(r"^\s*output:(\d+)\s*$", out, re.M)] == \
+        [ofports[dst["port"]]], out[-3000:]
+
+    # a broadcast ARP request from one VIF reaches every other VIF of the network, once
+    out = env.bridge.trace(
+        f"in_port={ofports[src['port']]},dl_src={src['mac']},dl_dst=ff:ff:ff:ff:ff:ff,arp,"
+        f"arp_op=1,arp_sha={src['mac']},arp_spa={src['address']},arp_tpa={dst['address']}")
+    (env.workdir / "flood-trace.txt").write_text(out)
+    in_port = ofports[src["port"]]   # listed, then "skipping output to input port"
+    outputs = [n for n in map(int, re.findall(r"^\s*output:(\d+)\s*$", out, re.M))
+               if n != in_port]
+    others = {ofports[v["port"]] for v in vifs[1:]}
+    verdict = "\n".join(line for line in out.splitlines()[-6:]
+                        if line.startswith(("Datapath actions", "Translation failed")))
+    assert len(outputs) == len(set(outputs)), "a port got the flood twice"
+    assert set(outputs) == others, (
+        f"flood reached {len(set(outputs) & others)} of {len(others)} other VIFs in the trace "
+        f"({len(set(outputs) - others)} unexpected ports); ofproto/trace says:\n{verdict}\n"
+        f"({timing}; full trace in {env.workdir / 'flood-trace.txt'})")
+    assert "Datapath actions: drop" not in out, verdict
+    no_traceback(env)
+    print(f"{N_VIFS} VIFs: {timing}; flood to {len(outputs)} ports through {len(chained)} "
+          f"chained groups")
