@@ -206,8 +206,9 @@ class SdnController(app_manager.OSKenApp):
     def _on_error(self, ev):
         msg = ev.msg
         unit = self._unit(msg)
-        if unit is not None:
-            unit.on_error(msg.xid, msg.type, msg.code)
+        if unit is not None:   # experimenter errors (e.g. ONF bundle failures) carry exp_type
+            code = msg.code if msg.code is not None else getattr(msg, "exp_type", None)
+            unit.on_error(msg.xid, msg.type, code)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _on_packet_in(self, ev):

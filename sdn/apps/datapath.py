@@ -80,6 +80,9 @@ def error_text(type_: int, code: int) -> str:
               "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_TABLE_MOD_FAILED": "OFPTMFC_"}.get(name)
     codes = {v: k for k, v in vars(ofp).items()
              if prefix and k.startswith(prefix) and isinstance(v, int)}
+    if name == "OFPET_EXPERIMENTER":     # ONF extension errors: their exp_type (ext-230 bundles)
+        onf = {v: k for k, v in vars(ofp).items() if k.startswith("ONFERR_ET_") and isinstance(v, int)}
+        return f"{name}/{onf.get(code, f'exp_type {code}')}"
     return f"{name}/{codes.get(code, f'code {code}')}"
 
 
