@@ -2,13 +2,16 @@
 
 ``compile_datapath(view, binding, settings) -> Desired``: each feature module in ``FEATURES``
 contributes flows, meters and groups for this datapath through ``compile(dp)`` (dp is a
-:class:`~sdn.flows.context.DatapathContext`). A new feature is one module in ``sdn/flows/``
+:class:`~sdn.flows.context.DatapathContext`). A feature that filters what local VIFs receive
+(security groups) also defines ``ingress_filtered(dp) -> ofports``, so that floods send only
+those ports' copies through the ingress ACL. A new feature is one module in ``sdn/flows/``
 plus one line in ``FEATURES``; the controller imports none of them. Pure: no I/O,
 deterministic order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from sdn.flows import arp_responder, classifier, dhcp, l2, pipeline, port_security, router
@@ -31,6 +34,10 @@ def compile_datapath(view: StateView, binding: Binding,
     Raises ValueError when two features claim one meter or group id (a programming error).
     """
     dp = DatapathContext(view, binding, settings or CompileSettings())
+    filtered = {port for feature in FEATURES if hasattr(feature, "ingress_filtered")
+                for port in feature.ingress_filtered(dp)}
+    if filtered:
+        dp = dataclasses.replace(dp, ingress_filtered=frozenset(filtered))
     desired = Desired(flows=[], meters={}, groups={})
     for feature in FEATURES:
         _collect(desired, feature.compile(dp))

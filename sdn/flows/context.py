@@ -66,6 +66,9 @@ class DatapathContext:
     view: StateView
     binding: Binding
     settings: CompileSettings = field(default_factory=CompileSettings)
+    #: local VIF ports whose ingress ACL has flows (declared by features through
+    #: ``ingress_filtered(dp)``): only their flood copies pass through the ingress ACL
+    ingress_filtered: frozenset[int] = frozenset()
 
     @cached_property
     def vifs(self) -> list[tuple[int, VifView]]:

@@ -8,11 +8,15 @@ broadcast/multicast applies the network's flood group. Anything else (another pr
 unknown MAC) hits the table's drop. Output to the ingress port is dropped by OpenFlow itself,
 so floods never echo back. Trunks must form a tree.
 
-Flood groups (type all, OpenFlow 1.3 §5.6.1): one bucket per local VIF (reg7 := port, resubmit
-to the ingress ACL, so each copy meets its receiver's security groups) and one for the trunks.
-One OpenFlow message holds at most 64 KB (~1,300 such buckets), so a network with more local
-VIFs gets a root group whose buckets apply chunk groups of ``FLOOD_CHUNK`` VIFs each: any
-network size up to ``FLOOD_CHUNK * 15`` VIFs on one switch.
+Flood groups (type all, OpenFlow 1.3 §5.6.1): one bucket per local VIF and one for the trunks.
+A VIF's copy goes straight out of its port, unless a feature filters what that VIF receives
+(``dp.ingress_filtered``): then its bucket sets reg7 and resubmits to the ingress ACL, so the
+copy meets its receiver's security groups. Limits of one flood on OVS: a translation may do at
+most 4,096 resubmits (a filtered copy costs 2: resubmit, goto output), so ~2,000 filtered ports;
+and at most 64 KB of datapath actions, ~8,000 outputs. One OpenFlow message holds at most
+64 KB (~2,000 output buckets), so a network with more than ``FLOOD_CHUNK`` local VIFs gets a
+root group whose buckets apply chunk groups of ``FLOOD_CHUNK`` VIFs each (5,000 VIFs of one
+network on one switch are tested on OVS).
 Group ids: ``entry_id(Feature.L2, network index << 4 | chunk)`` (network index: its position
 among the networks present on the datapath, so 4,096 networks per datapath).
 """
@@ -41,7 +45,8 @@ def compile(dp: DatapathContext) -> list:
     for index, network in enumerate(dp.networks):
         out += compile_network(network, dp.local_by_net.get(network.id, []),
                                dp.remote_by_net.get(network.id, []), list(dp.binding.trunks),
-                               gateway_remote=dp.routed_elsewhere, index=index)
+                               gateway_remote=dp.routed_elsewhere, index=index,
+                               filtered=dp.ingress_filtered)
     out += [flow(Feature.L2, Table.OUTPUT, PRIO_OUTPUT, {Reg.DST_PORT: port}, [Output(port)])
             for port, _ in dp.vifs]
     return out
@@ -62,9 +67,12 @@ def flood_group_id(index: int, chunk: int = 0) -> int:
     return entry_id(Feature.L2, index << 4 | chunk)
 
 
-def flood_groups(index: int, ports: list[int], to_trunks: list) -> list[GroupEntry]:
-    """The flood group(s) of one network: first the chunk groups (if any), then the root."""
-    to_port = [(SetField(Reg.DST_PORT, port), Resubmit(Table.INGRESS_ACL)) for port in ports]
+def flood_groups(index: int, ports: list[int], to_trunks: list,
+                 filtered: frozenset[int] = frozenset()) -> list[GroupEntry]:
+    """The flood group(s) of one network: first the chunk groups (if any), then the root.
+    Copies to ``filtered`` ports pass through the ingress ACL; the others are output."""
+    to_port = [(SetField(Reg.DST_PORT, port), Resubmit(Table.INGRESS_ACL)) if port in filtered
+               else (Output(port),) for port in ports]
     trunk_bucket = [tuple(to_trunks)] if to_trunks else []
     root_id = flood_group_id(index)
     if len(ports) <= FLOOD_CHUNK:
@@ -82,13 +90,15 @@ def flood_groups(index: int, ports: list[int], to_trunks: list) -> list[GroupEnt
 
 def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
                     remote: list[VifView], trunks: list[int],
-                    gateway_remote: bool = False, index: int = 0) -> list:
+                    gateway_remote: bool = False, index: int = 0,
+                    filtered: frozenset[int] = frozenset()) -> list:
     """L2_LOOKUP flows and flood groups of one network on one datapath.
 
     ``local`` is [(ofport, vif)] plugged here; ``remote`` the network's VIFs elsewhere;
     ``trunks`` the trunk ofports (sorted for stable output); ``gateway_remote`` sends frames
     for the gateway MAC over the trunks (the router is on another datapath); ``index`` the
-    network's position on the datapath (its flood group id).
+    network's position on the datapath (its flood group id); ``filtered`` the local ports whose
+    flood copies pass through the ingress ACL.
     """
     key = network.key
     to_acl = next_table(Table.L2_LOOKUP)
@@ -103,7 +113,7 @@ def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
             out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_REMOTE,
                             {Reg.NET: key, "eth_dst": network.gateway_mac}, to_trunks))
     groups = flood_groups(index, [port for port, _ in sorted(local, key=lambda pv: pv[0])],
-                          to_trunks)
+                          to_trunks, filtered)
     out += groups
     out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_FLOOD, {Reg.NET: key, "eth_dst": MULTICAST},
                     [Group(groups[-1].group_id)]))

@@ -61,6 +61,9 @@ class Result:
     cts: list[m.Ct] = field(default_factory=list)
     packet: dict = field(default_factory=dict)
 
+    #: why the switch would drop the packet whole (OVS's translation limits), or None
+    failed: str | None = None
+
     @property
     def dropped(self) -> bool:
         return not self.outputs and not self.to_controller
@@ -70,6 +73,13 @@ class Result:
 
 
 _DEPTH_MAX = 64   # resubmits/groups nested deeper than this are a loop (OVS stops at 64 too)
+#: OVS translates one packet with at most 4,096 resubmits and goto_tables, nested or not
+#: (MAX_RESUBMITS, ofproto/ofproto-dpif-xlate.c); past it the packet is dropped whole
+RESUBMITS_MAX = 4096
+
+
+class _TooManyResubmits(Exception):
+    pass
 
 
 def trace(flows, packet: dict, groups=None) -> Result:
@@ -89,7 +99,11 @@ def trace(flows, packet: dict, groups=None) -> Result:
     pkt.update({f"reg{i}": 0 for i in range(8) if f"reg{i}" not in pkt})
     pkt.setdefault("ct_state", 0)
     result = Result(packet=pkt)
-    _Walk(tables, groups or {}, result).run(0, pkt, 0)
+    try:
+        _Walk(tables, groups or {}, result).run(0, pkt, 0)
+    except _TooManyResubmits:
+        result.outputs, result.to_controller = [], False
+        result.failed = f"too many resubmits (more than {RESUBMITS_MAX})"
     return result
 
 
@@ -98,6 +112,13 @@ class _Walk:
     tables: dict
     groups: dict
     result: Result
+    resubmits: int = 0
+    recirculate: int | None = None
+
+    def _count(self) -> None:
+        self.resubmits += 1
+        if self.resubmits > RESUBMITS_MAX:
+            raise _TooManyResubmits()
 
     def run(self, table: int | None, pkt: dict, depth: int) -> None:
         if depth > _DEPTH_MAX:
@@ -110,7 +131,10 @@ class _Walk:
             table = int(hit.goto) if hit.goto is not None else None
             if self.actions(hit.actions, pkt, depth):
                 table = self.recirculate
+                self.resubmits = 0   # recirculation: a new translation in OVS
                 continue
+            if table is not None:
+                self._count()
 
     def actions(self, actions, pkt: dict, depth: int) -> bool:
         """Apply ``actions``; True when a ct() recirculates (to ``self.recirculate``)."""
@@ -121,6 +145,7 @@ class _Walk:
                 self.recirculate = int(action.table) if action.table is not None else None
                 return True  # the rest of the pipeline runs on the recirculated packet
             if isinstance(action, m.Resubmit):
+                self._count()
                 self.run(int(action.table), pkt, depth + 1)
             elif isinstance(action, m.Group):
                 group = self.groups.get(action.group_id)

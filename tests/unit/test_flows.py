@@ -230,3 +230,54 @@ def test_compilation_is_deterministic_across_hash_seeds():
                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout
             for seed in ("1", "2", "3")}
     assert len(outs) == 1
+
+
+def test_a_feature_that_filters_ingress_gets_flood_copies_and_unicast_through_its_stage(monkeypatch):
+    """The seam security groups will use: a feature module with ``compile`` and
+    ``ingress_filtered`` (one line in FEATURES) sees both unicast and flood copies to its ports,
+    and only to its ports; the others' flood copies go straight out."""
+    import types
+
+    from sdn.flows import compiler, pipeline
+    from sdn.flows.model import Reg, flow
+    deny_a3 = types.SimpleNamespace(
+        compile=lambda dp: [flow(Feature.PIPELINE, Table.INGRESS_ACL, 100, {Reg.DST_PORT: 3})],
+        ingress_filtered=lambda dp: {3})
+    monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES + (deny_a3,))
+    desired = flows()
+    arp = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": A1.mac, "arp_spa": "10.10.0.4", "arp_tpa": "10.10.0.6"}
+    r = trace(desired, arp)
+    assert sorted(r.outputs) == [(TRUNK, 100)]                 # a3's copy met the ACL's drop
+    assert trace(desired, ipv4(A1, A3.mac, "10.10.0.6", 1)).dropped
+    # positive control: without the feature the same frames reach a3
+    monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES[:-1])
+    assert sorted(trace(flows(), arp).outputs) == [(3, None), (TRUNK, 100)]
+    # unfiltered copies cost no resubmit: straight outputs in the bucket
+    buckets = [b for g in flows().groups.values() for b in g.buckets]
+    assert all(pipeline.Table.INGRESS_ACL not in {getattr(a, "table", None) for a in b}
+               for b in buckets)
+
+
+def test_a_flood_beyond_the_switchs_resubmit_limit_is_dropped_whole_as_ovs_does(monkeypatch):
+    """trace models OVS's 4,096-resubmit translation limit, so a design that needs more per
+    flood fails in unit tests (it did: 5,000 filtered copies reach nobody on real OVS)."""
+    import types
+
+    from sdn.flows import compiler
+    from sdn.flows.trace import RESUBMITS_MAX
+    n = RESUBMITS_MAX // 2 + 10
+    vifs = tuple(VifView(f"cccc{i:04d}-0000", f"fa:16:3e:01:{i >> 8:02x}:{i & 255:02x}", 1, f"c{i}",
+                         f"c{i}", (), "alpha") for i in range(n))
+    view = StateView(1, {1: ALPHA}, vifs)
+    ports = {v.port_name: i + 1 for i, v in enumerate(vifs)}
+    every = types.SimpleNamespace(compile=lambda dp: [], ingress_filtered=lambda dp: set(dp.binding.vifs))
+    monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES + (every,))
+    src = vifs[0]
+    arp = {"in_port": 1, "eth_src": src.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": src.mac, "arp_spa": "0.0.0.0", "arp_tpa": "10.10.0.9"}
+    r = trace(compile_datapath(view, bind_ports(view, ports, frozenset())), arp)
+    assert r.failed and r.dropped
+    monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES[:-1])
+    r = trace(compile_datapath(view, bind_ports(view, ports, frozenset())), arp)
+    assert not r.failed and len(r.outputs) == n - 1
