@@ -512,7 +512,9 @@ def _flood_5000(env, vifs):
         f"flood reached {len(set(outputs) & others)} of {len(others)} other VIFs in the trace "
         f"({len(set(outputs) - others)} unexpected ports); ofproto/trace says:\n{verdict}\n"
         f"({timing}; full trace in {env.workdir / 'flood-trace.txt'})")
-    assert "Datapath actions: drop" not in out, verdict
+    # the ports are patch ports without peers, so the datapath actions are empty either way;
+    # what must not happen is OVS giving up on the translation (too many resubmits, 64 KB)
+    assert "Translation failed" not in out, verdict
     no_traceback(env)
     print(f"{N_VIFS} VIFs: {timing}; flood to {len(outputs)} ports through {len(chained)} "
           f"chained groups")
