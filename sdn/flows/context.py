@@ -6,16 +6,13 @@ Built once per sync by ``sdn.flows.compiler.compile_datapath``; each feature mod
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from sdn.view import NetworkView, StateView, VifView
-
-if TYPE_CHECKING:
-    from sdn.flows.router import RouterSettings
 
 
 @dataclass(frozen=True)
@@ -40,6 +37,30 @@ def bind_ports(view: StateView, ports: Mapping[str, int], trunk_names: frozenset
     trunks = tuple(sorted(ofport for name, ofport in ports.items() if name in trunk_names))
     relays = tuple(sorted(ofport for name, ofport in ports.items() if name in relay_names))
     return Binding(vifs, trunks, ports.get(public_name) if public_name else None, relays)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """The network host's external side (config options, plus the learned gateway MAC).
+
+    ``routing_source_ip`` is the router's own public address (default SNAT, ARP answered);
+    ``external_gateway_mac`` None means "not known yet": nothing is routed outside until the
+    controller has learned it by ARP. ``public_vlan`` tags the public port when set.
+    """
+
+    routing_source_ip: str
+    external_gateway: str | None = None
+    external_gateway_mac: str | None = None
+    public_vlan: int | None = None
+    metadata_host: str | None = None
+    metadata_port: int = 8775
+    dmz_cidrs: tuple[str, ...] = ()
+
+    @property
+    def mac(self) -> str:
+        """The router's MAC on the public side: ``0a:58:`` + routing_source_ip bytes."""
+        return "0a:58:" + ":".join(f"{b:02x}" for b in
+                                   ipaddress.IPv4Address(self.routing_source_ip).packed)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from sdn.flows import arp_responder
-from sdn.flows.context import DatapathContext
+from sdn.flows.context import DatapathContext, RouterSettings
 from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_RPL, CT_TRK, OFPVID_NONE,
                              Controller, Ct, DecTtl, EthType, Feature, Flow, IpProto, Nat, Output,
                              PopVlan, PushVlan, Reg, SetField, Table, ct_state, flow, vlan_vid)
@@ -45,30 +44,6 @@ TCP, UDP = IpProto.TCP, IpProto.UDP
 PRIO_ROUTED = 150
 #: CLASSIFY: the public port, as the classifier's own port flows
 PRIO_PUBLIC_PORT = 100
-
-
-@dataclass(frozen=True)
-class RouterSettings:
-    """The network host's external side (config options, plus the learned gateway MAC).
-
-    ``routing_source_ip`` is the router's own public address (default SNAT, ARP answered);
-    ``external_gateway_mac`` None means "not known yet": nothing is routed outside until the
-    controller has learned it by ARP. ``public_vlan`` tags the public port when set.
-    """
-
-    routing_source_ip: str
-    external_gateway: str | None = None
-    external_gateway_mac: str | None = None
-    public_vlan: int | None = None
-    metadata_host: str | None = None
-    metadata_port: int = 8775
-    dmz_cidrs: tuple[str, ...] = ()
-
-    @property
-    def mac(self) -> str:
-        """The router's MAC on the public side: ``0a:58:`` + routing_source_ip bytes."""
-        return "0a:58:" + ":".join(f"{b:02x}" for b in
-                                   ipaddress.IPv4Address(self.routing_source_ip).packed)
 
 
 def _cidr(cidr: str):
