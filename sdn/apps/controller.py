@@ -269,7 +269,7 @@ def main(conf) -> int:
     """
     from os_ken import cfg as osken_cfg
 
-    from sdn.flows.router import RouterSettings
+    from sdn.flows.context import RouterSettings
 
     logging.basicConfig(level=logging.DEBUG if getattr(conf, "debug", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

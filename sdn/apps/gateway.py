@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 
 from sdn.apps import ofmsgs
-from sdn.flows.router import RouterSettings
+from sdn.flows.context import RouterSettings
 
 LOG = logging.getLogger("sdn.gateway")
 
