@@ -32,8 +32,6 @@ def test_the_shell_imports_no_feature_module():
 def test_pure_floors_reach_neither_the_database_nor_os_ken():
     for floor in ("flows", "dhcp"):
         for path in sorted((ROOT / floor).glob("*.py")):
-            if path.name == "rawsocket.py":     # the raw-socket transport (I/O at the edge)
-                continue
             bad = {n for n in _imports(path)
                    if n.startswith(("sdn.db", "sqlalchemy", "os_ken", "sdn.apps", "sdn.manager"))}
             assert not bad, f"sdn/{floor}/{path.name} imports {sorted(bad)}"
