@@ -212,7 +212,9 @@ class Agent:
                     stop.wait(interval)
                     continue
                 LOG.info("reconciled revision %s: %s", rev, "; ".join(changes) if changes else "no changes")
-                last_rev, last_links = rev, interface.link_names(self.ipr)
+                # the links seen *before* this reconcile: a port that appeared while it ran is
+                # not in its plan, and must count as a change at the next poll
+                last_rev, last_links = rev, links
             if once:
                 return 0
             now = time.monotonic()

@@ -198,7 +198,12 @@ class LinuxBackend:
             if hv.agent is not None and hv.agent.poll() is not None:
                 raise RuntimeError(f"sdn agent exited {hv.agent.returncode}; log:\n{hv.log()[-4000:]}")
             return all(hv.master_of(p) for p in self.ports[id(env)])
-        wait_for(ready, timeout, what="the agent to put every VIF port on its bridge")
+        try:
+            wait_for(ready, timeout, what="the agent to put every VIF port on its bridge")
+        except TimeoutError as err:
+            missing = [p for p in self.ports[id(env)] if not hv.master_of(p)]
+            raise TimeoutError(f"{err}; not on a bridge: {missing}; agent log:\n"
+                               f"{hv.log()[-3000:]}") from None
 
     def start(self, env):
         hv = self.hv(env)
