@@ -150,6 +150,16 @@ def parse_stream(dp, data: bytes) -> list[Received]:
     return out
 
 
+def _parts(parse, buf: bytes, offset: int, end: int) -> list:
+    """Consecutive length-prefixed structures (buckets, bands, actions) of ``buf[offset:end]``."""
+    parts = []
+    while offset < end:
+        part = parse(buf, offset)
+        parts.append(part)
+        offset += part.len
+    return parts
+
+
 def parse_one(dp, buf: bytes) -> Received:
     version, msg_type, length, xid = _HEADER.unpack_from(buf)
     assert length == len(buf), f"header length {length} != {len(buf)} bytes"
@@ -171,30 +181,19 @@ def parse_one(dp, buf: bytes) -> Received:
     if msg_type == ofp.OFPT_GROUP_MOD:
         command, type_, group_id = struct.unpack_from(ofp.OFP_GROUP_MOD_PACK_STR, buf,
                                                       ofp.OFP_HEADER_SIZE)
-        buckets, offset = [], ofp.OFP_GROUP_MOD_SIZE
-        while offset < length:
-            bucket = parser.OFPBucket.parser(buf, offset)
-            buckets.append(bucket)
-            offset += bucket.len
+        buckets = _parts(parser.OFPBucket.parser, buf, ofp.OFP_GROUP_MOD_SIZE, length)
         msg = parser.OFPGroupMod(dp, command, type_, group_id, buckets)
     elif msg_type == ofp.OFPT_METER_MOD:
         command, flags, meter_id = struct.unpack_from(ofp.OFP_METER_MOD_PACK_STR, buf,
                                                       ofp.OFP_HEADER_SIZE)
-        bands, offset = [], ofp.OFP_METER_MOD_SIZE
-        while offset < length:
-            band = parser.OFPMeterBandHeader.parser(buf, offset)
-            bands.append(band)
-            offset += band.len
+        bands = _parts(parser.OFPMeterBandHeader.parser, buf, ofp.OFP_METER_MOD_SIZE, length)
         msg = parser.OFPMeterMod(dp, command, flags, meter_id, bands)
     elif msg_type == ofp.OFPT_PACKET_OUT:
         buffer_id, in_port, actions_len = struct.unpack_from(ofp.OFP_PACKET_OUT_PACK_STR, buf,
                                                              ofp.OFP_HEADER_SIZE)
-        actions, offset = [], ofp.OFP_PACKET_OUT_SIZE
-        while offset < ofp.OFP_PACKET_OUT_SIZE + actions_len:
-            action = parser.OFPAction.parser(buf, offset)
-            actions.append(action)
-            offset += action.len
-        msg = parser.OFPPacketOut(dp, buffer_id, in_port, actions, bytes(buf[offset:]))
+        end = ofp.OFP_PACKET_OUT_SIZE + actions_len
+        actions = _parts(parser.OFPAction.parser, buf, ofp.OFP_PACKET_OUT_SIZE, end)
+        msg = parser.OFPPacketOut(dp, buffer_id, in_port, actions, bytes(buf[end:]))
     elif msg_type == ofp.OFPT_BARRIER_REQUEST:
         msg = parser.OFPBarrierRequest(dp)
     elif msg_type == ofp.OFPT_MULTIPART_REQUEST:
