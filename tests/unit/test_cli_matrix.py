@@ -256,14 +256,14 @@ def test_plug_errors_name_the_bridge_and_device_without_traceback_or_warning(sdn
     sw = ovs.Ovs("unix:" + OVSDB_SOCK)
     sw.ensure_bridge(bridge, "netdev", None)
     conf = tmp_path / "vlan.conf"
-    sdn("instance", "show", "web")  # writes vlan.conf
-    port = json.loads(sdn("instance", "show", "web", "--json")[1])["port_name"]
 
     def script(*argv):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
         return subprocess.run([sys.executable, "-m", "sdn.cli", "--config-file", str(conf), *argv],
                               capture_output=True, text=True, timeout=60, env=env)
-    try:
+    try:   # from the bridge's creation on: removed whatever fails
+        sdn("instance", "show", "web")  # writes vlan.conf
+        port = json.loads(sdn("instance", "show", "web", "--json")[1])["port_name"]
         before = snapshot(sdn)
         proc = script("instance", "plug", "web", "--bridge", "br-sdn-missing")
         refused((proc.returncode, proc.stdout, proc.stderr), 1,
@@ -281,4 +281,4 @@ def test_plug_errors_name_the_bridge_and_device_without_traceback_or_warning(sdn
         proc = script("instance", "unplug", "web", "--bridge", bridge)
         assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
     finally:
-        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+        subprocess.run(["ovs-vsctl", "--timeout=60", "--if-exists", "del-br", bridge], check=False)
