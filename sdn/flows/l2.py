@@ -17,8 +17,10 @@ and at most 64 KB of datapath actions, ~8,000 outputs. One OpenFlow message hold
 64 KB (~2,000 output buckets), so a network with more than ``FLOOD_CHUNK`` local VIFs gets a
 root group whose buckets apply chunk groups of ``FLOOD_CHUNK`` VIFs each (5,000 VIFs of one
 network on one switch are tested on OVS).
-Group ids: ``entry_id(Feature.L2, network index << 4 | chunk)`` (network index: its position
-among the networks present on the datapath, so 4,096 networks per datapath).
+Group ids: ``entry_id(Feature.L2, slot << 4 | chunk)``, slot = network id mod 4,096. A group
+id must keep its meaning across syncs (groups change before the flow bundle that stops using
+them), so it comes from the network, not from its position on the datapath; two networks of
+one datapath whose ids collide mod 4,096 take the next free slots in id order.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ _NETWORKS_MAX = 4096
 def compile(dp: DatapathContext) -> list:
     """Feature entry point: lookup and flood of every network present, output of every VIF."""
     out: list = []
-    for index, network in enumerate(dp.networks):
+    slots = flood_slots([n.id for n in dp.networks])
+    for network in dp.networks:
+        index = slots[network.id]
         out += compile_network(network, dp.local_by_net.get(network.id, []),
                                dp.remote_by_net.get(network.id, []), list(dp.binding.trunks),
                                gateway_remote=dp.routed_elsewhere, index=index,
@@ -59,8 +63,24 @@ def _to_trunks(network: NetworkView, trunks: list[int]) -> list:
     return tag + [Output(p) for p in trunks]
 
 
+def flood_slots(network_ids: list[int]) -> dict[int, int]:
+    """Network id -> flood group slot (0-4095): id mod 4,096, or the next free one on a
+    collision (in id order, so every controller agrees). ValueError beyond 4,096 networks."""
+    if len(network_ids) > _NETWORKS_MAX:
+        raise ValueError(f"more than {_NETWORKS_MAX} networks on one datapath")
+    taken: dict[int, int] = {}
+    out = {}
+    for nid in sorted(network_ids):
+        slot = nid % _NETWORKS_MAX
+        while slot in taken:
+            slot = (slot + 1) % _NETWORKS_MAX
+        taken[slot] = nid
+        out[nid] = slot
+    return out
+
+
 def flood_group_id(index: int, chunk: int = 0) -> int:
-    """Group id of the flood group of the ``index``-th network on a datapath (chunk 0: the
+    """Group id of the flood group in slot ``index`` (see :func:`flood_slots`; chunk 0: the
     group the flood flow applies)."""
     if not 0 <= index < _NETWORKS_MAX:
         raise ValueError(f"more than {_NETWORKS_MAX} networks on one datapath")
@@ -97,7 +117,7 @@ def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
     ``local`` is [(ofport, vif)] plugged here; ``remote`` the network's VIFs elsewhere;
     ``trunks`` the trunk ofports (sorted for stable output); ``gateway_remote`` sends frames
     for the gateway MAC over the trunks (the router is on another datapath); ``index`` the
-    network's position on the datapath (its flood group id); ``filtered`` the local ports whose
+    network's flood group slot (:func:`flood_slots`); ``filtered`` the local ports whose
     flood copies pass through the ingress ACL.
     """
     key = network.key

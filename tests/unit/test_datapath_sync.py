@@ -176,7 +176,7 @@ def test_incremental_sync_sends_only_the_diff():
     assert not [r for r in flow_mods(sent) if r.msg.command != ofp.OFPFC_ADD]
     assert applied(fake, log_mark, {"meter_add", "meter_modify", "meter_delete", "group_add",
                                     "group_modify", "group_delete"}) == [
-        ("meter_add", m.entry_id(Feature.DHCP, 4)), ("group_modify", l2.flood_group_id(0))]
+        ("meter_add", m.entry_id(Feature.DHCP, 4)), ("group_modify", l2.flood_group_id(1))]
     assert unit.last_sync["kind"] == "incremental" and unit.last_sync["added"] == len(adds)
 
     # the VIF goes away again: its flows go by DELETE_STRICT, its meter only after them
@@ -204,11 +204,11 @@ def test_groups_are_added_children_first_and_deleted_parents_first(monkeypatch):
     unit = unit_on(fake, state, ports)
     unit.step("full")
     assert_holds(fake, unit, state)
-    beta_root, beta_1, beta_2 = (l2.flood_group_id(1, k) for k in range(3))
+    beta_root, beta_1, beta_2 = (l2.flood_group_id(2, k) for k in range(3))
     assert fake.groups[beta_root].children == {beta_1, beta_2}
     adds = [e[1] for e in applied(fake, 0, {"group_add"})]
     assert adds.index(beta_root) > max(adds.index(beta_1), adds.index(beta_2))
-    assert adds.index(l2.flood_group_id(0)) > adds.index(l2.flood_group_id(0, 1))
+    assert adds.index(l2.flood_group_id(1)) > adds.index(l2.flood_group_id(1, 1))
 
     # both beta VIFs unplugged: beta's flood flow goes (bundle), then root, then chunks
     unit.port_changed(B1.port_name, None)
@@ -233,15 +233,15 @@ def test_a_chained_flood_collapses_to_one_group_without_an_error(monkeypatch):
     unit.step("incremental")
     assert_holds(fake, unit, state)
     groups = applied(fake, mark, {"group_modify", "group_delete"})
-    assert groups[0] == ("group_modify", l2.flood_group_id(1))
-    assert sorted(groups[1:]) == [("group_delete", l2.flood_group_id(1, k)) for k in (1, 2)]
+    assert groups[0] == ("group_modify", l2.flood_group_id(2))
+    assert sorted(groups[1:]) == [("group_delete", l2.flood_group_id(2, k)) for k in (1, 2)]
     unit.port_changed(B2.port_name, 4)      # and back: chunks added before the root points at them
     mark = len(fake.log)
     unit.step("incremental")
     assert_holds(fake, unit, state)
     assert applied(fake, mark, {"group_add", "group_modify"}) == [
-        ("group_add", l2.flood_group_id(1, 1)), ("group_add", l2.flood_group_id(1, 2)),
-        ("group_modify", l2.flood_group_id(1))]
+        ("group_add", l2.flood_group_id(2, 1)), ("group_add", l2.flood_group_id(2, 2)),
+        ("group_modify", l2.flood_group_id(2))]
 
 
 # ---- audit and repair -------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def test_five_thousand_vifs_in_one_network_flood_and_sync():
     desired = state.compile(ports)
     for i, g in desired.groups.items():
         assert len(serialised(ofmsgs.group_mod(FakeSwitch(), g, i))) <= 0xFFFF
-    root = desired.groups[l2.flood_group_id(0)]
+    root = desired.groups[l2.flood_group_id(1)]
     assert root.children and len(desired.groups) == len(root.children) + 1
     flood = trace(desired, {"in_port": 1, "eth_src": vifs[0].mac, "eth_dst": "ff:ff:ff:ff:ff:ff",
                             "eth_type": 0x0806, "arp_op": 1, "arp_sha": vifs[0].mac,

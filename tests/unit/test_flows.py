@@ -281,3 +281,20 @@ def test_a_flood_beyond_the_switchs_resubmit_limit_is_dropped_whole_as_ovs_does(
     monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES[:-1])
     r = trace(compile_datapath(view, bind_ports(view, ports, frozenset())), arp)
     assert not r.failed and len(r.outputs) == n - 1
+
+
+def test_a_networks_flood_group_keeps_its_id_when_other_networks_come_and_go():
+    """Groups change before the flow bundle that stops using them: an id that moved to another
+    network would flood one tenant's broadcasts to another's VIFs in between."""
+    only_beta = flows(VIEW, {B1.port_name: 2})
+    both = flows(VIEW, {A1.port_name: 1, B1.port_name: 2})
+    beta_flood = [f for f in only_beta.flows if f.table == Table.L2_LOOKUP and f.priority == 50]
+    assert beta_flood and all(f in both.flows for f in beta_flood)
+    shared = set(only_beta.groups) & set(both.groups)
+    assert shared and all(only_beta.groups[g] == both.groups[g] for g in shared)
+
+
+def test_flood_slots_are_stable_and_collisions_resolve_in_id_order():
+    from sdn.flows.l2 import flood_slots
+    assert flood_slots([7, 3]) == {3: 3, 7: 7}
+    assert flood_slots([4096 + 3, 3]) == {3: 3, 4099: 4}
