@@ -46,9 +46,10 @@ _SQLITE_ROWS = ("SELECT f.id, f.address, f.instance_uuid, v.address, f.allocated
 _SQLITE_LEASE_WRITE = "UPDATE fixed_ips SET leased = 1, updated_at = ? WHERE id = ?"
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 _SQLITE_IN_MAX = 500    # host parameters per SELECT (SQLite allows >= 999)
-#: milliseconds a lease batch waits for SQLite's write lock: short, so that a database locked
-#: by another process turns into "answer renewals from memory" quickly (sdn.apps.dhcp_punt)
-LEASE_BUSY_TIMEOUT_MS = 1000
+#: seconds the DHCP path's lease batches wait for another writer's lock: short, so that a
+#: database locked by another process turns into "answer renewals from memory" quickly
+#: (sdn.apps.dhcp_punt); dnsmasq's dhcp-script and the CLI keep the engine's default
+DHCP_LOCK_WAIT = 1.0
 
 
 def check(event: LeaseEvent, row: tuple | None) -> Exception | None:
@@ -64,25 +65,30 @@ def check(event: LeaseEvent, row: tuple | None) -> Exception | None:
     return None
 
 
-def record(engine, events: list[LeaseEvent]) -> list[Exception | None]:
-    """Apply ``events`` in **one** transaction; an event that fails its check is skipped and
-    its error returned at its index, the others still commit. Returns after the commit, so a
-    caller may then send the ACKs (write-ahead). Raises when the database cannot be written
-    (locked, unreachable): then nothing was recorded."""
+def record(engine, events: list[LeaseEvent],
+           lock_wait: float | None = None) -> list[Exception | None]:
+    """Apply ``events`` in order in **one** transaction; an event that fails its check is
+    skipped and its error returned at its index, the others still commit. Returns after the
+    commit, so a caller may then send the ACKs (write-ahead). ``lock_wait``: seconds to wait
+    for another writer's lock (None: the engine's default). Raises when the database cannot be
+    written (locked past ``lock_wait``, unreachable): then nothing was recorded."""
     if not events:
         return []
     if all(e.kind == LEASE for e in events):
         if engine.dialect.name == "sqlite":
-            return _record_leases_sqlite(engine, events)
-        return _record_leases_core(engine, events)
+            return _record_leases_sqlite(engine, events, lock_wait)
+        return _record_leases_core(engine, events, lock_wait)
     FixedIp = models.FixedIp
-    with db.transaction(engine) as session:
+    with db.transaction(engine, lock_wait=lock_wait) as session:
         now = models.utcnow()
         rows = {r.address: list(r) for r in session.execute(
             _ROWS, {"addresses": list({e.address for e in events})})}
-        checked = _checked(events, rows)
+        results: list[Exception | None] = []
         changes: dict[int, dict] = {}
-        for event, row, error in checked:
+        for event in events:   # each checked against the row as the events before left it
+            row = rows.get(event.address)
+            error = check(event, row)
+            results.append(error)
             if error is not None:
                 continue
             lease = event.kind == LEASE
@@ -95,11 +101,13 @@ def record(engine, events: list[LeaseEvent]) -> list[Exception | None]:
             session.execute(update(FixedIp), list(changes.values()))
         if not any("instance_uuid" in c for c in changes.values()):
             db.keep_revision(session)   # leased/updated_at only: no view shows them
-    return [error for _, _, error in checked]
+    return results
 
 
-def _record_leases_core(engine, events: list[LeaseEvent]) -> list[Exception | None]:
-    with engine.begin() as conn:
+def _record_leases_core(engine, events: list[LeaseEvent],
+                        lock_wait: float | None = None) -> list[Exception | None]:
+    bind = engine if lock_wait is None else engine.execution_options(**{db.LOCK_WAIT: lock_wait})
+    with bind.begin() as conn:
         rows = {r.address: tuple(r) for r in conn.execute(
             _ROWS, {"addresses": list({e.address for e in events})})}
         results, ids = _leases(events, rows)
@@ -109,14 +117,16 @@ def _record_leases_core(engine, events: list[LeaseEvent]) -> list[Exception | No
     return results
 
 
-def _record_leases_sqlite(engine, events: list[LeaseEvent]) -> list[Exception | None]:
+def _record_leases_sqlite(engine, events: list[LeaseEvent],
+                          lock_wait: float | None = None) -> list[Exception | None]:
     """Leases on the pysqlite connection itself: BEGIN IMMEDIATE (as every writer here), select,
     executemany, COMMIT (WAL with synchronous=FULL: durable when it returns). The connection
     runs in autocommit mode (``db.get_engine``)."""
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
-        cur.execute(f"PRAGMA busy_timeout={LEASE_BUSY_TIMEOUT_MS}")
+        wait = db.SQLITE_BUSY_TIMEOUT if lock_wait is None else lock_wait
+        cur.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         try:
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -142,31 +152,27 @@ def _record_leases_sqlite(engine, events: list[LeaseEvent]) -> list[Exception | 
     return results
 
 
-def _checked(events: list[LeaseEvent], rows: dict) -> list[tuple]:
-    """[(event, its row or None, :func:`check`'s error or None)] in event order."""
-    return [(e, rows.get(e.address), check(e, rows.get(e.address))) for e in events]
-
-
 def _leases(events: list[LeaseEvent], rows: dict[str, tuple]
             ) -> tuple[list[Exception | None], dict[int, None]]:
-    """Lease events checked: (error or None per event, fixed IP ids to mark leased)."""
-    checked = _checked(events, rows)
-    return ([error for _, _, error in checked],
-            {row[0]: None for _, row, error in checked if error is None})
+    """Lease events checked (a lease changes nothing a later lease is checked against):
+    (error or None per event, fixed IP ids to mark leased)."""
+    results = [check(e, rows.get(e.address)) for e in events]
+    return results, {rows[e.address][0]: None for e, err in zip(events, results) if err is None}
 
 
 def _naive_utc(now: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(now, datetime.timezone.utc).replace(tzinfo=None)
 
 
-def expire(engine, now: float, lease_time: int) -> list[str]:
+def expire(engine, now: float, lease_time: int, keep: frozenset[str] = frozenset()) -> list[str]:
     """Clear ``leased`` of leases not renewed for ``lease_time`` seconds before ``now`` (Unix
-    time), as dnsmasq's ``del`` at expiry; returns their addresses. Keeps the revision."""
+    time), as dnsmasq's ``del`` at expiry; returns their addresses. ``keep``: addresses renewed
+    but not yet written (a controller answered them from memory). Keeps the revision."""
     cutoff = _naive_utc(now) - datetime.timedelta(seconds=lease_time)
     FixedIp = models.FixedIp
     with db.transaction(engine) as session:
-        rows = list(session.execute(select(FixedIp.id, FixedIp.address).where(
-            FixedIp.leased.is_(True), FixedIp.updated_at < cutoff)))
+        rows = [r for r in session.execute(select(FixedIp.id, FixedIp.address).where(
+            FixedIp.leased.is_(True), FixedIp.updated_at < cutoff)) if r.address not in keep]
         if rows:
             session.execute(update(FixedIp), [{"id": r.id, "leased": False,
                                                "updated_at": _naive_utc(now)} for r in rows])

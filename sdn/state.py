@@ -43,12 +43,13 @@ class StateSource:
     def apply_lease_events(self, events: list[LeaseEvent]) -> list[Exception | None]:
         """Record a batch of lease events in one transaction (``sdn.leases.record``): an error
         or None per event; returns after the commit (write-ahead); raises when the database
-        cannot be written."""
-        return leases.record(self.engine, events)
+        cannot be written within ``leases.DHCP_LOCK_WAIT`` seconds."""
+        return leases.record(self.engine, events, lock_wait=leases.DHCP_LOCK_WAIT)
 
-    def expire_leases(self, now: float) -> list[str]:
-        """Clear leases not renewed within the lease time (``sdn.leases.expire``)."""
-        return leases.expire(self.engine, now, self._view_opts["lease_time"])
+    def expire_leases(self, now: float, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Clear leases not renewed within the lease time, but those in ``keep``
+        (``sdn.leases.expire``)."""
+        return leases.expire(self.engine, now, self._view_opts["lease_time"], keep)
 
     def leased(self) -> dict[str, str]:
         """Leases recorded now: address -> MAC (``sdn.leases.leased``)."""

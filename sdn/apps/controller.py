@@ -253,7 +253,7 @@ class SdnController(app_manager.OSKenApp):
             last_write = now
             try:
                 self.state.timeout_fixed_ips(now)
-                expired = self.state.expire_leases(now)
+                expired = self.state.expire_leases(now, self.committer.pending_addresses())
                 if expired:
                     LOG.info("leases expired without renewal: %s", ", ".join(expired))
                     self.committer.forget(expired)

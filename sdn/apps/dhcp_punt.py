@@ -47,6 +47,7 @@ class LeaseCommitter:
         self.pending: dict[str, LeaseEvent] = {}
         self._queue: queue.Queue = queue.Queue()
         self._outage_since: float | None = None
+        self._lock = threading.Lock()   # recorded/pending: the committer and maintenance threads
         self.stats = {"committed": 0, "from_memory": 0, "withheld": 0}
         if start:
             threading.Thread(target=self._run, name="lease-commit", daemon=True).start()
@@ -58,13 +59,21 @@ class LeaseCommitter:
 
     def seed(self, recorded: dict[str, str]) -> None:
         """Leases the database holds now (address -> MAC), e.g. after a state reload."""
-        self.recorded = dict(recorded)
+        with self._lock:
+            self.recorded = dict(recorded)
 
     def forget(self, addresses) -> None:
-        """Leases that expired in the database: no longer renewable from memory."""
-        for address in addresses:
-            self.recorded.pop(address, None)
-            self.pending.pop(address, None)
+        """Leases that expired in the database: no longer renewable from memory. (Expiry skips
+        the addresses in ``pending_addresses()``: their renewals are still to be written.)"""
+        with self._lock:
+            for address in addresses:
+                if address not in self.pending:
+                    self.recorded.pop(address, None)
+
+    def pending_addresses(self) -> frozenset[str]:
+        """Addresses renewed from memory and not yet written: not expired meanwhile."""
+        with self._lock:
+            return frozenset(self.pending)
 
     def _run(self) -> None:
         while True:
@@ -74,38 +83,46 @@ class LeaseCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self.commit(batch)
+            try:
+                self.commit(batch)
+            except Exception:   # never let the thread die: no ACK would ever leave again
+                LOG.exception("lease batch of %d events dropped; clients will retry", len(batch))
 
     def commit(self, batch: list[tuple]) -> None:
-        """Record ``batch`` [(event, send, packet)] and send what may be sent."""
+        """Record ``batch`` [(event, send, packet)] and send what may be sent: an ACK only for
+        a lease that was recorded (write-ahead)."""
         batch = [item for item in batch if item is not _RETRY]
-        if not batch and not self.pending:
+        with self._lock:
+            in_batch = {event.address for event, _, _ in batch}
+            pending = [e for a, e in self.pending.items() if a not in in_batch]
+        if not batch and not pending:
             return
-        pending = [e for a, e in self.pending.items()
-                   if a not in {event.address for event, _, _ in batch}]
         events = [item[0] for item in batch] + pending
         try:
             results = self._record(events)
         except Exception as err:   # database unavailable: nothing of this batch is recorded
             self._answer_from_memory(batch, err)
             return
-        if self._outage_since is not None:
-            LOG.warning("database back after %.1fs: %d renewals answered from memory written",
-                        time.monotonic() - self._outage_since, len(self.pending))
-            self._outage_since = None
-        self.pending.clear()
         out: dict[Callable, list[bytes]] = {}
-        for (event, send, packet), error in zip(batch, results):
-            if error is not None:
-                LOG.error("could not record DHCP %s of %s: %s", event.kind, event.address, error)
-            else:
+        with self._lock:
+            if self._outage_since is not None:
+                LOG.warning("database back after %.1fs: %d renewals answered from memory "
+                            "written", time.monotonic() - self._outage_since, len(pending))
+                self._outage_since = None
+            for event in pending:
+                self.pending.pop(event.address, None)
+            for (event, send, packet), error in zip(batch, results):
+                if error is not None:
+                    LOG.error("could not record DHCP %s of %s: %s; nothing sent", event.kind,
+                              event.address, error)
+                    continue
                 self.stats["committed"] += 1
                 if event.kind == "lease":
                     self.recorded[event.address] = event.mac.lower()
                 else:
                     self.recorded.pop(event.address, None)
-            if packet and send is not None:
-                out.setdefault(send, []).append(packet)
+                if packet and send is not None:
+                    out.setdefault(send, []).append(packet)
         for send, packets in out.items():   # one hand-off to the send thread per switch
             send(b"".join(packets))
 
@@ -115,19 +132,21 @@ class LeaseCommitter:
             LOG.warning("database unavailable (%s): renewals of recorded leases are answered "
                         "from memory, new leases wait", err)
         out: dict[Callable, list[bytes]] = {}
-        for event, send, packet in batch:
-            renewal = (event.kind == "lease"
-                       and self.recorded.get(event.address) == event.mac.lower())
-            if renewal:
-                self.pending[event.address] = event
-                self.stats["from_memory"] += 1
-                if packet and send is not None:
-                    out.setdefault(send, []).append(packet)
-            else:
-                self.stats["withheld"] += 1
+        with self._lock:
+            for event, send, packet in batch:
+                renewal = (event.kind == "lease"
+                           and self.recorded.get(event.address) == event.mac.lower())
+                if renewal:
+                    self.pending[event.address] = event
+                    self.stats["from_memory"] += 1
+                    if packet and send is not None:
+                        out.setdefault(send, []).append(packet)
+                else:
+                    self.stats["withheld"] += 1
+            retry = bool(self.pending)
         for send, packets in out.items():
             send(b"".join(packets))
-        if self.pending:
+        if retry:
             # retried with the next batch; make sure there is one even if clients go quiet
             threading.Timer(1.0, self._queue.put, args=(_RETRY,)).start()
 
@@ -151,6 +170,19 @@ class DhcpPunt:
         self._clock = clock
         self.responder = DhcpResponder()
         self._relay: tuple[StateView, RelayBindings] | None = None
+        self._vif_bindings: dict[int, tuple] = {}   # dpid -> (view, binding, {port: DhcpBinding})
+
+    def _vif_binding(self, dpid: int, view: StateView, binding: Binding,
+                     in_port: int) -> DhcpBinding | None:
+        """The DhcpBinding of the VIF on ``in_port``, one object per (switch, view, binding):
+        the responder caches reply templates by binding identity (a fresh object per packet
+        cost 3x the time of a repeated request)."""
+        cached = self._vif_bindings.get(dpid)
+        if cached is None or cached[0] is not view or cached[1] is not binding:
+            table = {port: DhcpBinding.for_vif(vif, view.networks[vif.network_id])
+                     for port, vif in binding.vifs.items() if vif.network_id in view.networks}
+            cached = self._vif_bindings[dpid] = (view, binding, table)
+        return cached[2].get(in_port)
 
     def on_packet_in(self, dp, in_port: int | None, frame: bytes) -> bytes:
         """The packet-out to send now (OFFER, NAK, ...) or b"" (nothing, or an ACK that waits
@@ -172,11 +204,7 @@ class DhcpPunt:
                 cached = self._relay = (view, RelayBindings(view))
             dhcp_binding = cached[1].lookup(giaddr, chaddr)
         else:
-            vif = binding.vifs.get(in_port)
-            network = view.networks.get(vif.network_id) if vif else None
-            dhcp_binding = None
-            if vif and network:
-                dhcp_binding = DhcpBinding.for_vif(vif, network)
+            dhcp_binding = self._vif_binding(dp.id, view, binding, in_port)
         decision = self.responder.handle(frame, dhcp_binding, self._clock())
         if LOG.isEnabledFor(logging.DEBUG):
             LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)

@@ -25,6 +25,9 @@ from sdn.db import models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
 SQLITE_BUSY_TIMEOUT = 30
+#: execution option: seconds this write transaction may wait for a lock (SQLite's write lock,
+#: PostgreSQL's row locks) before failing, instead of the default
+LOCK_WAIT = "sdn_lock_wait"
 
 
 def _sqlite_file(url) -> str | None:
@@ -43,7 +46,14 @@ def get_engine(url: str) -> Engine:
     before ``sdn db sync`` raises DatabaseMissing and leaves the disk as it was."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "begin")
+        def _lock_wait(conn):
+            wait = conn.get_execution_options().get(LOCK_WAIT)
+            if wait is not None:   # this transaction waits for row locks at most that long
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
+        return engine
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
     path = _sqlite_file(url)
 
@@ -64,7 +74,14 @@ def get_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("sdn_readonly") else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        if options.get("sdn_readonly"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        # per transaction: a pooled connection must not keep another caller's wait
+        wait = options.get(LOCK_WAIT, SQLITE_BUSY_TIMEOUT)
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int(wait * 1000)}")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -79,16 +96,18 @@ def keep_revision(session: Session) -> None:
 
 
 @contextlib.contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
+def transaction(engine: Engine, lock_wait: float | None = None) -> Iterator[Session]:
     """One write transaction: yields a Session and commits on success, bumping ``state_revision``
     if anything was written; rolls everything back on any exception (no partial write).
 
     A transaction that wrote nothing (an idempotent repeat, a periodic task with nothing to do),
     or only what no view shows (``keep_revision``), leaves the revision alone so the controller
-    does not reload and recompile for nothing.
+    does not reload and recompile for nothing. ``lock_wait`` (seconds) bounds the wait for
+    another writer's lock (raises OperationalError past it); None: the engine's default.
     """
     wrote = []
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    bind = engine if lock_wait is None else engine.execution_options(**{LOCK_WAIT: lock_wait})
+    with Session(bind, expire_on_commit=False) as session, session.begin():
         event.listen(session, "after_flush", lambda *_: wrote.append(True))
         event.listen(session, "do_orm_execute",
                      lambda state: wrote.append(True) if state.is_insert or state.is_update or state.is_delete

@@ -62,6 +62,13 @@ def test_one_check_for_every_path(two, engine):
             leases.one(engine, kind, a["address"], "fa:16:3e:00:00:99")
 
 
+def _committer(engine):
+    """The controller's committer on ``engine``, with the DHCP path's short lock wait."""
+    return LeaseCommitter(lambda events: leases.record(engine, events,
+                                                       lock_wait=leases.DHCP_LOCK_WAIT),
+                          leases.leased(engine), start=False)
+
+
 def _locked(db_path):
     """Another process's write lock on the SQLite file (BEGIN IMMEDIATE held open)."""
     conn = sqlite3.connect(db_path, isolation_level=None)
@@ -73,8 +80,7 @@ def test_renewals_answered_from_memory_while_the_database_is_locked(two, engine,
     mgr, a, b = two
     mgr.lease_fixed_ip(a["address"], a["mac"])           # a: recorded before the outage
     sent: list[bytes] = []
-    committer = LeaseCommitter(lambda events: leases.record(engine, events),
-                               leases.leased(engine), start=False)
+    committer = _committer(engine)
     lock = _locked(db_url.removeprefix("sqlite:///"))
     try:
         started = time.monotonic()
@@ -99,8 +105,7 @@ def test_renewals_answered_from_memory_while_the_database_is_locked(two, engine,
 def test_forgotten_lease_is_not_renewed_from_memory(two, engine, db_url):
     mgr, a, _b = two
     mgr.lease_fixed_ip(a["address"], a["mac"])
-    committer = LeaseCommitter(lambda events: leases.record(engine, events),
-                               leases.leased(engine), start=False)
+    committer = _committer(engine)
     committer.forget([a["address"]])                      # expired in the database
     sent: list[bytes] = []
     lock = _locked(db_url.removeprefix("sqlite:///"))
@@ -110,3 +115,55 @@ def test_forgotten_lease_is_not_renewed_from_memory(two, engine, db_url):
         lock.execute("ROLLBACK")
         lock.close()
     assert sent == []
+
+
+def test_release_then_lease_of_a_deallocated_address_in_one_batch(two, engine):
+    """Each event is checked against the row as the events before it left it: after the
+    release disassociates the address, the lease is refused, as it would be alone."""
+    mgr, a, _b = two
+    mgr.lease_fixed_ip(a["address"], a["mac"])
+    mgr.deallocate_for_instance("a")
+    results = leases.record(engine, [LeaseEvent("release", a["address"], a["mac"]),
+                                     LeaseEvent("lease", a["address"], a["mac"])])
+    assert results[0] is None and type(results[1]).__name__ == "FixedIpNotAssociated"
+    ip = fixed(engine, a["address"])
+    assert (ip.instance_uuid, ip.leased) == (None, False)
+
+
+def test_no_ack_for_a_lease_that_was_not_recorded(two, engine):
+    mgr, a, b = two
+    sent: list[bytes] = []
+    committer = _committer(engine)
+    committer.commit([(LeaseEvent("lease", a["address"], "fa:16:3e:00:00:99"), sent.append,
+                       b"ACK-wrong-mac"),
+                      (LeaseEvent("lease", b["address"], b["mac"]), sent.append, b"ACK-b")])
+    assert sent == [b"ACK-b"]
+
+
+def test_expiry_keeps_renewals_not_yet_written_and_the_committer_survives(two, engine):
+    mgr, a, b = two
+    mgr.lease_fixed_ip(a["address"], a["mac"])
+    with api.transaction(engine) as s:
+        s.execute(update(models.FixedIp).where(models.FixedIp.address == a["address"])
+                  .values(updated_at=models.utcnow() - datetime.timedelta(seconds=200)))
+    committer = _committer(engine)
+    committer.pending[a["address"]] = LeaseEvent("lease", a["address"], a["mac"])
+    assert leases.expire(engine, time.time(), 120, committer.pending_addresses()) == []
+    committer.forget([a["address"]])
+    assert a["address"] in committer.recorded          # still renewable from memory
+    sent: list[bytes] = []
+
+    def send(packet):             # the first hand-off to a switch fails (it just went away)
+        if not sent:
+            sent.append(b"")
+            raise OSError("gone")
+        sent.append(packet)
+    committer = LeaseCommitter(lambda events: [None] * len(events), start=True)
+    committer.submit(LeaseEvent("lease", a["address"], a["mac"]), send, b"ACK-1")
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    committer.submit(LeaseEvent("lease", a["address"], a["mac"]), send, b"ACK-2")
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sent == [b"", b"ACK-2"]                      # the thread lived on
