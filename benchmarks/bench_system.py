@@ -91,9 +91,16 @@ def flow_programming(work: Path, n: int, log) -> dict:
                       timeout=300).stdout
         dump.write_text("\n".join(line.strip() for line in text.splitlines()
                                   if line.strip() and "cookie=" in line) + "\n")
+        # the flood groups the flows apply: the reference adds them too (leaves first), timed
+        groups = [line.strip() for line in lib.sh(
+            ["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", br], timeout=300).stdout.splitlines()
+            if line.strip().startswith("group_id=")]
+        groups_file = work / f"flows{n}" / "groups.txt"
+        groups_file.write_text("".join(g + "\n" for g in sorted(groups, key=lambda g: "group:" in g)))
         lib.kill_group(ctl)
         cmp_br = lib.bridge(cl, "bbflowcmp")
         t = time.monotonic()
+        lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "add-groups", cmp_br, str(groups_file)], timeout=600)
         lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", cmp_br, str(dump)], timeout=600)
         bundle_s = time.monotonic() - t
         bundle_flows = _count_flows(cmp_br)
