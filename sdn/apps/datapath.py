@@ -20,7 +20,7 @@ meters and groups first (OVS cannot bundle meter mods; groups a flow applies mus
 then all flow changes in one atomic ONF bundle (extension 230), then the deletions of meters
 and groups no flow uses any more, each step confirmed by a barrier (OpenFlow 1.3 §6.2).
 
-Self-healing: every ``audit_interval`` seconds of quiet the worker counts the switch's sdn flows
+Self-healing: every ``audit_interval`` seconds (busy or not) the worker counts the switch's sdn flows
 (two aggregate-stats requests: this generation's, and any sdn cookie) and, every
 ``deep_audit_every`` audits, lists its meters and groups. Any difference from what it
 installed (``ovs-ofctl del-flows``, a hand-added 0x5d flow, a deleted meter) triggers a full
@@ -124,6 +124,8 @@ class DatapathSync:
         self._lock = threading.Lock()
         self._bundle_ids = itertools.count(1)
         self._audits = 0
+        self._last_audit = time.monotonic()
+        self._named = False
         self._thread = threading.Thread(target=self._run, name=f"sync-{self.dpid:016x}",
                                         daemon=True)
         if start:
@@ -193,8 +195,11 @@ class DatapathSync:
 
     def _run(self) -> None:
         while not self.closed:
+            # audits are due every audit_interval even while changes keep coming: an
+            # incremental sync diffs against what was installed and would not see drift
+            due = self._last_audit + self.audit_interval - time.monotonic()
             try:
-                kind = self._work.get(timeout=self.audit_interval if self.synced else None)
+                kind = self._work.get(timeout=max(0.0, due) if self.synced else None)
             except queue.Empty:
                 kind = AUDIT
             if kind is None:
@@ -207,9 +212,16 @@ class DatapathSync:
                     break
             if None in pending:
                 break
+            if self.synced and time.monotonic() - self._last_audit >= self.audit_interval:
+                pending.add(AUDIT)
             try:
-                self.step(FULL if FULL in pending else
-                          INCREMENTAL if INCREMENTAL in pending else AUDIT)
+                if FULL in pending:
+                    self.step(FULL)
+                else:
+                    if INCREMENTAL in pending:
+                        self.step(INCREMENTAL)
+                    if AUDIT in pending:
+                        self.step(AUDIT)
             except DatapathGone:
                 break
             except Exception as err:  # this switch only; retried with a full sync, backing off
@@ -230,12 +242,15 @@ class DatapathSync:
         if not self.ports_known:
             return
         if kind == AUDIT:
+            self._last_audit = time.monotonic()
             if self.synced and self.audit():
                 return
             kind = FULL
         if kind == INCREMENTAL and not self.synced:
             kind = FULL
         self.sync(full=(kind == FULL))
+        if kind == FULL:
+            self._last_audit = time.monotonic()   # a full sync leaves the switch as audited
 
     def sync(self, full: bool) -> None:
         """Make the switch hold the compiled desired state (see the module docstring)."""
@@ -243,7 +258,8 @@ class DatapathSync:
         desired = self._compile(dict(self.ports))
         flows = reconcile.index(desired.flows)
         if full:
-            if self._name_tables:
+            if self._name_tables and not self._named:   # once per connection, best effort
+                self._named = True
                 self._name_tables(self.dpid)
             self.generation = self._next_generation() & GENERATION_MASK
             cookies = [s.cookie for s in self._ask(ofmsgs.sdn_flow_stats_request(self.dp))]

@@ -483,3 +483,25 @@ def test_close_between_the_closed_check_and_the_waiter_ends_the_wait_at_once():
     finally:
         elapsed = time.monotonic() - started
     assert elapsed < 0.5
+
+
+def test_drift_is_repaired_while_changes_keep_coming():
+    """Audits are due every audit_interval even when incremental syncs never let the worker
+    idle: flows deleted by hand come back although a change arrives every 0.1 s."""
+    fake, state = FakeSwitch(threaded=True), State()
+    unit = unit_on(fake, state, start=True, audit_interval=0.5)
+    try:
+        deadline = time.monotonic() + 5
+        while not unit.synced and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert unit.synced and fake.flows                 # positive control: it synced
+        installed = len(fake.flows)
+        fake.tamper_delete_all_flows()
+        started = time.monotonic()
+        while len(fake.flows) < installed and time.monotonic() - started < 3:
+            unit.request("incremental")                   # a state change every 0.1 s
+            time.sleep(0.1)
+        assert len(fake.flows) == installed, f"{len(fake.flows)} of {installed} after 3 s"
+    finally:
+        unit.close()
+        unit.join(2)
