@@ -145,7 +145,7 @@ def host_bits(network_size, num_networks: int, fixed_net: netaddr.IPNetwork, fit
 def instance_name(name) -> str:
     """An instance name: letters, digits, '-', '_' or '.', starting with a letter or digit, up
     to 63 characters, with a non-empty hostname."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or not hostname_for(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or not hostname_for(name):
         raise exception.InvalidInstanceName(name=name)
     return name
 

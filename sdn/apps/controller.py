@@ -88,6 +88,7 @@ class SdnController(app_manager.OSKenApp):
         self._generation = int(time.time() * 1000) & GENERATION_MASK
         self._generation_lock = threading.Lock()
         self._ovs = None
+        self._ovs_lock = threading.Lock()
         self.gateway = GatewayLearner(deps.settings.router, self._public_ports,
                                       lambda: self._request_all(INCREMENTAL))
         self.committer = LeaseCommitter(self.state.apply_lease_events, self.state.leased())
@@ -127,7 +128,8 @@ class SdnController(app_manager.OSKenApp):
             return
         try:
             from sdn.ovs import Ovs
-            self._ovs = self._ovs or Ovs(self.deps.ovsdb_connection, tables=Ovs.BRIDGE_TABLES)
+            with self._ovs_lock:    # sync workers of several switches may get here at once
+                self._ovs = self._ovs or Ovs(self.deps.ovsdb_connection, tables=Ovs.BRIDGE_TABLES)
             bridge = self._ovs.bridge_by_datapath_id(dpid)
             if bridge:
                 self._ovs.name_tables(bridge, {int(t): t.label for t in Table})

@@ -13,7 +13,8 @@ Main line (every frame from a VIF)::
 Frames from a trunk skip port security and the egress ACL (the far end ran them):
 ``classify -> services``. Routed frames (to a gateway MAC, or from the public port) take the
 router branch ``services|uplink -> l3_unsnat ... l3_output`` and enter ``l2_lookup`` in their
-destination segment. Flood groups' buckets resubmit each copy to ``ingress_acl`` with its reg7.
+destination segment. A flood group's copy to a port whose ingress a feature filters resubmits
+to ``ingress_acl`` with its reg7; other copies go straight out (see ``sdn.flows.l2``).
 """
 
 from __future__ import annotations

@@ -198,8 +198,14 @@ class Agent:
         last_rev, last_links, last_timeout = None, None, 0.0
         interval = self.conf.agent_poll_interval
         while True:
-            rev = self.state.revision()
-            links = interface.link_names(self.ipr)
+            try:
+                rev = self.state.revision()
+                links = interface.link_names(self.ipr)
+            except Exception as err:  # noqa: BLE001 - a database or netlink hiccup: next poll
+                LOG.warning("could not read state or links (retrying): %s", err)
+                if once or stop.wait(interval):
+                    return 1 if once else 0
+                continue
             dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
                                          else self.dnsmasq_alive(self._dnsmasq_bridges())))
             if rev != last_rev or links != last_links or not dhcp_ok:
@@ -222,8 +228,12 @@ class Agent:
                 last_timeout = now
                 try:
                     self.state.timeout_fixed_ips(time.time())
-                except Exception:  # noqa: BLE001
-                    LOG.exception("timeout_fixed_ips failed")
+                    if self.conf.dhcp_driver != "dnsmasq":   # dnsmasq's own `del` does this
+                        expired = self.state.expire_leases(time.time())
+                        if expired:
+                            LOG.info("leases expired without renewal: %s", ", ".join(expired))
+                except Exception as err:  # noqa: BLE001 - locked database: next round
+                    LOG.warning("periodic state writes postponed: %s", err)
             if stop.wait(interval):
                 break
         for raw in self.raw.values():

@@ -314,3 +314,12 @@ def test_network_over_floating_range_is_refused_naming_both(make_manager, engine
         in str(err.value)
     assert count(engine, models.Network) == 0 and api.current_revision(engine) == rev
     mgr.create_networks("f", cidr="10.0.0.0/24")  # beside the floating range: accepted
+
+
+def test_instance_name_with_a_trailing_newline_is_refused(make_manager):
+    """A newline would split dnsmasq's hosts line and DHCP option 12 ('$' matches before it)."""
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("f", "10.7.0.0/24")
+    with pytest.raises(exception.SdnError, match="invalid instance name"):
+        mgr.allocate_for_instance("web\n", "p")
+    assert mgr.allocate_for_instance("web", "p")["address"]   # positive control
