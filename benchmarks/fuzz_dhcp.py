@@ -239,7 +239,7 @@ def run(args: tuple[int, int]) -> Counts:
                 c.bad("corruption", frame, f"answer without a binding: {d.reason}")
             # raw socket: the batch handler of one tap
             now, events, after = handlers[port].handle([frame], t0)
-            for reply in now + after:
+            for reply in now + [reply for _event, reply in after]:
                 check_decision(c, frame, reply, None, BINDINGS[port], chaddr)
             for event in events:
                 check_decision(c, frame, None, event, BINDINGS[port], chaddr)

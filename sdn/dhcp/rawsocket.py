@@ -170,11 +170,12 @@ class BatchHandler:
         self.errors = 0         #: frames whose handling raised (a bug; logged, frame dropped)
 
     def handle(self, frames: Iterable[bytes], now: float
-               ) -> tuple[list[bytes], list[LeaseEvent], list[bytes]]:
-        """(replies to send now, lease events to record, replies to send once they are)."""
+               ) -> tuple[list[bytes], list[LeaseEvent], list[tuple[LeaseEvent, bytes]]]:
+        """(replies to send now, lease events to record, (event, reply) to send once that
+        event is recorded)."""
         now_out: list[bytes] = []
         events: list[LeaseEvent] = []
-        after_commit: list[bytes] = []
+        after_commit: list[tuple[LeaseEvent, bytes]] = []
         get = self.bindings.get
         answer = self.responder.answer
         for frame in frames:
@@ -192,7 +193,7 @@ class BatchHandler:
             if event is not None:
                 events.append(event)
                 if reply is not None:
-                    after_commit.append(reply)
+                    after_commit.append((event, reply))
             elif reply is not None:
                 now_out.append(reply)
         return now_out, events, after_commit
@@ -209,10 +210,19 @@ def _send(send: Callable[[bytes], object], reply: bytes, where: str) -> bool:
         return False
 
 
+def _refused(events: list[LeaseEvent], results) -> set[int]:
+    """ids of the events ``record`` returned an error for (``results``: an error or None per
+    event, or None when the recorder reports no per-event outcome)."""
+    if not isinstance(results, list):
+        return set()
+    return {id(e) for e, err in zip(events, results) if err is not None}
+
+
 class _Committer:
     """Group commit on a thread: ``submit(events, acks)`` from the loop, ``acks`` being
-    (send, reply) pairs; the thread records everything submitted since its last commit in one
-    ``record`` call, then sends those ACKs (none of them if ``record`` raised). Nothing a
+    (send, reply, event) triples; the thread records everything submitted since its last
+    commit in one ``record`` call, then sends the ACKs of the events it recorded (none if
+    ``record`` raised; not those whose error ``record`` returned at their index). Nothing a
     packet or the database does ends the thread: only ``close``."""
 
     def __init__(self, record: Callable[[list[LeaseEvent]], object]):
@@ -229,8 +239,8 @@ class _Committer:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, events: list[LeaseEvent], acks: list[tuple[Callable[[bytes], object], bytes]]
-               ) -> None:
+    def submit(self, events: list[LeaseEvent],
+               acks: list[tuple[Callable[[bytes], object], bytes, LeaseEvent | None]]) -> None:
         with self._cond:
             self._events += events
             self._acks += acks
@@ -254,12 +264,15 @@ class _Committer:
                 if not events and self._stop:
                     return
             try:
-                self.record(events)
+                results = self.record(events)
             except Exception:  # keep serving; the client's retry gets another chance
                 LOG.exception("could not record %d lease events; their ACKs are not sent",
                               len(events))
                 continue
-            for send, reply in acks:
+            refused = _refused(events, results)
+            for send, reply, event in acks:
+                if event is not None and id(event) in refused:
+                    continue      # write-ahead: no ACK for a lease state refused
                 if _send(send, reply, "the commit thread"):
                     self.acked += 1
                 else:
@@ -411,16 +424,19 @@ class RawSocketServer:
             else:
                 self.send_errors += 1
         if events and self._committer is not None:
-            self._committer.submit(events, [(send, reply) for reply in after_commit])
+            self._committer.submit(events, [(send, reply, event) for event, reply in after_commit])
             return len(frames)
+        refused: set[int] = set()
         if events and self.record is not None:
             try:
-                self.record(events)
+                refused = _refused(events, self.record(events))
             except Exception:  # keep serving; the client's retry gets another chance
                 LOG.exception("could not record %d lease events; their ACKs are not sent",
                               len(events))
                 after_commit = []
-        for reply in after_commit:
+        for event, reply in after_commit:
+            if id(event) in refused:
+                continue
             if _send(send, reply, port.name):
                 self.served += 1
             else:

@@ -168,19 +168,15 @@ class Agent:
         """Every raw DHCP server (``dhcp_driver = scapy``) is serving."""
         return all(raw.alive() for raw in self.raw.values())
 
-    def _record(self, events) -> None:
-        batch = getattr(self.state, "apply_lease_events", None)
-        if batch is not None:
-            for event, err in zip(events, batch(events)):
-                if err is not None:
-                    LOG.warning("lease event %s %s %s not recorded: %s", event.kind, event.address,
-                                event.mac, err)
-            return
-        for event in events:
-            try:
-                self.state.apply_lease_event(event)
-            except Exception as err:  # noqa: BLE001 - one bad event must not stop DHCP
-                LOG.warning("lease event %s %s not recorded: %s", event.kind, event.address, err)
+    def _record(self, events) -> list:
+        """Record lease events (one transaction); an error or None per event: the raw-socket
+        server sends no ACK for a refused lease."""
+        results = self.state.apply_lease_events(events)
+        for event, err in zip(events, results):
+            if err is not None:
+                LOG.warning("lease event %s %s %s not recorded: %s", event.kind, event.address,
+                            event.mac, err)
+        return results
 
     def dnsmasq_alive(self, plan_bridges: list[str]) -> bool:
         for bridge in plan_bridges:

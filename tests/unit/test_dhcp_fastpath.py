@@ -112,7 +112,8 @@ def test_batch_handler_binds_by_chaddr_and_holds_acks():
     assert [o["BOOTP"].yiaddr for o in offers] == ["10.0.0.5", "10.0.0.6"]
     assert events == [LeaseEvent("lease", "10.0.0.5", MAC.lower())]
     assert len(after) == 1
-    assert ("message-type", 5) in dissect(after[0])[DHCP].options   # ACK
+    assert after[0][0] == events[0]
+    assert ("message-type", 5) in dissect(after[0][1])[DHCP].options   # ACK
 
 
 def test_bindings_by_chaddr_only_vifs_with_addresses(make_manager, engine):
@@ -209,9 +210,9 @@ def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed
         if "fail" in events:
             raise RuntimeError("disk full")
     committer = rawsocket._Committer(record)
-    committer.submit(["a"], [(sent.append, b"A")])
+    committer.submit(["a"], [(sent.append, b"A", None)])
     assert first_in.wait(5)
-    committer.submit(["b"], [(sent.append, b"B")])
+    committer.submit(["b"], [(sent.append, b"B", None)])
     committer.submit(["c"], [])          # a RELEASE: an event without a reply
     assert sent == []                    # nothing acknowledged before its commit returned
     release.set()
@@ -219,7 +220,7 @@ def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed
     assert commits == [["a"], ["b", "c"]]            # one transaction for all that queued
     assert sent == [b"A", b"B"]
     committer = rawsocket._Committer(record)
-    committer.submit(["fail"], [(sent.append, b"F")])
+    committer.submit(["fail"], [(sent.append, b"F", None)])
     committer.close()
     assert sent == [b"A", b"B"]                      # failed commit: its ACK is never sent
 
@@ -274,8 +275,8 @@ def test_committer_survives_a_failing_ack_send():
     def broken(_reply):
         raise OSError(90, "Message too long")
     committer = rawsocket._Committer(lambda _events: None)
-    committer.submit(["a"], [(broken, b"A")])
-    committer.submit(["b"], [(sent.append, b"B")])
+    committer.submit(["a"], [(broken, b"A", None)])
+    committer.submit(["b"], [(sent.append, b"B", None)])
     committer.close()
     assert sent == [b"B"] and committer.send_errors == 1 and committer.acked == 1
 
@@ -316,3 +317,19 @@ def test_bindings_by_port_keys_each_vif_by_its_tap(make_manager, engine):
     only = got[by_mac[a["mac"]].port_name]
     assert list(only) == [bytes.fromhex(a["mac"].replace(":", ""))]
     assert only[bytes.fromhex(a["mac"].replace(":", ""))].address == a["address"]
+
+
+def test_raw_committer_sends_no_ack_for_a_lease_state_refused():
+    """Write-ahead on the raw socket too: a lease that fails nova's checks (stale binding, MAC
+    mismatch) is not recorded, so its ACK must not leave; the other ACK of the batch does."""
+    import time as _time
+    ok, bad = LeaseEvent("lease", "10.0.0.5", MAC), LeaseEvent("lease", "10.0.0.6", MAC)
+    sent: list[bytes] = []
+    committer = rawsocket._Committer(lambda events: [None if e is ok else ValueError("refused")
+                                                     for e in events])
+    committer.submit([ok, bad], [(sent.append, b"ACK-ok", ok), (sent.append, b"ACK-bad", bad)])
+    deadline = _time.monotonic() + 5
+    while not sent and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    committer.close()
+    assert sent == [b"ACK-ok"]
