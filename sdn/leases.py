@@ -206,5 +206,5 @@ def one(engine, kind: str, address: str, mac: str | None) -> None:
         raise error
 
 
-__all__ = ["LEASE", "RELEASE", "DECLINE", "check", "record", "expire", "leased", "lease_end",
-           "one", "Iterable"]
+__all__ = ["LEASE", "RELEASE", "DECLINE", "DHCP_LOCK_WAIT", "check", "record", "expire", "leased",
+           "lease_end", "one"]
