@@ -220,7 +220,24 @@ def parse_one(dp, buf: bytes) -> Received:
     return Received(xid, msg_type, length, msg)
 
 
-class FakeSwitch:
+class DatapathApi:
+    """os-ken ``Datapath.set_xid``/``send_msg`` over the subclass's ``send(bytes)``."""
+
+    xid = 0
+
+    def set_xid(self, msg):
+        self.xid = (self.xid + 1) & 0xFFFFFFFF
+        msg.set_xid(self.xid)
+        return self.xid
+
+    def send_msg(self, msg):
+        if msg.xid is None:
+            self.set_xid(msg)
+        msg.serialize()
+        self.send(bytes(msg.buf))
+
+
+class FakeSwitch(DatapathApi):
     """A datapath object for :class:`sdn.apps.datapath.DatapathSync` backed by a switch model.
 
     Set ``unit`` (the DatapathSync) before the first request; replies go to its hooks.
@@ -259,18 +276,7 @@ class FakeSwitch:
                                             daemon=True)
             self._thread.start()
 
-    # ---- the os-ken Datapath interface DatapathSync uses -----------------------------------
-
-    def set_xid(self, msg):
-        self.xid = (self.xid + 1) & 0xFFFFFFFF
-        msg.set_xid(self.xid)
-        return self.xid
-
-    def send_msg(self, msg):
-        if msg.xid is None:
-            self.set_xid(msg)
-        msg.serialize()
-        self.send(bytes(msg.buf))
+    # ---- the os-ken Datapath interface DatapathSync uses (set_xid/send_msg: DatapathApi) --
 
     def send(self, buf: bytes):
         if self._inbox is not None:

@@ -12,6 +12,7 @@ from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import Feature, Table, flow
 from sdn.flows.router import RouterSettings
 from sdn.view import FloatingView, NetworkView, StateView, VifView
+from tests.unit.fakeswitch import DatapathApi
 
 XID = 0x12345678
 BUNDLE = 77
@@ -182,7 +183,7 @@ def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
     assert stream == b"".join(ref) and dp.xid == ref_dp.xid
 
 
-class _RecordingDp(Dp):
+class _RecordingDp(DatapathApi, Dp):
     """Records what is sent; answers each barrier at once (through ``sync.on_barrier``)."""
 
     def __init__(self):
@@ -191,16 +192,8 @@ class _RecordingDp(Dp):
         self.barriers = 0
         self.sync = None
 
-    def set_xid(self, msg):   # os-ken Datapath.set_xid
-        self.xid = (self.xid + 1) & 0xFFFFFFFF
-        msg.set_xid(self.xid)
-        return self.xid
-
     def send_msg(self, msg):
-        if msg.xid is None:
-            self.set_xid(msg)
-        msg.serialize()
-        self.sent.append(bytes(msg.buf))
+        super().send_msg(msg)
         if isinstance(msg, parser.OFPBarrierRequest):
             self.barriers += 1
             self.sync.on_barrier(msg.xid)
