@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--project", required=True)
     launch.add_argument("--host")
     launch.add_argument("--json", action="store_true", help="print the allocation as a JSON object")
+    _opt(launch, "security_group", action="append", metavar="GROUP",
+         help="security group of the project to join (repeatable; default: default)")
     plug = inst.add_parser("plug", help="add the instance's port to a bridge")
     plug.add_argument("name")
     plug.add_argument("--bridge", required=True)
@@ -92,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         pair.add_argument("name")
         pair.add_argument("--ip", required=True, metavar="IP_OR_CIDR")
         pair.add_argument("--mac", help="source MAC of the pair (default: the VIF's own)")
+
+    for verb, what in (("add-secgroup", "put the instance in one more security group"),
+                       ("remove-secgroup", "take the instance out of a security group")):
+        sg = inst.add_parser(verb, help=what)
+        sg.add_argument("name")
+        sg.add_argument("group")
+
+    _secgroup_parsers(cats)
 
     flt = cats.add_parser("floating", help="floating IPs (elastic IPs)").add_subparsers(
         dest="action", required=True)
@@ -136,6 +146,71 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("ip", nargs="?")
     bridge.add_argument("hostname", nargs="?")
     return parser
+
+
+def _rule_options(parser, provider: bool = False) -> None:
+    """nova's ``ip_protocol from_port to_port cidr`` (positional or options) and Neutron's
+    ``--direction/--ethertype/--protocol/--port-range-min/--port-range-max/--remote-*``."""
+    parser.add_argument("nova", nargs="*", metavar="PROTO FROM TO CIDR",
+                        help="nova's positional form, e.g. 'tcp 22 22 0.0.0.0/0'")
+    parser.add_argument("--ip-protocol", "--ip_protocol", "--protocol", dest="protocol",
+                        help="tcp, udp, icmp, icmpv6, sctp, any, or a number 0-255")
+    parser.add_argument("--from-port", "--from_port", "--port-range-min", dest="from_port",
+                        help="first port (icmp: type; -1 any)")
+    parser.add_argument("--to-port", "--to_port", "--port-range-max", dest="to_port",
+                        help="last port (icmp: code; -1 any)")
+    parser.add_argument("--cidr", "--remote-ip-prefix", dest="cidr",
+                        help="remote addresses (default: everyone)")
+    if provider:
+        return
+    parser.add_argument("--group", "--remote-group", "--source-group", dest="remote_group",
+                        help="remote security group: its members' addresses")
+    parser.add_argument("--direction", choices=["ingress", "egress"], default=None,
+                        help="default ingress (nova's rules are ingress)")
+    parser.add_argument("--ethertype", help="IPv4 or IPv6 (default from the CIDR/protocol)")
+
+
+def _secgroup_parsers(cats) -> None:
+    sg = cats.add_parser("secgroup", help="security groups (stateful firewall per instance)"
+                         ).add_subparsers(dest="action", required=True)
+    create = sg.add_parser("create", help="a group with no ingress rule and egress allowed")
+    create.add_argument("name")
+    create.add_argument("description", nargs="?", default="")
+    create.add_argument("--project", required=True)
+    create.add_argument("--stateless", action="store_true",
+                        help="no connection tracking: replies need rules of their own")
+    delete = sg.add_parser("delete", help="delete a group no instance uses")
+    delete.add_argument("name")
+    delete.add_argument("--project", required=True)
+    lst = sg.add_parser("list", help="groups with their rule and instance counts")
+    lst.add_argument("--project")
+    lst.add_argument("--json", action="store_true")
+    show = sg.add_parser("show", help="a group's rules and instances")
+    show.add_argument("name")
+    show.add_argument("--project", required=True)
+    show.add_argument("--json", action="store_true")
+
+    rule = cats.add_parser("secgroup-rule", help="rules of security groups").add_subparsers(
+        dest="action", required=True)
+    add = rule.add_parser("add", help="allow traffic: nova's PROTO FROM TO CIDR, or options")
+    add.add_argument("group")
+    add.add_argument("--project", required=True)
+    _rule_options(add)
+    add.add_argument("--json", action="store_true")
+    rdel = rule.add_parser("delete", help="delete a rule by --id or by the fields it was added with")
+    rdel.add_argument("group")
+    rdel.add_argument("--project", required=True)
+    rdel.add_argument("--id", type=int, dest="rule_id")
+    _rule_options(rdel)
+
+    prov = cats.add_parser("provider-rule", help="operator-wide drops before the tenants' rules"
+                           ).add_subparsers(dest="action", required=True)
+    padd = prov.add_parser("add", help="drop inbound new connections from CIDR to every instance")
+    _rule_options(padd, provider=True)
+    pdel = prov.add_parser("delete", help="delete a provider rule by --id or by its fields")
+    pdel.add_argument("--id", type=int, dest="rule_id")
+    _rule_options(pdel, provider=True)
+    prov.add_parser("list", help="provider rules").add_argument("--json", action="store_true")
 
 
 def _manager(conf):
@@ -211,7 +286,8 @@ def cmd_fixed(args, conf) -> None:
 def cmd_instance(args, conf) -> None:
     mgr = _manager(conf)
     if args.action == "launch":
-        alloc = mgr.allocate_for_instance(args.name, args.project, args.host)
+        alloc = mgr.allocate_for_instance(args.name, args.project, args.host,
+                                          security_groups=args.security_group)
         print(json.dumps({k: v for k, v in alloc.items() if k != "instance_uuid"}) if args.json
               else _describe(alloc))
     elif args.action == "plug":
@@ -229,9 +305,15 @@ def cmd_instance(args, conf) -> None:
             _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
         mgr.deallocate_for_instance(args.name)
         print(f"deleted {args.name}; released {alloc['address']}")
+    elif args.action in ("add-secgroup", "remove-secgroup"):
+        sgs = _secgroups(conf)
+        groups = (sgs.add_instance if args.action == "add-secgroup" else sgs.remove_instance)(
+            args.name, args.group)
+        print(f"{args.name} is in security groups: {', '.join(groups) or 'none'}")
     else:
         if args.action == "show":
-            info = {**mgr.get_allocation(args.name), **mgr.show_port_security(args.name)}
+            info = {**mgr.get_allocation(args.name), **mgr.show_port_security(args.name),
+                    "security_groups": _secgroups(conf).groups_of(args.name)}
             if args.json:
                 print(json.dumps(info))
                 return
@@ -242,8 +324,10 @@ def cmd_instance(args, conf) -> None:
         else:
             info = mgr.remove_address_pair(args.name, args.ip, args.mac)
         pairs = ", ".join(f"{p['mac']} {p['ip']}" for p in info["allowed_address_pairs"]) or "none"
+        groups = ", ".join(info.get("security_groups", [])) if "security_groups" in info else None
         print(f"{args.name} {info['mac']}: port security {'on' if info['port_security'] else 'OFF'}; "
-              f"allowed address pairs: {pairs}")
+              f"allowed address pairs: {pairs}" + (f"; security groups: {groups or 'none'}"
+                                                   if groups is not None else ""))
 
 
 def cmd_controller(args, conf) -> int | None:
@@ -332,16 +416,127 @@ def cmd_vpn(args, conf) -> None:
             print(_describe(alloc))
 
 
+def _secgroups(conf):
+    from sdn.db import api
+    from sdn.secgroups import SecurityGroups
+
+    return SecurityGroups(api.get_engine(conf.database.connection), conf)
+
+
+def _rule_fields(args) -> dict:
+    """The rule fields of ``args``: options, or nova's positional PROTO FROM TO CIDR."""
+    fields = {"protocol": args.protocol, "from_port": args.from_port, "to_port": args.to_port,
+              "cidr": args.cidr}
+    if args.nova:
+        if len(args.nova) > 4:
+            raise exception.Invalid(f"nova's rule form is PROTO FROM TO CIDR (4 values), not "
+                                    f"{' '.join(args.nova)}")
+        given = [k for k in ("protocol", "from_port", "to_port", "cidr")[:len(args.nova)]
+                 if fields[k] is not None]
+        if given:
+            raise exception.Invalid(f"give {', '.join(given)} once: positionally or as an option")
+        fields.update(zip(("protocol", "from_port", "to_port", "cidr"), args.nova))
+    return fields
+
+
+def cmd_secgroup(args, conf) -> None:
+    from sdn.secgroups import describe_rule
+
+    sgs = _secgroups(conf)
+    if args.action == "create":
+        g = sgs.create(args.name, args.project, args.description, stateful=not args.stateless)
+        print(f"created security group {g['name']} (id {g['id']}, project {g['project']}, "
+              f"{'stateful' if g['stateful'] else 'stateless'})")
+    elif args.action == "delete":
+        sgs.delete(args.name, args.project)
+        print(f"deleted security group {args.name} of project {args.project}")
+    elif args.action == "list":
+        rows = sgs.list(args.project)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        _table([[g["id"], g["project"], g["name"], "yes" if g["stateful"] else "no",
+                 len(g["rules"]), len(g["instances"]), g["description"]] for g in rows],
+               ["id", "project", "name", "stateful", "rules", "instances", "description"])
+    else:
+        g = sgs.show(args.name, args.project)
+        if args.json:
+            print(json.dumps(g))
+            return
+        print(f"security group {g['name']} (id {g['id']}, project {g['project']}, "
+              f"{'stateful' if g['stateful'] else 'stateless'}): {g['description']}")
+        for r in g["rules"]:
+            print(f"  rule {r['id']}: {describe_rule(r)}")
+        print(f"  instances: {', '.join(g['instances']) or 'none'}")
+
+
+def cmd_secgroup_rule(args, conf) -> None:
+    from sdn.secgroups import describe_rule
+
+    sgs = _secgroups(conf)
+    fields = {**_rule_fields(args), "direction": args.direction, "ethertype": args.ethertype,
+              "remote_group": args.remote_group}
+    if args.action == "add":
+        r = sgs.add_rule(args.group, args.project, **fields)
+        print(json.dumps(r) if args.json else f"added rule {r['id']} to {r['group']}: {describe_rule(r)}")
+    else:
+        if args.rule_id is not None and (args.nova or any(
+                v is not None for k, v in fields.items())):
+            raise exception.Invalid("delete a rule by --id or by its fields, not both")
+        r = sgs.delete_rule(args.group, args.project, args.rule_id, **fields)
+        print(f"deleted rule {r['id']} of {r['group']}: {describe_rule(r)}")
+
+
+def cmd_provider_rule(args, conf) -> None:
+    sgs = _secgroups(conf)
+    if args.action == "list":
+        rows = sgs.list_provider_rules()
+        if args.json:
+            print(json.dumps(rows))
+            return
+        _table([[r["id"], r["protocol"], r["port_min"], r["port_max"], r["cidr"]] for r in rows],
+               ["id", "protocol", "from", "to", "cidr"])
+        return
+    fields = _rule_fields(args)
+    if args.action == "add":
+        r = sgs.add_provider_rule(**fields)
+        print(f"added provider rule {r['id']}: drop {r['protocol']} from {r['cidr']}")
+    else:
+        if args.rule_id is not None and (args.nova or any(v is not None for v in fields.values())):
+            raise exception.Invalid("delete a provider rule by --id or by its fields, not both")
+        r = sgs.delete_provider_rule(args.rule_id, **({} if args.rule_id is not None else fields))
+        print(f"deleted provider rule {r['id']}")
+
+
 COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
             "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller, "agent": cmd_agent,
-            "dhcp-bridge": cmd_dhcp_bridge}
+            "dhcp-bridge": cmd_dhcp_bridge, "secgroup": cmd_secgroup,
+            "secgroup-rule": cmd_secgroup_rule, "provider-rule": cmd_provider_rule}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line. nova's positional rule form may follow options
+    (``secgroup-rule add web --project p tcp 22 22 0.0.0.0/0``), which argparse alone cannot
+    split: what it leaves over becomes the rule's positional values."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "nova", None) == [] and not any(e.startswith("-") and
+                                                                not _number(e) for e in extra):
+        args.nova = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _number(text: str) -> bool:
+    return text.lstrip("-").isdigit()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``sdn`` command; returns the exit code."""
     conf = None
     try:
-        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse(sys.argv[1:] if argv is None else argv)
         conf = config.load([], args.config_files, conf=config.CONF)
         return COMMANDS[args.category](args, conf) or 0
     except exception.SdnError as err:

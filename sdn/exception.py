@@ -189,3 +189,41 @@ class FloatingIpNotAssociated(SdnError):
 
 class NoVpnNetwork(SdnError):
     msg_fmt = "project {project} has no VLAN network with a VPN; launch an instance in it first"
+
+
+class SecurityGroupNotFound(SdnError):
+    msg_fmt = "project {project} has no security group {name!r}; see 'sdn secgroup list'"
+
+
+class SecurityGroupExists(SdnError):
+    msg_fmt = "project {project} already has a security group {name!r}"
+
+
+class SecurityGroupInUse(SdnError):
+    msg_fmt = "security group {name!r} of project {project} is {reason}; {action}"
+
+
+class SecurityGroupRuleNotFound(SdnError):
+    msg_fmt = "no such rule {what}; see 'sdn secgroup show'"
+
+
+class SecurityGroupRuleExists(SdnError):
+    msg_fmt = "security group {name!r} already has this rule (id {rule_id})"
+
+
+class SecurityGroupCrossProject(SdnError):
+    msg_fmt = ("security group {name!r} belongs to project {owner}, not {project}; a rule may "
+               "only grant to groups of its own project")
+
+
+class SecurityGroupMixed(SdnError):
+    msg_fmt = ("instance {instance} would be in stateful and stateless security groups "
+               "({groups}); use one kind per instance")
+
+
+class ProviderRuleNotFound(SdnError):
+    msg_fmt = "no provider rule {what}; see 'sdn provider-rule list'"
+
+
+class ProviderRuleExists(SdnError):
+    msg_fmt = "this provider rule exists already (id {rule_id})"

@@ -24,7 +24,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sdn import exception, leases, validation, view
+from sdn import exception, leases, secgroups, validation, view
 from sdn.db import api as db
 from sdn.db import models
 from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
@@ -213,7 +213,7 @@ class NetworkManager:
     # -- instances --------------------------------------------------------------------------
 
     def allocate_for_instance(self, instance_name: str, project_id: str, host: str | None = None,
-                              vpn: bool = False) -> dict:
+                              vpn: bool = False, security_groups: list[str] | None = None) -> dict:
         """Create the instance (if new), one VIF with a unique MAC and one fixed IP.
 
         Idempotent: for an existing instance, returns its current allocation. Returns an
@@ -221,7 +221,10 @@ class NetworkManager:
         NoMoreNetworks, NoMoreFixedIps, VirtualInterfaceMacAddressException.
         With ``vpn`` (cloudpipe, VLAN mode) the fixed IP is the project network's reserved
         vpn_private_address. With auto_assign_floating_ip a floating IP is allocated and
-        associated in the same transaction.
+        associated in the same transaction. A new instance joins ``security_groups`` of its
+        project (default: ``default``, created on first use; a VPN instance: the project's
+        ``<project>-vpn`` group admitting UDP 1194 and ICMP, as nova's cloudpipe); raises
+        SecurityGroupNotFound, SecurityGroupMixed.
         """
         validation.instance_name(instance_name)
         validation.required(project_id, "an instance's project", "--project")
@@ -229,7 +232,8 @@ class NetworkManager:
         for attempt in range(_RACE_RETRIES):
             try:
                 with db.transaction(self.engine) as session:
-                    return self._allocate(session, instance_name, project_id, host, vpn)
+                    return self._allocate(session, instance_name, project_id, host, vpn,
+                                          security_groups)
             except sa_exc.IntegrityError:
                 # Only reachable without SQLite's global write lock (PostgreSQL): a concurrent
                 # launch of the same name, or the same random MAC, committed first. Retrying
@@ -238,7 +242,7 @@ class NetworkManager:
                     raise
 
     def _allocate(self, session: Session, instance_name: str, project_id: str, host: str,
-                  vpn: bool = False) -> dict:
+                  vpn: bool = False, security_groups: list[str] | None = None) -> dict:
         inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
         if inst is not None:
             if inst.project_id != project_id:
@@ -255,6 +259,10 @@ class NetworkManager:
         inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
                                hostname=hostname, project_id=project_id, host=host)
         session.add(inst)
+        session.flush()
+        if vpn and security_groups is None:
+            security_groups = [secgroups.ensure_vpn_group(session, project_id).name]
+        secgroups.join_at_launch(session, inst, security_groups)
         vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
                                       instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
                                       port_security=True)

@@ -16,18 +16,20 @@ class StateSource:
     """Wraps the engine and network manager; every call is one transaction."""
 
     def __init__(self, engine, manager, *, domain: str, lease_time: int, mtu: int | None,
-                 metadata_route: bool = False):
+                 metadata_route: bool = False, allow_same_net_traffic: bool = True):
         self.engine = engine
         self.manager = manager
         self._view_opts = dict(domain=domain, lease_time=lease_time, mtu=mtu,
-                               metadata_route=metadata_route)
+                               metadata_route=metadata_route,
+                               allow_same_net_traffic=allow_same_net_traffic)
 
     @classmethod
     def from_conf(cls, conf) -> StateSource:
         engine = db.get_engine(conf.database.connection)
         return cls(engine, managers.get_manager(engine, conf), domain=conf.dhcp_domain,
                    lease_time=conf.dhcp_lease_time, mtu=conf.network_device_mtu,
-                   metadata_route=bool(conf.metadata_host))
+                   metadata_route=bool(conf.metadata_host),
+                   allow_same_net_traffic=conf.allow_same_net_traffic)
 
     def revision(self) -> int:
         return db.current_revision(self.engine)

@@ -160,3 +160,122 @@ def required(value, what: str, option: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise exception.Invalid(f"{what} must not be empty; give it with {option}")
     return value
+
+
+# -- security group and provider rules ------------------------------------------------------
+
+#: protocol names a rule accepts (IANA numbers); "any" (or nothing) is every protocol
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
+PORT_PROTOCOLS = (6, 17, 132)
+ICMP_PROTOCOLS = (1, 58)
+DIRECTIONS = ("ingress", "egress")
+ETHERTYPES = ("IPv4", "IPv6")
+_SG_NAME_RE = re.compile(r"^[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]{0,254}$")
+
+
+def secgroup_name(value) -> str:
+    """A security group name: 1-255 printable characters, not starting with a space."""
+    if not isinstance(value, str) or not _SG_NAME_RE.fullmatch(value) or value != value.strip():
+        raise exception.Invalid(f"invalid security group name {value!r}: 1-255 printable "
+                                f"characters without leading or trailing spaces")
+    return value
+
+
+def protocol(value) -> int | None:
+    """IP protocol of a rule: a name (tcp, udp, icmp, icmpv6, sctp), a number 0-255, or
+    any/None (every protocol, returned as None)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "any", "-1")):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lower() in PROTOCOLS:
+        return PROTOCOLS[value.strip().lower()]
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value.strip())
+    else:
+        raise exception.Invalid(f"unknown protocol {value!r}: use tcp, udp, icmp, icmpv6, sctp, "
+                                f"any, or an IP protocol number 0-255")
+    if not 0 <= number <= 255:
+        raise exception.Invalid(f"IP protocol number {number} is outside 0-255")
+    return number
+
+
+def _int_or_none(value, what: str):
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise exception.Invalid(f"{what} must be a whole number, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise exception.Invalid(f"{what} must be a whole number, not {value!r}")
+    return value
+
+
+def rule_ports(proto: int | None, from_port, to_port) -> tuple[int | None, int | None]:
+    """(port_min, port_max) of a rule for protocol ``proto``.
+
+    TCP/UDP/SCTP: a destination port range within 1-65535, from <= to; both absent (or -1,
+    nova's "any") is every port. ICMP/ICMPv6: from = type, to = code, each 0-255 or -1/absent
+    for any; a code needs a type. Other protocols take no ports. Raises Invalid.
+    """
+    lo = _int_or_none(from_port, "the from port")
+    hi = _int_or_none(to_port, "the to port")
+    if proto in PORT_PROTOCOLS:
+        if lo in (None, -1) and hi in (None, -1):
+            return None, None
+        if lo is None or hi is None:
+            lo = hi if lo is None else lo
+            hi = lo if hi is None else hi
+        if not (1 <= lo <= 65535 and 1 <= hi <= 65535):
+            raise exception.Invalid(f"bad port range {lo}-{hi}: ports are 1-65535 (or -1 -1 for "
+                                    f"every port)")
+        if lo > hi:
+            raise exception.Invalid(f"bad port range {lo}-{hi}: the from port is above the to port")
+        return lo, hi
+    if proto in ICMP_PROTOCOLS:
+        icmp_type = None if lo in (None, -1) else lo
+        code = None if hi in (None, -1) else hi
+        for what, v in (("ICMP type", icmp_type), ("ICMP code", code)):
+            if v is not None and not 0 <= v <= 255:
+                raise exception.Invalid(f"bad {what} {v}: 0-255, or -1 for any")
+        if code is not None and icmp_type is None:
+            raise exception.Invalid(f"ICMP code {code} needs an ICMP type (the from port)")
+        return icmp_type, code
+    if lo not in (None, -1) or hi not in (None, -1):
+        name = "any protocol" if proto is None else f"protocol {proto}"
+        raise exception.Invalid(f"ports apply to tcp, udp and sctp (and type/code to icmp), "
+                                f"not to {name}")
+    return None, None
+
+
+def rule_cidr(value, ethertype: str | None = None) -> str:
+    """A rule's remote CIDR in canonical form (host bits dropped); its version must match
+    ``ethertype`` when given."""
+    net = _parse_network(value, "the remote CIDR", "a CIDR such as 192.0.2.0/24 or 0.0.0.0/0")
+    if ethertype is not None and f"IPv{net.version}" != ethertype:
+        raise exception.Invalid(f"remote CIDR {value} is IPv{net.version} but the rule's "
+                                f"ethertype is {ethertype}")
+    return str(net.cidr)
+
+
+def direction(value) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in DIRECTIONS:
+        raise exception.Invalid(f"unknown direction {value!r}: ingress or egress")
+    return value.strip().lower()
+
+
+def ethertype(value) -> str:
+    wanted = {e.lower(): e for e in ETHERTYPES}
+    if not isinstance(value, str) or value.strip().lower() not in wanted:
+        raise exception.Invalid(f"unknown ethertype {value!r}: IPv4 or IPv6")
+    return wanted[value.strip().lower()]
+
+
+def rule_protocol_family(proto: int | None, ether: str) -> None:
+    """ICMP belongs to IPv4 and ICMPv6 to IPv6."""
+    if proto == 1 and ether == "IPv6":
+        raise exception.Invalid("icmp is IPv4's; an IPv6 rule takes icmpv6")
+    if proto == 58 and ether == "IPv4":
+        raise exception.Invalid("icmpv6 is IPv6's; an IPv4 rule takes icmp")

@@ -84,6 +84,10 @@ class VifView:
     project_id: str | None = None
     port_security: bool = True
     allowed_address_pairs: tuple[tuple[str, str], ...] = field(default=())
+    #: database id (names the VIF's conntrack zone, see ``sdn.firewall.acl_zone``)
+    id: int = 0
+    #: ids of the instance's security groups (``SecurityGroupView``), in id order
+    security_groups: tuple[int, ...] = ()
 
     @property
     def port_name(self) -> str:
@@ -108,6 +112,47 @@ class FloatingView:
 
 
 @dataclass(frozen=True)
+class RuleView:
+    """One security group rule: admit ``direction`` traffic of ``ethertype`` ("IPv4"/"IPv6").
+
+    ``protocol`` is an IP protocol number (None: any). TCP/UDP: ``port_min``..``port_max`` is
+    the destination port range (None: every port). ICMP/ICMPv6: ``port_min`` is the type and
+    ``port_max`` the code (None: any). Remote: ``remote_cidr`` (source for ingress,
+    destination for egress), or the addresses of ``remote_group``'s members.
+    """
+
+    id: int
+    direction: str
+    ethertype: str
+    protocol: int | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_cidr: str | None = None
+    remote_group: int | None = None
+
+
+@dataclass(frozen=True)
+class SecurityGroupView:
+    id: int
+    name: str
+    project_id: str
+    stateful: bool = True
+    rules: tuple[RuleView, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProviderRuleView:
+    """An operator-wide drop of inbound new connections from ``cidr`` (nova's provider
+    chain); protocol and ports as in :class:`RuleView`."""
+
+    id: int
+    cidr: str
+    protocol: int | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+
+
+@dataclass(frozen=True)
 class StateView:
     """Everything the data plane needs, read in one transaction at ``revision``."""
 
@@ -115,6 +160,10 @@ class StateView:
     networks: dict[int, NetworkView]
     vifs: tuple[VifView, ...]
     floating_ips: tuple[FloatingView, ...] = ()
+    security_groups: dict[int, SecurityGroupView] = field(default_factory=dict)
+    provider_rules: tuple[ProviderRuleView, ...] = ()
+    #: nova's allow_same_net_traffic: instances admit inbound traffic from their own network
+    allow_same_net_traffic: bool = True
 
     def vif_by_port_name(self, name: str) -> VifView | None:
         for vif in self.vifs:

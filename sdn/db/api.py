@@ -168,13 +168,15 @@ def current_revision(engine: Engine) -> int:
 
 
 def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 120,
-               mtu: int | None = None, metadata_route: bool = False) -> view.StateView:
+               mtu: int | None = None, metadata_route: bool = False,
+               allow_same_net_traffic: bool = True) -> view.StateView:
     """Every network and VIF as a StateView, read in one transaction.
 
     ``domain``/``lease_time``/``mtu`` are the dhcp_domain, dhcp_lease_time (s) and
     network_device_mtu options. A VIF's ``addresses`` are the fixed IPs allocated to it.
     ``metadata_route`` gives every network a host route 169.254.169.254/32 via its gateway
-    (DHCP option 121), where sdn's router forwards metadata requests.
+    (DHCP option 121), where sdn's router forwards metadata requests. Security groups with
+    their rules, each VIF's groups and the provider rules come along (``sdn.firewall``).
     """
     with read_transaction(engine) as session:
         revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
@@ -215,15 +217,44 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                        models.AllowedAddressPair.ip_cidr).order_by(models.AllowedAddressPair.id)):
             pairs.setdefault(vif_id, []).append((mac, ip_cidr))
         Vif, Inst = models.VirtualInterface, models.Instance
+        groups_of: dict[str, list[int]] = {}
+        Member = models.SecurityGroupInstance
+        for uuid, gid in session.execute(select(Member.instance_uuid, Member.security_group_id)
+                                         .order_by(Member.security_group_id)):
+            groups_of.setdefault(uuid, []).append(gid)
         vifs = tuple(
             view.VifView(uuid=uuid, mac=mac, network_id=network_id, instance=name, hostname=hostname,
                          addresses=tuple(addresses.get(vif_id, ())), project_id=project_id,
                          port_security=port_security,
-                         allowed_address_pairs=tuple(pairs.get(vif_id, ())))
-            for vif_id, uuid, mac, network_id, port_security, name, hostname, project_id
+                         allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
+                         security_groups=tuple(groups_of.get(inst_uuid, ())))
+            for vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid
             in session.execute(
                 select(Vif.id, Vif.uuid, Vif.address, Vif.network_id, Vif.port_security, Inst.name,
-                       Inst.hostname, Inst.project_id)
+                       Inst.hostname, Inst.project_id, Inst.uuid)
                 .join(Inst, Vif.instance_uuid == Inst.uuid).order_by(Vif.id)))
         return view.StateView(revision=revision or 0, networks=networks, vifs=vifs,
-                              floating_ips=floating_ips)
+                              floating_ips=floating_ips, security_groups=_security_groups(session),
+                              provider_rules=tuple(
+                                  view.ProviderRuleView(id=r.id, cidr=r.cidr, protocol=r.protocol,
+                                                        port_min=r.port_min, port_max=r.port_max)
+                                  for r in session.scalars(select(models.ProviderFirewallRule)
+                                                           .order_by(models.ProviderFirewallRule.id))),
+                              allow_same_net_traffic=allow_same_net_traffic)
+
+
+def _security_groups(session: Session) -> dict[int, view.SecurityGroupView]:
+    Rule = models.SecurityGroupRule
+    rules: dict[int, list[view.RuleView]] = {}
+    for r in session.execute(select(Rule.id, Rule.parent_group_id, Rule.direction, Rule.ethertype,
+                                    Rule.protocol, Rule.port_min, Rule.port_max, Rule.remote_cidr,
+                                    Rule.remote_group_id).order_by(Rule.id)):
+        rules.setdefault(r.parent_group_id, []).append(view.RuleView(
+            id=r.id, direction=r.direction, ethertype=r.ethertype, protocol=r.protocol,
+            port_min=r.port_min, port_max=r.port_max, remote_cidr=r.remote_cidr,
+            remote_group=r.remote_group_id))
+    Group = models.SecurityGroup
+    return {g.id: view.SecurityGroupView(id=g.id, name=g.name, project_id=g.project_id,
+                                         stateful=g.stateful, rules=tuple(rules.get(g.id, ())))
+            for g in session.execute(select(Group.id, Group.name, Group.project_id, Group.stateful)
+                                     .order_by(Group.id))}

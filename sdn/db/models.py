@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -121,6 +121,77 @@ class AllowedAddressPair(Base):
     vif_id: Mapped[int] = mapped_column(ForeignKey("virtual_interfaces.id", ondelete="CASCADE"), index=True)
     mac: Mapped[str] = mapped_column(String(17))
     ip_cidr: Mapped[str] = mapped_column(String(43))
+
+
+class SecurityGroup(Base):
+    """A project's named set of firewall rules (nova ``security_groups``). ``stateful`` False:
+    no connection tracking, every packet must match a rule (replies included)."""
+
+    __tablename__ = "security_groups"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    project_id: Mapped[str] = mapped_column(String(255), index=True)
+    stateful: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+    rules: Mapped[list[SecurityGroupRule]] = relationship(
+        cascade="all, delete-orphan", order_by="SecurityGroupRule.id",
+        foreign_keys="SecurityGroupRule.parent_group_id")
+
+
+class SecurityGroupRule(Base):
+    """One allow rule (nova ``security_group_rules`` + Neutron's direction/ethertype).
+
+    ``protocol`` is an IP protocol number, None for any. For TCP/UDP ``port_min``/``port_max``
+    bound the destination port (None: every port); for ICMP/ICMPv6 they are the type and code
+    (None: any). The remote is ``remote_cidr`` or the members of ``remote_group_id``.
+    """
+
+    __tablename__ = "security_group_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_group_id: Mapped[int] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True)
+    direction: Mapped[str] = mapped_column(String(7))       # ingress | egress
+    ethertype: Mapped[str] = mapped_column(String(4))       # IPv4 | IPv6
+    protocol: Mapped[int | None] = mapped_column(Integer)
+    port_min: Mapped[int | None] = mapped_column(Integer)
+    port_max: Mapped[int | None] = mapped_column(Integer)
+    remote_cidr: Mapped[str | None] = mapped_column(String(43))
+    remote_group_id: Mapped[int | None] = mapped_column(
+        ForeignKey("security_groups.id"), index=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class SecurityGroupInstance(Base):
+    """Which instances are in which security groups (nova
+    ``security_group_instance_association``)."""
+
+    __tablename__ = "security_group_instance_association"
+    __table_args__ = (UniqueConstraint("security_group_id", "instance_uuid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    security_group_id: Mapped[int] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True)
+    instance_uuid: Mapped[str] = mapped_column(
+        ForeignKey("instances.uuid", ondelete="CASCADE"), index=True)
+
+
+class ProviderFirewallRule(Base):
+    """An operator-wide drop of inbound traffic to every instance, evaluated before the tenants'
+    rules (nova ``provider_fw_rules``). Same protocol/port fields as a security group rule."""
+
+    __tablename__ = "provider_fw_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    protocol: Mapped[int | None] = mapped_column(Integer)
+    port_min: Mapped[int | None] = mapped_column(Integer)
+    port_max: Mapped[int | None] = mapped_column(Integer)
+    cidr: Mapped[str] = mapped_column(String(43))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class StateRevision(Base):
