@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -29,11 +30,16 @@ def _nat(nat: m.Nat):
 
 
 def _ct(action: m.Ct):
-    nat = [] if action.nat is None else [_nat(action.nat)]
-    return parser.NXActionCT(flags=NX_CT_F_COMMIT if action.commit else 0, zone_src="",
-                             zone_ofs_nbits=action.zone,
+    nested = ([] if action.nat is None else [_nat(action.nat)]) + [
+        parser.OFPActionSetField(**{f.field: f.value}) for f in action.marks]
+    if isinstance(action.zone, str):   # zone from a register's bits 0..15
+        zone_src, zone = action.zone, nicira_ext.ofs_nbits(0, 15)
+    else:
+        zone_src, zone = "", action.zone
+    return parser.NXActionCT(flags=NX_CT_F_COMMIT if action.commit else 0, zone_src=zone_src,
+                             zone_ofs_nbits=zone,
                              recirc_table=int(action.table) if action.table is not None
-                             else NX_CT_RECIRC_NONE, alg=0, actions=nat)
+                             else NX_CT_RECIRC_NONE, alg=0, actions=nested)
 
 
 #: os-ken object of each action: the reference encoding (``sdn.apps.ofwire`` packs the same
@@ -52,6 +58,8 @@ ACTIONS = m.ActionTable("ofmsgs", {
     m.Group: lambda a: parser.OFPActionGroup(a.group_id),
     m.Resubmit: lambda a: parser.NXActionResubmitTable(in_port=ofwire.RESUBMIT_IN_PORT,
                                                        table_id=int(a.table)),
+    m.Conjunction: lambda a: parser.NXActionConjunction(clause=a.clause - 1, n_clauses=a.n_clauses,
+                                                        id_=a.conj_id),
 })
 
 

@@ -172,11 +172,15 @@ def _set_field(a: m.SetField) -> bytes:
 
 
 def _ct(a: m.Ct) -> bytes:
-    nat = b"" if a.nat is None else _nat(a.nat)
+    nested = (b"" if a.nat is None else _nat(a.nat)) + b"".join(_set_field(f) for f in a.marks)
     recirc = int(a.table) if a.table is not None else NX_CT_RECIRC_NONE
+    if isinstance(a.zone, str):    # zone from a register's bits 0..15 (ofs 0, n_bits 16)
+        zone_src, zone = _oxm_header(a.zone), nicira_ext.ofs_nbits(0, 15)
+    else:
+        zone_src, zone = bytes(4), a.zone
     return _nx(nicira_ext.NXAST_CT,
-               struct.pack("!H4sHB3xH", NX_CT_F_COMMIT if a.commit else 0, bytes(4), a.zone,
-                           recirc, 0) + nat)
+               struct.pack("!H4sHB3xH", NX_CT_F_COMMIT if a.commit else 0, zone_src, zone,
+                           recirc, 0) + nested)
 
 
 _EMPTY_ACTION = struct.Struct("!HH4x")   # pop_vlan, dec_nw_ttl: type, length 8
@@ -198,6 +202,8 @@ ACTIONS = m.ActionTable("ofwire", {
     m.Group: lambda a: _ACTION_GROUP.pack(ofp.OFPAT_GROUP, 8, a.group_id),
     m.Resubmit: lambda a: _nx(nicira_ext.NXAST_RESUBMIT_TABLE,
                               struct.pack("!HB", RESUBMIT_IN_PORT, int(a.table))),
+    m.Conjunction: lambda a: _nx(nicira_ext.NXAST_CONJUNCTION,
+                                 struct.pack("!BBI", a.clause - 1, a.n_clauses, a.conj_id)),
 })
 
 

@@ -9,15 +9,18 @@ unknown MAC) hits the table's drop. Output to the ingress port is dropped by Ope
 so floods never echo back. Trunks must form a tree.
 
 Flood groups (type all, OpenFlow 1.3 §5.6.1): one bucket per local VIF and one for the trunks.
-A VIF's copy goes straight out of its port, unless a feature filters what that VIF receives
-(``dp.ingress_filtered``): then its bucket sets reg7 and resubmits to the ingress ACL, so the
-copy meets its receiver's security groups. Limits of one flood on OVS: a translation may do at
-most 4,096 resubmits (a filtered copy costs 2: resubmit, goto output), so ~2,000 filtered ports;
+A VIF's copy goes straight out of its port. When a feature filters what some VIFs receive
+(``dp.ingress_filtered``: security groups), IPv4/IPv6 floods take a second group whose copies
+to those VIFs set reg7 and resubmit to the ingress ACL, so each copy meets its receiver's
+security groups; ARP and other non-IP floods keep the plain group. Limits of one flood on OVS:
+a translation may do at most 4,096 resubmits (a filtered copy costs 2), so an IP flood reaches
+~2,000 filtered ports of one network on one switch;
 and at most 64 KB of datapath actions, ~8,000 outputs. One OpenFlow message holds at most
 64 KB (~2,000 output buckets), so a network with more than ``FLOOD_CHUNK`` local VIFs gets a
 root group whose buckets apply chunk groups of ``FLOOD_CHUNK`` VIFs each (5,000 VIFs of one
 network on one switch are tested on OVS).
-Group ids: ``entry_id(Feature.L2, slot << 4 | chunk)``, slot = network id mod 4,096. A group
+Group ids: ``entry_id(Feature.L2, slot << 4 | variant << 3 | chunk)``, slot = network id mod
+4,096, variant 1 = the IP group, chunk 0 = root. A group
 id must keep its meaning across syncs (groups change before the flow bundle that stops using
 them), so it comes from the network, not from its position on the datapath; two networks of
 one datapath whose ids collide mod 4,096 take the next free slots in id order.
@@ -26,7 +29,7 @@ one datapath whose ids collide mod 4,096 take the next free slots in id order.
 from __future__ import annotations
 
 from sdn.flows.context import DatapathContext
-from sdn.flows.model import (Feature, Flow, Group, GroupEntry, Output, PushVlan, Reg, Resubmit,
+from sdn.flows.model import (EthType, Feature, Flow, Group, GroupEntry, Output, PushVlan, Reg, Resubmit,
                              SetField, Table, entry_id, flow, vlan_vid)
 from sdn.flows.pipeline import next_table
 from sdn.view import NetworkView, VifView
@@ -37,7 +40,7 @@ PRIO_FLOOD = 50
 PRIO_OUTPUT = 100
 MULTICAST = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 FLOOD_CHUNK = 1000
-_CHUNKS_MAX = 15
+_CHUNKS_MAX = 7       # chunk bits 0-2; bit 3 tells the IP variant
 _NETWORKS_MAX = 4096
 
 
@@ -79,29 +82,32 @@ def flood_slots(network_ids: list[int]) -> dict[int, int]:
     return out
 
 
-def flood_group_id(index: int, chunk: int = 0) -> int:
+def flood_group_id(index: int, chunk: int = 0, filtered: bool = False) -> int:
     """Group id of the flood group in slot ``index`` (see :func:`flood_slots`; chunk 0: the
-    group the flood flow applies)."""
+    group the flood flow applies; ``filtered``: the IP variant whose copies to filtered ports
+    pass through the ingress ACL)."""
     if not 0 <= index < _NETWORKS_MAX:
         raise ValueError(f"more than {_NETWORKS_MAX} networks on one datapath")
-    return entry_id(Feature.L2, index << 4 | chunk)
+    return entry_id(Feature.L2, index << 4 | (_CHUNKS_MAX + 1 if filtered else 0) | chunk)
 
 
 def flood_groups(index: int, ports: list[int], to_trunks: list,
                  filtered: frozenset[int] = frozenset()) -> list[GroupEntry]:
     """The flood group(s) of one network: first the chunk groups (if any), then the root.
-    Copies to ``filtered`` ports pass through the ingress ACL; the others are output."""
+    Copies to ``filtered`` ports pass through the ingress ACL; the others are output. With
+    ``filtered`` non-empty these are the IP variant's groups (other ids)."""
+    variant = bool(filtered)
     to_port = [(SetField(Reg.DST_PORT, port), Resubmit(Table.INGRESS_ACL)) if port in filtered
                else (Output(port),) for port in ports]
     trunk_bucket = [tuple(to_trunks)] if to_trunks else []
-    root_id = flood_group_id(index)
+    root_id = flood_group_id(index, filtered=variant)
     if len(ports) <= FLOOD_CHUNK:
         return [GroupEntry(Feature.L2, root_id, tuple(to_port + trunk_bucket))]
     chunks = [to_port[i:i + FLOOD_CHUNK] for i in range(0, len(to_port), FLOOD_CHUNK)]
     if len(chunks) > _CHUNKS_MAX:
         raise ValueError(f"{len(ports)} VIFs of one network on one datapath: at most "
                          f"{FLOOD_CHUNK * _CHUNKS_MAX} can share a flood domain")
-    groups = [GroupEntry(Feature.L2, flood_group_id(index, k + 1), tuple(chunk))
+    groups = [GroupEntry(Feature.L2, flood_group_id(index, k + 1, variant), tuple(chunk))
               for k, chunk in enumerate(chunks)]
     root = GroupEntry(Feature.L2, root_id,
                       tuple((Group(g.group_id),) for g in groups) + tuple(trunk_bucket))
@@ -132,9 +138,16 @@ def compile_network(network: NetworkView, local: list[tuple[int, VifView]],
         if gateway_remote:
             out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_REMOTE,
                             {Reg.NET: key, "eth_dst": network.gateway_mac}, to_trunks))
-    groups = flood_groups(index, [port for port, _ in sorted(local, key=lambda pv: pv[0])],
-                          to_trunks, filtered)
+    ports = [port for port, _ in sorted(local, key=lambda pv: pv[0])]
+    groups = flood_groups(index, ports, to_trunks)
     out += groups
     out.append(flow(Feature.L2, Table.L2_LOOKUP, PRIO_FLOOD, {Reg.NET: key, "eth_dst": MULTICAST},
                     [Group(groups[-1].group_id)]))
+    acl = filtered & set(ports)
+    if acl:   # IP floods meet the receivers' security groups; ARP and the rest need not
+        ip_groups = flood_groups(index, ports, to_trunks, frozenset(acl))
+        out += ip_groups
+        out += [flow(Feature.L2, Table.L2_LOOKUP, PRIO_FLOOD + 1,
+                     {Reg.NET: key, "eth_dst": MULTICAST, "eth_type": eth_type},
+                     [Group(ip_groups[-1].group_id)]) for eth_type in (EthType.IPV4, EthType.IPV6)]
     return out

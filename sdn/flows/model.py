@@ -23,7 +23,11 @@ class Table(enum.IntEnum):
 
     CLASSIFY = 0          # by in_port (VIF, trunk VLAN tag, public port) -> reg5/reg6
     PORT_SECURITY = 10    # anti-spoof: MAC/IP/ARP/ND, no rogue DHCP/RA
-    EGRESS_ACL = 20       # from a VIF: security groups (pass-through until they exist)
+    EGRESS_ACL = 20       # from a VIF: always-allowed traffic, else conntrack in the VIF's zone
+    EGRESS_ACL_STATE = 21     # established/related: does the admitting rule still apply?
+    EGRESS_ACL_RULES = 22     # new connections: the VIF's egress rules (commit, label = rule)
+    EGRESS_ACL_ACCEPT = 23    # accepted (counted) -> services
+    EGRESS_ACL_DROP = 24      # refused (counted)
     SERVICES = 30         # DHCP punt, gateway ARP responder, routed traffic -> L3
     UPLINK = 35           # from the public port: ARP for router addresses, accept -> L3
     L3_UNSNAT = 40        # conntrack SNAT zone: replies to SNATed connections
@@ -35,7 +39,11 @@ class Table(enum.IntEnum):
     L3_SNAT_COMMIT = 46   # new connections: commit the SNAT
     L3_OUTPUT = 47        # into the tenant network or out of the public port
     L2_LOOKUP = 50        # destination MAC within the segment: reg7 := local port, or trunks, or flood group
-    INGRESS_ACL = 60      # to a local VIF (reg7): security groups (pass-through until they exist)
+    INGRESS_ACL = 60      # to a local VIF (reg7): always-allowed traffic, else conntrack
+    INGRESS_ACL_STATE = 61    # established/related: does the admitting rule still apply?
+    INGRESS_ACL_RULES = 62    # new connections: provider drops, same-net, the VIF's ingress rules
+    INGRESS_ACL_ACCEPT = 63   # accepted (counted) -> output
+    INGRESS_ACL_DROP = 64     # refused (counted)
     OUTPUT = 70           # output to reg7
 
     @property
@@ -46,6 +54,7 @@ class Table(enum.IntEnum):
 class Reg:
     """Registers carried through the pipeline (NXM reg0-7, OpenFlow 1.3 via OVS extensions)."""
 
+    ACL_ZONE = "reg2"       # security groups: conntrack zone of the VIF being filtered
     L3_DNAT_DONE = "reg3"   # router pass: 1 = DNAT done in this pass (skip un-DNAT)
     L3_TO_TENANT = "reg4"   # router pass: 1 = next hop is a tenant port
     SRC_PORT = "reg5"       # ofport the packet came in on
@@ -81,6 +90,7 @@ class Feature(enum.IntEnum):
     GATEWAY_ARP = 0x05    # sdn/flows/arp_responder.py
     L2 = 0x06             # sdn/flows/l2.py
     ROUTER = 0x07         # sdn/flows/router.py: gateway routing, floating IPs, SNAT, metadata, VPN
+    SECURITY_GROUPS = 0x08  # sdn/flows/security_groups.py: stateful firewall per VIF
 
 
 #: Top byte of every sdn cookie; lets sdn find its own flows and leave others' alone.
@@ -204,12 +214,17 @@ class Nat:
 
 @dataclass(frozen=True, slots=True)
 class Ct:
-    """Send through conntrack in ``zone``; continue in ``table`` (recirculation) if given."""
+    """Send through conntrack in ``zone``; continue in ``table`` (recirculation) if given.
 
-    zone: int
+    ``zone`` is a number, or a register name whose low 16 bits hold it (``"reg2"``: one flow
+    serves every VIF's zone). ``marks`` are ``SetField``s of ``ct_mark``/``ct_label`` applied
+    to the connection on commit (OVS ``exec(...)``)."""
+
+    zone: int | str
     table: Table | None = None
     commit: bool = False
     nat: Nat | None = None
+    marks: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +242,23 @@ class Resubmit:
     table: Table
 
 
+@dataclass(frozen=True, slots=True)
+class Conjunction:
+    """Clause ``clause`` (1-based) of ``n_clauses`` of conjunctive match ``conj_id`` (OVS
+    ``conjunction(id,k/n)``): a packet matching a flow of every clause matches the flow with
+    ``conj_id=id``. Lets M x N combinations cost M + N flows (ovs-fields(7))."""
+
+    conj_id: int
+    clause: int
+    n_clauses: int
+
+
 Action = Union[Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct, Group,
-               Resubmit]
+               Resubmit, Conjunction]
 #: Every action type; each encoder (``sdn.apps.ofwire``, ``sdn.apps.ofmsgs``,
 #: ``sdn.flows.ofctl``, ``sdn.flows.trace``) handles each of them (tested).
 ACTION_TYPES = (Output, Controller, PushVlan, PopVlan, SetField, Move, Meter, DecTtl, Ct, Group,
-                Resubmit)
+                Resubmit, Conjunction)
 
 #: ct_state bits (OVS nicira-ext): match with (value, mask).
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20

@@ -16,10 +16,10 @@ _FIELD = {
     "arp_tha": "arp_tha", "ipv6_src": "ipv6_src", "ipv6_dst": "ipv6_dst",
     "icmpv6_type": "icmpv6_type", "icmpv6_code": "icmpv6_code", "ipv6_nd_target": "nd_target",
     "ipv6_nd_sll": "nd_sll", "ipv6_nd_tll": "nd_tll", "icmpv4_type": "icmp_type",
-    "icmpv4_code": "icmp_code",
+    "icmpv4_code": "icmp_code", "sctp_src": "sctp_src", "sctp_dst": "sctp_dst",
 }
 _FIELD.update({f"reg{i}": f"reg{i}" for i in range(8)})
-_FIELD["ct_state"] = "ct_state"
+_FIELD.update({f: f for f in ("ct_state", "ct_mark", "ct_label", "ct_zone", "conj_id")})
 _CT_FLAGS = ((m.CT_NEW, "new"), (m.CT_EST, "est"), (m.CT_REL, "rel"), (m.CT_RPL, "rpl"),
              (m.CT_INV, "inv"), (m.CT_TRK, "trk"))
 
@@ -50,9 +50,15 @@ def _value(value) -> str:
     return str(value)
 
 
+def _zone(zone: int | str) -> str:
+    return f"NXM_NX_{zone.upper()}[0..15]" if isinstance(zone, str) else str(zone)
+
+
 def _ct(action: m.Ct) -> str:
-    args = (["commit"] if action.commit else []) + [f"zone={action.zone}"]
+    args = (["commit"] if action.commit else []) + [f"zone={_zone(action.zone)}"]
     args += [_nat(action.nat)] if action.nat else []
+    if action.marks:
+        args.append("exec(" + ",".join(m.dispatch(ACTIONS, a) for a in action.marks) + ")")
     args += [f"table={int(action.table)}"] if action.table is not None else []
     return f"ct({','.join(args)})"
 
@@ -70,6 +76,7 @@ ACTIONS = m.ActionTable("ofctl", {
     m.Ct: _ct,
     m.Group: lambda a: f"group:{a.group_id}",
     m.Resubmit: lambda a: f"resubmit(,{int(a.table)})",
+    m.Conjunction: lambda a: f"conjunction({a.conj_id},{a.clause}/{a.n_clauses})",
 })
 
 
@@ -85,8 +92,9 @@ def render(flow: m.Flow, generation: int | None = None) -> str:
     if generation is not None:
         parts.append(f"cookie={m.cookie(flow.feature, generation):#x}")
     parts += [f"table={int(flow.table)}", f"priority={flow.priority}"]
-    parts += [f"ct_state={_ct_state(v)}" if k == "ct_state" else f"{field_name(k)}={_value(v)}"
-              for k, v in flow.match]
+    parts += [f"ct_state={_ct_state(v)}" if k == "ct_state"
+              else f"in_port={v}" if k == "in_port"     # ovs-ofctl reads a port number in decimal
+              else f"{field_name(k)}={_value(v)}" for k, v in flow.match]
     acts = [m.dispatch(ACTIONS, a) for a in flow.actions]
     if flow.goto is not None:
         acts.append(f"goto_table:{int(flow.goto)}")

@@ -8,7 +8,12 @@ here and that goto_table only moves forward (OpenFlow 1.3 §5.1).
 
 Main line (every frame from a VIF)::
 
-  classify -> port_security -> egress_acl -> services -> l2_lookup -> ingress_acl -> output
+  classify -> port_security -> egress_acl(_state, _rules, _accept) -> services -> l2_lookup
+    -> ingress_acl(_state, _rules, _accept) -> output
+
+The ACL stages belong to ``sdn.flows.security_groups``; a VIF it does not filter (and what is
+not IP) skips from ``egress_acl`` to ``services`` and from ``ingress_acl`` to ``output`` by
+table-miss. Refusals go to ``egress_acl_drop``/``ingress_acl_drop`` (counted apart).
 
 Frames from a trunk skip port security and the egress ACL (the far end ran them):
 ``classify -> services``. Routed frames (to a gateway MAC, or from the public port) take the
@@ -38,11 +43,24 @@ class Stage:
 MAIN = (
     Stage(Table.CLASSIFY, DROP, "which VIF/segment: reg5 source port, reg6 segment key"),
     Stage(Table.PORT_SECURITY, DROP, "a VIF speaks only as itself"),
-    Stage(Table.EGRESS_ACL, NEXT, "security groups on what a VIF sends"),
+    Stage(Table.EGRESS_ACL, Table.SERVICES, "from a filtered VIF: always-allowed, else conntrack"),
+    Stage(Table.EGRESS_ACL_STATE, Table.EGRESS_ACL_DROP, "established: admitting rule still on?"),
+    Stage(Table.EGRESS_ACL_RULES, Table.EGRESS_ACL_DROP, "new connections: egress rules"),
+    Stage(Table.EGRESS_ACL_ACCEPT, NEXT, "accepted by the egress ACL"),
     Stage(Table.SERVICES, NEXT, "DHCP punt, gateway ARP responder, routed frames to the router"),
     Stage(Table.L2_LOOKUP, DROP, "destination in the segment: reg7, trunks or flood group"),
-    Stage(Table.INGRESS_ACL, NEXT, "security groups on what a local VIF receives"),
+    Stage(Table.INGRESS_ACL, Table.OUTPUT, "to a filtered VIF: always-allowed, else conntrack"),
+    Stage(Table.INGRESS_ACL_STATE, Table.INGRESS_ACL_DROP, "established: admitting rule still on?"),
+    Stage(Table.INGRESS_ACL_RULES, Table.INGRESS_ACL_DROP,
+          "new connections: provider drops, same network, ingress rules"),
+    Stage(Table.INGRESS_ACL_ACCEPT, NEXT, "accepted by the ingress ACL"),
     Stage(Table.OUTPUT, DROP, "output to reg7"),
+)
+
+#: Where the ACLs drop (a table each, so drops are counted apart from accepts).
+ACL_DROPS = (
+    Stage(Table.EGRESS_ACL_DROP, DROP, "refused by the egress ACL"),
+    Stage(Table.INGRESS_ACL_DROP, DROP, "refused by the ingress ACL"),
 )
 
 #: The router's branch (network host only), in order; each table's miss.
@@ -72,11 +90,18 @@ BRANCHES: dict[Table, tuple[Table, ...]] = {
     Table.L3_SNAT_COMMIT: (Table.L3_OUTPUT,),
     Table.L3_OUTPUT: (Table.L2_LOOKUP,),                   # into the destination segment
     Table.L2_LOOKUP: (Table.INGRESS_ACL,),                 # flood group buckets (resubmit)
+    Table.EGRESS_ACL: (Table.EGRESS_ACL_RULES, Table.EGRESS_ACL_ACCEPT),  # stateless; bypass
+    Table.EGRESS_ACL_STATE: (Table.EGRESS_ACL_ACCEPT, Table.EGRESS_ACL_DROP),
+    Table.EGRESS_ACL_RULES: (Table.EGRESS_ACL_DROP,),
+    Table.INGRESS_ACL: (Table.INGRESS_ACL_RULES, Table.INGRESS_ACL_ACCEPT),
+    Table.INGRESS_ACL_STATE: (Table.INGRESS_ACL_ACCEPT, Table.INGRESS_ACL_DROP),
+    Table.INGRESS_ACL_RULES: (Table.INGRESS_ACL_DROP,),
 }
 
-STAGES: tuple[Stage, ...] = MAIN + ROUTER
+STAGES: tuple[Stage, ...] = MAIN + ACL_DROPS + ROUTER
 _NEXT = {a.table: b.table for line in (MAIN, ROUTER) for a, b in zip(line, line[1:])}
 _MISS = {s.table: s.miss for s in STAGES}
+_STAGE = {s.table: s for s in STAGES}
 
 
 def next_table(table: Table) -> Table:
@@ -87,7 +112,8 @@ def next_table(table: Table) -> Table:
 def successors(table: Table) -> frozenset[Table]:
     """Every table ``table`` may send a packet to (next stage and declared branches)."""
     nxt = {_NEXT[table]} if table in _NEXT else set()
-    return frozenset(nxt | set(BRANCHES.get(table, ())))
+    miss = miss_goto(_STAGE[table])
+    return frozenset(nxt | set(BRANCHES.get(table, ())) | ({miss} if miss is not None else set()))
 
 
 def miss_goto(stage: Stage) -> Table | None:
@@ -100,7 +126,7 @@ def miss_goto(stage: Stage) -> Table | None:
 def compile_defaults(router: bool = False) -> list[Flow]:
     """One priority-0 flow per table: drop, or go on. The router's tables only when this
     datapath routes (``router``)."""
-    stages = STAGES if router else MAIN
+    stages = STAGES if router else MAIN + ACL_DROPS
     return [flow(Feature.PIPELINE, s.table, 0, goto=miss_goto(s)) for s in stages]
 
 

@@ -97,7 +97,8 @@ def trace(flows, packet: dict, groups=None) -> Result:
         entries.sort(key=lambda f: -f.priority)
     pkt = {"vlan_vid": m.OFPVID_NONE, **packet}
     pkt.update({f"reg{i}": 0 for i in range(8) if f"reg{i}" not in pkt})
-    pkt.setdefault("ct_state", 0)
+    for name in ("ct_state", "ct_mark", "ct_label"):
+        pkt.setdefault(name, 0)
     result = Result(packet=pkt)
     try:
         _Walk(tables, groups or {}, result).run(0, pkt, 0)
@@ -105,6 +106,41 @@ def trace(flows, packet: dict, groups=None) -> Result:
         result.outputs, result.to_controller = [], False
         result.failed = f"too many resubmits (more than {RESUBMITS_MAX})"
     return result
+
+
+def _lookup(entries: list[m.Flow], pkt: dict) -> m.Flow | None:
+    """The flow a packet hits in one table (``entries`` by descending priority), conjunctive
+    matches included: flows whose actions are all ``conjunction`` only vote; when every clause
+    of an id is matched at a priority, the flow matching ``conj_id`` = that id is hit."""
+    votes: dict[int, set[int]] = defaultdict(set)
+    needed: dict[int, int] = {}
+    level = None
+    for f in entries:
+        if level is not None and f.priority < level:
+            hit = _complete(entries, pkt, votes, needed)
+            if hit is not None:
+                return hit
+            votes.clear()
+        level = f.priority
+        if any(name == "conj_id" for name, _ in f.match) or not _matches(pkt, f.match):
+            continue
+        if f.actions and all(isinstance(a, m.Conjunction) for a in f.actions):
+            for a in f.actions:
+                votes[a.conj_id].add(a.clause)
+                needed[a.conj_id] = a.n_clauses
+            continue
+        if not votes:
+            return f
+    return _complete(entries, pkt, votes, needed)
+
+
+def _complete(entries, pkt, votes, needed) -> m.Flow | None:
+    for conj_id in sorted(c for c, clauses in votes.items() if len(clauses) == needed[c]):
+        probe = {**pkt, "conj_id": conj_id}
+        for f in entries:
+            if any(name == "conj_id" for name, _ in f.match) and _matches(probe, f.match):
+                return f
+    return None
 
 
 @dataclass
@@ -124,7 +160,7 @@ class _Walk:
         if depth > _DEPTH_MAX:
             raise RecursionError(f"resubmit/group nesting deeper than {_DEPTH_MAX}")
         while table is not None:
-            hit = next((f for f in self.tables.get(table, []) if _matches(pkt, f.match)), None)
+            hit = _lookup(self.tables.get(table, []), pkt)
             if hit is None:
                 return  # table-miss without a flow: drop (OpenFlow 1.3 §5.4)
             self.result.path.append(hit)
@@ -142,6 +178,11 @@ class _Walk:
             if isinstance(action, m.Ct):
                 self.result.cts.append(action)
                 _nat(action, pkt)
+                if action.commit:
+                    for mark in action.marks:
+                        pkt[mark.field] = mark.value
+                if action.table is None:
+                    continue   # no recirculation: the actions go on
                 self.recirculate = int(action.table) if action.table is not None else None
                 return True  # the rest of the pipeline runs on the recirculated packet
             if isinstance(action, m.Resubmit):
@@ -212,6 +253,7 @@ ACTIONS = m.ActionTable("trace", {
     m.Move: _move,
     m.Meter: _ignore,
     m.DecTtl: _ignore,
+    m.Conjunction: _ignore,   # handled by the table lookup (``_lookup``)
 })
 
 

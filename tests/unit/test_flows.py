@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.unit.views import open_view
 from sdn.flows import reconcile
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import Feature, Table, cookie, describe_cookie
@@ -21,7 +22,7 @@ A3 = VifView("aaaa3333-0000-0000-0000-000000000003", "fa:16:3e:00:00:a3", 1, "a3
              ("10.10.0.6",), "alpha")
 B1 = VifView("bbbb1111-0000-0000-0000-000000000001", "fa:16:3e:00:00:b1", 2, "b1", "b1",
              ("10.10.0.68",), "beta")
-VIEW = StateView(1, {1: ALPHA, 2: BETA}, (A1, A2, A3, B1))
+VIEW = open_view(1, {1: ALPHA, 2: BETA}, (A1, A2, A3, B1))
 TRUNK = 9
 # This datapath hosts a1 (port 1), a3 (port 3), b1 (port 2); a2 lives behind the trunk.
 PORTS = {A1.port_name: 1, B1.port_name: 2, A3.port_name: 3, "s1-trunk": TRUNK, "other": 7}
@@ -115,7 +116,7 @@ def test_flat_network_is_untagged_on_trunk():
     flat = NetworkView(3, "flat", "10.20.0.0/24", "255.255.255.0", "10.20.0.1", "10.20.0.255")
     f1 = VifView("ffff1111-0000", "fa:16:3e:00:00:f1", 3, "f1", "f1", ("10.20.0.4",))
     f2 = VifView("ffff2222-0000", "fa:16:3e:00:00:f2", 3, "f2", "f2", ("10.20.0.5",))
-    view = StateView(1, {3: flat}, (f1, f2))
+    view = open_view(1, {3: flat}, (f1, f2))
     fl = flows(view, {f1.port_name: 1, "s1-trunk": TRUNK})
     assert trace(fl, ipv4(f1, f2.mac, "10.20.0.5", 1)).outputs == [(TRUNK, None)]
     back = {"in_port": TRUNK, "eth_src": f2.mac, "eth_dst": f1.mac, "eth_type": 0x0800}
@@ -124,8 +125,11 @@ def test_flat_network_is_untagged_on_trunk():
 
 def test_every_used_table_ends_in_an_explicit_default():
     defaults = {(int(f.table), f.goto) for f in flows().flows if f.priority == 0}
-    assert defaults == {(0, None), (10, None), (20, Table.SERVICES), (30, Table.L2_LOOKUP),
-                        (50, None), (60, Table.OUTPUT), (70, None)}
+    assert defaults == {(0, None), (10, None), (20, Table.SERVICES), (21, Table.EGRESS_ACL_DROP),
+                        (22, Table.EGRESS_ACL_DROP), (23, Table.SERVICES), (24, None),
+                        (30, Table.L2_LOOKUP), (50, None), (60, Table.OUTPUT),
+                        (61, Table.INGRESS_ACL_DROP), (62, Table.INGRESS_ACL_DROP),
+                        (63, Table.OUTPUT), (64, None), (70, None)}
 
 
 def test_cookie_names_feature_and_generation():
@@ -145,7 +149,7 @@ def test_incremental_plan_touches_only_what_changed():
     before = reconcile.index(flows().flows)
     a4 = VifView("aaaa4444-0000-0000-0000-000000000004", "fa:16:3e:00:00:a4", 1, "a4", "a4",
                  ("10.10.0.7",), "alpha")
-    view = StateView(2, VIEW.networks, VIEW.vifs + (a4,))
+    view = open_view(2, VIEW.networks, VIEW.vifs + (a4,))
     after_desired = flows(view, {**PORTS, a4.port_name: 4})
     after = reconcile.index(after_desired.flows)
     plan = reconcile.plan_incremental(before, after)
@@ -155,7 +159,8 @@ def test_incremental_plan_touches_only_what_changed():
     assert touched_ports <= {4, None}
     assert not any(f.table == Table.L2_LOOKUP and f.priority == 50 for f in plan.adds)
     groups = reconcile.plan_groups(flows().groups, after_desired.groups)
-    assert not groups.add and not groups.delete and len(groups.modify) == 1
+    # the network's two flood groups (ARP and the rest; IP through the ingress ACL)
+    assert not groups.add and not groups.delete and len(groups.modify) == 2
     assert (4, None) in trace(after_desired, {"in_port": 1, "eth_src": A1.mac,
                                               "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
                                               "arp_op": 1, "arp_sha": A1.mac,
@@ -178,7 +183,7 @@ def test_full_plan_deletes_only_stale_sdn_generations():
 def _router_desired():
     from tests.unit.test_router import RS
     from sdn.view import FloatingView
-    view = StateView(1, VIEW.networks, VIEW.vifs, (FloatingView("172.30.0.65", "10.10.0.4", 1),))
+    view = open_view(1, VIEW.networks, VIEW.vifs, (FloatingView("172.30.0.65", "10.10.0.4", 1),))
     ports = {**PORTS, "pub": 8, "relay": 6}
     binding = bind_ports(view, ports, frozenset({"s1-trunk"}), "pub", frozenset({"relay"}))
     return compile_datapath(view, binding, CompileSettings(dhcp_rate_pps=10, relay_rate_pps=100,
@@ -241,22 +246,24 @@ def test_a_feature_that_filters_ingress_gets_flood_copies_and_unicast_through_it
     from sdn.flows import compiler, pipeline
     from sdn.flows.model import Reg, flow
     deny_a3 = types.SimpleNamespace(
-        compile=lambda dp: [flow(Feature.PIPELINE, Table.INGRESS_ACL, 100, {Reg.DST_PORT: 3})],
+        compile=lambda dp: [flow(Feature.PIPELINE, Table.INGRESS_ACL, 1000, {Reg.DST_PORT: 3})],
         ingress_filtered=lambda dp: {3})
     monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES + (deny_a3,))
     desired = flows()
-    arp = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
-           "arp_op": 1, "arp_sha": A1.mac, "arp_spa": "10.10.0.4", "arp_tpa": "10.10.0.6"}
-    r = trace(desired, arp)
+    bcast = ipv4(A1, "ff:ff:ff:ff:ff:ff", "10.10.0.63", 1)
+    r = trace(desired, bcast)
     assert sorted(r.outputs) == [(TRUNK, 100)]                 # a3's copy met the ACL's drop
     assert trace(desired, ipv4(A1, A3.mac, "10.10.0.6", 1)).dropped
+    arp = {"in_port": 1, "eth_src": A1.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
+           "arp_op": 1, "arp_sha": A1.mac, "arp_spa": "10.10.0.4", "arp_tpa": "10.10.0.6"}
+    assert sorted(trace(desired, arp).outputs) == [(3, None), (TRUNK, 100)]   # ARP: no ACL
     # positive control: without the feature the same frames reach a3
     monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES[:-1])
-    assert sorted(trace(flows(), arp).outputs) == [(3, None), (TRUNK, 100)]
-    # unfiltered copies cost no resubmit: straight outputs in the bucket
-    buckets = [b for g in flows().groups.values() for b in g.buckets]
-    assert all(pipeline.Table.INGRESS_ACL not in {getattr(a, "table", None) for a in b}
-               for b in buckets)
+    assert sorted(trace(flows(), bcast).outputs) == [(3, None), (TRUNK, 100)]
+    # copies of the plain (non-IP) flood cost no resubmit: straight outputs in the bucket
+    plain = [g for g in flows().groups.values() if not g.group_id & 0x8]
+    assert plain and all(pipeline.Table.INGRESS_ACL not in {getattr(a, "table", None) for a in b}
+                         for g in plain for b in g.buckets)
 
 
 def test_a_flood_beyond_the_switchs_resubmit_limit_is_dropped_whole_as_ovs_does(monkeypatch):
@@ -268,18 +275,22 @@ def test_a_flood_beyond_the_switchs_resubmit_limit_is_dropped_whole_as_ovs_does(
     from sdn.flows.trace import RESUBMITS_MAX
     n = RESUBMITS_MAX // 2 + 10
     vifs = tuple(VifView(f"cccc{i:04d}-0000", f"fa:16:3e:01:{i >> 8:02x}:{i & 255:02x}", 1, f"c{i}",
-                         f"c{i}", (), "alpha") for i in range(n))
-    view = StateView(1, {1: ALPHA}, vifs)
+                         f"c{i}", ("10.10.0.9",) if i == 0 else (), "alpha") for i in range(n))
+    view = open_view(1, {1: ALPHA}, vifs)
     ports = {v.port_name: i + 1 for i, v in enumerate(vifs)}
     every = types.SimpleNamespace(compile=lambda dp: [], ingress_filtered=lambda dp: set(dp.binding.vifs))
     monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES + (every,))
     src = vifs[0]
+    bcast = {"in_port": 1, "eth_src": src.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0800,
+             "ipv4_src": "10.10.0.9", "ipv4_dst": "255.255.255.255", "ip_proto": 17,
+             "udp_src": 5000, "udp_dst": 5000}
+    desired = compile_datapath(view, bind_ports(view, ports, frozenset()))
+    r = trace(desired, bcast)
+    assert r.failed and r.dropped
+    # positive control: an ARP flood (plain group, no ACL) reaches every other port
     arp = {"in_port": 1, "eth_src": src.mac, "eth_dst": "ff:ff:ff:ff:ff:ff", "eth_type": 0x0806,
            "arp_op": 1, "arp_sha": src.mac, "arp_spa": "0.0.0.0", "arp_tpa": "10.10.0.9"}
-    r = trace(compile_datapath(view, bind_ports(view, ports, frozenset())), arp)
-    assert r.failed and r.dropped
-    monkeypatch.setattr(compiler, "FEATURES", compiler.FEATURES[:-1])
-    r = trace(compile_datapath(view, bind_ports(view, ports, frozenset())), arp)
+    r = trace(desired, arp)
     assert not r.failed and len(r.outputs) == n - 1
 
 

@@ -6,12 +6,14 @@ import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from tests.unit.views import open_view
 from sdn.apps import ofmsgs, ofwire
 from sdn.flows import model as m
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import Feature, Table, flow
 from sdn.flows.router import RouterSettings
-from sdn.view import FloatingView, NetworkView, StateView, VifView
+from sdn.view import (FloatingView, NetworkView, ProviderRuleView, RuleView, SecurityGroupView,
+                      StateView, VifView)
 from tests.unit.fakeswitch import DatapathApi
 
 XID = 0x12345678
@@ -31,12 +33,23 @@ A2 = VifView("aaaa2222-0000", "fa:16:3e:00:00:a2", 1, "a2", "a2", ("10.34.0.4", 
                                              ("fa:16:3e:00:00:a2", "10.34.0.9")))
 A3 = VifView("aaaa3333-0000", "FA:16:3E:00:00:A3", 1, "a3", "a3", ("10.34.0.5",), "alpha",
              port_security=False)
-B1 = VifView("bbbb1111-0000", "fa:16:3e:00:00:b1", 2, "b1", "b1", ("10.34.0.67",), "beta")
-B2 = VifView("bbbb2222-0000", "fa:16:3e:00:00:b2", 2, "b2", "b2", ("10.34.0.68",), "beta")
+# beta's VIFs are in a stateful group with every kind of rule (conjunctions, ct labels/marks)
+WEB = SecurityGroupView(50, "web", "beta", rules=(
+    RuleView(51, "ingress", "IPv4", 6, 80, 80, remote_group=50),
+    RuleView(52, "ingress", "IPv4", 6, 1000, 2000, remote_cidr="192.0.2.0/24"),
+    RuleView(53, "ingress", "IPv4", 1, 8, None),
+    RuleView(54, "egress", "IPv4"), RuleView(55, "egress", "IPv6"),
+    RuleView(56, "ingress", "IPv6", 58, 128, 0, remote_cidr="2001:db8::/32")))
+B1 = VifView("bbbb1111-0000", "fa:16:3e:00:00:b1", 2, "b1", "b1", ("10.34.0.67",), "beta",
+             id=7, security_groups=(50,))
+B2 = VifView("bbbb2222-0000", "fa:16:3e:00:00:b2", 2, "b2", "b2", ("10.34.0.68",), "beta",
+             id=8, security_groups=(50,))
 C1 = VifView("cccc1111-0000", "fa:16:3e:00:00:c1", 3, "c1", "c1", ("10.35.0.7",), "gamma")
 F1 = FloatingView("172.30.0.65", "10.34.0.3", 1, "alpha")
 F2 = FloatingView("172.30.0.66", "10.35.0.7", 3, "gamma")
-VIEW = StateView(1, {1: ALPHA, 2: BETA, 3: FLAT}, (A1, A2, A3, B1, B2, C1), (F1, F2))
+VIEW = open_view(1, {1: ALPHA, 2: BETA, 3: FLAT}, (A1, A2, A3, B1, B2, C1), (F1, F2),
+                 security_groups={50: WEB},
+                 provider_rules=(ProviderRuleView(1, "198.51.100.0/24", 17, 53, 53),))
 RS = RouterSettings("172.30.0.2", "172.30.0.1", "02:00:00:00:00:01",
                     metadata_host="172.30.0.1", metadata_port=8775)
 # b2 lives behind the trunks; the public port is here

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from tests.unit.views import open_view
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.port_security import link_local
 from sdn.flows.trace import trace
@@ -17,7 +18,7 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 
 
 def run(packet, attacker=ATTACKER):
-    view = StateView(1, {1: NET}, (attacker, VICTIM))
+    view = open_view(1, {1: NET}, (attacker, VICTIM))
     ports = {attacker.port_name: 1, VICTIM.port_name: 2}
     flows = compile_datapath(view, bind_ports(view, ports, frozenset()))
     return trace(flows, {"in_port": 1, **packet})
@@ -97,7 +98,7 @@ def test_disabled_port_security_is_explicit_and_per_vif():
 
 
 def test_dhcp_punt_is_metered_per_vif_when_rate_limited():
-    view = StateView(1, {1: NET}, (ATTACKER, VICTIM))
+    view = open_view(1, {1: NET}, (ATTACKER, VICTIM))
     binding = bind_ports(view, {ATTACKER.port_name: 1, VICTIM.port_name: 2}, frozenset())
     flows = compile_datapath(view, binding, CompileSettings(dhcp_rate_pps=50)).flows
     punts = [f for f in flows if any(type(a).__name__ == "Controller" for a in f.actions)]

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from tests.unit.views import open_view
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import CT_EST, CT_NEW, CT_TRK, Nat, Table
 from sdn.flows.ofctl import render
@@ -19,7 +20,7 @@ A1 = VifView("aaaa1111-0000", "fa:16:3e:00:00:a1", 1, "a1", "a1", ("10.34.0.3",)
 A2 = VifView("aaaa2222-0000", "fa:16:3e:00:00:a2", 1, "a2", "a2", ("10.34.0.4",), "alpha")
 B1 = VifView("bbbb1111-0000", "fa:16:3e:00:00:b1", 2, "b1", "b1", ("10.34.0.67",), "beta")
 F1 = FloatingView("172.30.0.65", "10.34.0.3", 1, "alpha")
-VIEW = StateView(1, {1: ALPHA, 2: BETA}, (A1, A2, B1), (F1,))
+VIEW = open_view(1, {1: ALPHA, 2: BETA}, (A1, A2, B1), (F1,))
 RS = RouterSettings("172.30.0.2", "172.30.0.1", "02:00:00:00:00:01",
                     metadata_host="172.30.0.1", metadata_port=8775)
 PUB = 9
