@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.integration import netlab
@@ -56,6 +57,52 @@ class OvsBackend:
 
     def start(self, env):
         env.start_controller()
+
+    # -- waiting for the data plane after a CLI change (additive; the Linux backend's
+    #    wait_synced has the same signature)
+
+    @staticmethod
+    def sync_count(env) -> int:
+        """Syncs the controller logged so far ("datapath ... full|incremental sync: ...")."""
+        return sum(1 for line in env.controller_log().splitlines()
+                   if "datapath" in line and (" full sync: " in line or " incremental sync: " in line))
+
+    def wait_synced(self, env, timeout: float = 20, settle: float = 0.5) -> None:
+        """Wait until the controller has programmed the bridge for the state as it is now.
+
+        The controller polls the state revision (every 0.1 s) and runs an incremental sync when
+        it changed; it logs no revision. So: when the revision moved since the last call, wait
+        for a sync logged after that call, then for the bridge's flows (counters and cookies
+        aside) to stay the same for ``settle`` seconds (a sync requested for a later revision
+        would change them within that time). Fails fast if the controller died.
+        """
+        seen = self.__dict__.setdefault("_synced", {})
+        rev = LinuxBackend.revision(env)
+        last_rev, last_count = seen.get(id(env), (None, 0))
+        if rev != last_rev:
+            try:
+                wait_for(lambda: env._alive() and self.sync_count(env) > last_count, timeout,
+                         what=f"the controller to sync bridge {env.bridge.name} to revision {rev}")
+            except TimeoutError as err:
+                errors = [line for line in env.controller_log().splitlines()
+                          if " ERROR " in line or " WARNING " in line]
+                raise TimeoutError(f"{err}; controller errors/warnings (last 5):\n"
+                                   + "\n".join(errors[-5:])) from None
+        deadline = time.monotonic() + timeout
+        prev = netlab.flow_table(env.bridge.name)
+        stable_since = time.monotonic()
+        while True:
+            time.sleep(0.1)
+            env._alive()
+            cur = netlab.flow_table(env.bridge.name)
+            now = time.monotonic()
+            if cur != prev:
+                prev, stable_since = cur, now
+            elif now - stable_since >= settle:
+                break
+            if now > deadline:
+                raise TimeoutError(f"flows of {env.bridge.name} kept changing for {timeout}s")
+        seen[id(env)] = (rev, self.sync_count(env))
 
     def close(self):
         pass

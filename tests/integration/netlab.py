@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -149,6 +150,20 @@ def dump_flows(bridge: str, table: int | None = None) -> list[str]:
     out = sh(cmd).stdout
     return [line.strip() for line in out.splitlines()
             if line.strip() and not line.lstrip().startswith(("OFPST_FLOW", "NXST_FLOW"))]
+
+
+_FLOW_VOLATILE = re.compile(r"\b(cookie|duration|n_packets|n_bytes|idle_age|hard_age)=[^,\s]+,?\s*")
+
+
+def normalize_flow(line: str) -> str:
+    """A dump-flows line without what changes by itself or per sync (cookie, counters, ages)."""
+    return _FLOW_VOLATILE.sub("", line).strip()
+
+
+def flow_table(bridge: str) -> list[str]:
+    """The bridge's flows, normalized (``normalize_flow``) and sorted: equal lists mean the
+    same flows are installed."""
+    return sorted(normalize_flow(f) for f in dump_flows(bridge))
 
 
 def dump_flows_text(bridge: str) -> str:
@@ -834,7 +849,7 @@ def merge_sections(base: dict[str, dict], extra: dict[str, dict] | None) -> dict
 
 __all__: Iterable[str] = [
     "sh", "CommandError", "wait_for", "random_suffix", "free_tcp_port", "random_mac", "ovs_available", "start_ovs",
-    "link_exists", "netns_list", "dump_flows", "dump_flows_text", "add_flow", "trace", "ofport",
+    "link_exists", "netns_list", "dump_flows", "normalize_flow", "flow_table", "dump_flows_text", "add_flow", "trace", "ofport",
     "controller_connected", "Bridge", "create_bridge", "DHCLIENT_SCRIPT", "write_dhclient_files",
     "dhclient_argv", "read_dhclient_events", "Dhclient", "Capture", "NetnsHost", "SdnEnv",
     "write_sdn_conf", "find_sdn_exe", "merge_sections",
