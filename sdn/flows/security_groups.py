@@ -22,7 +22,7 @@ port + protocol + ports, so flows grow with members + VIFs x rules, never member
 Flow count of one datapath (F = filtered VIFs here, R_v = rule matches of VIF v after port
 ranges are split into masks, G_v = its groups, M = member addresses per (remote group,
 direction, ethertype) in use, P = provider matches, S = stateful VIFs):
-  entry: 12 per stateful VIF (10 always-allowed + 2 ct), 12 per stateless;
+  entry: 17 per VIF (7 egress + 6 ingress always-allowed, 2 IP versions x 2 directions);
   rules: sum R_v + same-net (1 per VIF, if on) + P + M + one conj_id flow per remote-group rule;
   state: 1 per stateful VIF per direction (its group clause) + 1 per rule of its groups per
   direction (label clause) + 1 per group (conj_id) per direction + 6 shared per direction.
