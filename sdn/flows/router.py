@@ -51,6 +51,11 @@ def _cidr(cidr: str):
     return (str(net.network_address), str(net.netmask))
 
 
+def _address_mark(address: str) -> int:
+    """ct_mark of a floating IP's DNAT connections: its address as a 32-bit number."""
+    return int(ipaddress.IPv4Address(address))
+
+
 def _f(table: Table, priority: int, match: dict, actions: Iterable = (), goto=None) -> Flow:
     return flow(Feature.ROUTER, table, priority, match, tuple(actions), goto)
 
@@ -118,24 +123,35 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
         flows.append(_f(Table.L3_DNAT, 300, {**ip, Reg.SRC_PORT: public_port, "ipv4_dst": c,
                                              "ct_state": ct_state(plus=CT_NEW | CT_TRK)}))
     flows.append(_f(Table.L3_DNAT, 300, {**ip, "ct_state": ct_state(plus=CT_INV | CT_TRK)}))
-    dnat_targets = [({**ip, "ipv4_dst": f.address}, Nat("dst", f.fixed_address))
-                    for f in floating]
+    # A floating IP's connections carry its address in ct_mark, and pass only while it still
+    # points at the same fixed IP: re-pointed elsewhere, old connections must not reach the
+    # old instance through their lingering DNAT entry (metadata/VPN: mark 0).
+    dnat_targets = [({**ip, "ipv4_dst": f.address}, Nat("dst", f.fixed_address),
+                     _address_mark(f.address)) for f in floating]
     if rs.metadata_host:
         dnat_targets.append(({**ip, "ip_proto": TCP, "ipv4_dst": METADATA_IP, "tcp_dst": 80},
-                             Nat("dst", rs.metadata_host, rs.metadata_port)))
+                             Nat("dst", rs.metadata_host, rs.metadata_port), 0))
     for n in vpns:
         dnat_targets.append(({**ip, "ip_proto": UDP, "ipv4_dst": n.vpn_public_address,
                               "udp_dst": n.vpn_public_port},
-                             Nat("dst", n.vpn_private_address, VPN_PRIVATE_PORT)))
-    for match, nat in dnat_targets:
+                             Nat("dst", n.vpn_private_address, VPN_PRIVATE_PORT), 0))
+    for match, nat, mark in dnat_targets:
         flows.append(_f(Table.L3_DNAT, 100, match, [Ct(DNAT_ZONE, Table.L3_DNAT_COMMIT, nat=Nat())]))
+        marks = (SetField("ct_mark", mark),) if mark else ()
         flows.append(_f(Table.L3_DNAT_COMMIT, 100,
                         {**match, "ct_state": ct_state(plus=CT_NEW | CT_TRK)},
-                        [SetField(DNAT_DONE, 1), Ct(DNAT_ZONE, Table.L3_ROUTE, commit=True, nat=nat)]))
+                        [SetField(DNAT_DONE, 1),
+                         Ct(DNAT_ZONE, Table.L3_ROUTE, commit=True, nat=nat, marks=marks)]))
     for state in (CT_EST, CT_REL):  # an established original-direction packet was DNATed
-        flows.append(_f(Table.L3_DNAT_COMMIT, 50, {"ct_state": ct_state(plus=state | CT_TRK,
-                                                                         minus=CT_RPL)},
+        est = {"ct_state": ct_state(plus=state | CT_TRK, minus=CT_RPL)}
+        for f in floating:       # ... to the fixed IP its floating IP points at now
+            flows.append(_f(Table.L3_DNAT_COMMIT, 60,
+                            {**est, **ip, "ct_mark": _address_mark(f.address),
+                             "ipv4_dst": f.fixed_address},
+                            [SetField(DNAT_DONE, 1)], goto=Table.L3_ROUTE))
+        flows.append(_f(Table.L3_DNAT_COMMIT, 50, {**est, "ct_mark": 0},
                         [SetField(DNAT_DONE, 1)], goto=Table.L3_ROUTE))
+        flows.append(_f(Table.L3_DNAT_COMMIT, 40, est))      # a floating IP re-pointed: drop
 
     # L3_ROUTE: tenant fixed IPs (wherever their VIF is: delivery finds the port or trunk).
     for net in nets:

@@ -1,6 +1,7 @@
 """Router flows (sdn/flows/router.py): routing and NAT decisions, traced per conntrack state."""
 
 import dataclasses
+import ipaddress
 
 from tests.unit.views import open_view
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
@@ -70,6 +71,28 @@ def test_nothing_outside_opens_connections_to_fixed_ips_or_unassociated_addresse
     assert trace(flows(unassociated), from_outside("172.30.0.65")).dropped
 
 
+def test_a_re_pointed_floating_ip_stops_its_old_connections():
+    """conntrack keeps translating an old connection to its old fixed IP (the DNAT entry
+    lingers); its ct_mark (the floating address) lets it through only while the floating IP
+    still points there."""
+    from sdn.flows.trace import _lookup
+    mark = int(ipaddress.IPv4Address("172.30.0.65"))
+
+    def after_dnat(view, fixed):
+        """The L3_DNAT_COMMIT flow an established packet to 172.30.0.65 hits once conntrack
+        has re-applied its entry (destination: ``fixed``)."""
+        table = sorted((f for f in flows(view).flows if f.table == Table.L3_DNAT_COMMIT),
+                       key=lambda f: -f.priority)
+        return _lookup(table, {**from_outside(fixed, ct=EST), "ct_mark": mark})
+
+    assert after_dnat(VIEW, "10.34.0.3").goto == Table.L3_ROUTE         # still a1's: flows
+    moved = dataclasses.replace(VIEW, floating_ips=(FloatingView("172.30.0.65", "10.34.0.4", 1,
+                                                                 "alpha"),))
+    cut = after_dnat(moved, "10.34.0.3")                                # now a2's: a1's cut
+    assert cut.goto is None and not cut.actions
+    assert after_dnat(moved, "10.34.0.4").goto == Table.L3_ROUTE
+
+
 def test_established_reply_from_outside_is_routed_back_in():
     # after un-SNAT (conntrack) the destination is the fixed IP again
     r = trace(flows(), from_outside("10.34.0.4", ct=EST))
@@ -130,7 +153,9 @@ def test_no_router_without_settings():
 
 def test_rendering_reads_like_ovs_ofctl():
     text = "\n".join(render(f) for f in flows().flows)
-    assert "ct(commit,zone=5002,nat(dst=10.34.0.3),table=43)" in text
+    # the floating IP's address marks its connections (ct_mark), checked while they last
+    assert "ct(commit,zone=5002,nat(dst=10.34.0.3),exec(set_field:0xac1e0041->ct_mark),table=43)" \
+        in text
     assert "ct_state=+new+trk" in text
 
 
