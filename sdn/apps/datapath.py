@@ -280,8 +280,11 @@ class DatapathSync:
         self._send_step(before, "meter/group mods")
         if plan:
             self._send_bundle(plan)
+        gone_zones = reconcile.ct_zones(self.installed) - reconcile.ct_zones(flows)
         self.installed = flows
         after = [ofmsgs.group_mod(self.dp, None, i, ofp.OFPGC_DELETE) for i in group_plan.delete]
+        # a zone no flow uses any more (a VIF deleted or unfiltered): its connections go too
+        after += [ofmsgs.ct_flush_zone(self.dp, zone) for zone in sorted(gone_zones)]
         after += [ofmsgs.meter_mod(self.dp, i, 0, ofp.OFPMC_DELETE) for i in meter_plan.delete]
         self._send_step(after, "meter/group deletes")
         self.meters = {i: m.rate_pps for i, m in desired.meters.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from os_ken.ofproto import nicira_ext
+from os_ken.ofproto import nicira_ext, ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -217,3 +217,12 @@ def packet_out_bytes(port: int, data: bytes, xid: int = 0) -> bytes:
                                  _PACKET_OUT_FIXED + len(data), xid & 0xFFFFFFFF,
                                  ofp.OFP_NO_BUFFER, ofp.OFPP_CONTROLLER, 16,
                                  ofp.OFPAT_OUTPUT, 16, port, 0) + data
+
+
+NXT_CT_FLUSH_ZONE = 37   # OVS nicira-ext.h: flush one conntrack zone (OVS >= 2.6)
+
+
+def ct_flush_zone(dp, zone: int):
+    """Nicira experimenter message deleting every conntrack entry of ``zone`` (0-65535)."""
+    return parser.OFPExperimenter(dp, experimenter=ofproto_common.NX_EXPERIMENTER_ID,
+                                  exp_type=NXT_CT_FLUSH_ZONE, data=_struct.pack("!H6x", zone))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Flow, GroupEntry, MeterEntry
+from sdn.flows.model import COOKIE_APP, GENERATION_MASK, Ct, Flow, GroupEntry, MeterEntry
 
 
 @dataclass
@@ -102,3 +102,10 @@ def plan_groups(installed: Mapping[int, GroupEntry | None],
     parents = {i for i in gone if installed[i] is None or installed[i].children}
     return GroupPlan(add=leaves_first(add), modify=leaves_first(modify),
                      delete=sorted(gone, key=lambda i: (i not in parents, i)))
+
+
+def ct_zones(flows: dict[tuple, Flow]) -> set[int]:
+    """The conntrack zones ``flows`` send packets through (numbered zones; a zone taken from a
+    register is also numbered in the flow that loads it)."""
+    return {a.zone for f in flows.values() for a in f.actions
+            if isinstance(a, Ct) and isinstance(a.zone, int)}

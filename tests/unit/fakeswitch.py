@@ -51,6 +51,8 @@ from os_ken.ofproto import ofproto_common, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from sdn.apps.ofmsgs import NXT_CT_FLUSH_ZONE
+
 _HEADER = struct.Struct("!BBHI")
 _MAX_LEN = 0xFFFF
 REPLY_PART = 1000            # multipart replies are split into parts of this many entries
@@ -166,6 +168,11 @@ def parse_one(dp, buf: bytes) -> Received:
     if msg_type in (ofp.OFPT_FLOW_MOD, ofp.OFPT_EXPERIMENTER):
         msg = ofproto_parser.msg(dp, version, msg_type, length, xid, buf)
         assert msg is not None, f"os-ken could not parse message type {msg_type}"
+        if msg_type == ofp.OFPT_EXPERIMENTER and type(msg) is parser.OFPExperimenter \
+                and msg.experimenter == ofproto_common.NX_EXPERIMENTER_ID:
+            assert msg.exp_type == NXT_CT_FLUSH_ZONE and len(msg.data) == 8, \
+                f"unexpected Nicira message {msg.exp_type}"
+            return Received(xid, msg_type, length, msg)
         if msg_type == ofp.OFPT_EXPERIMENTER and type(msg) is parser.OFPExperimenter:
             # ONF bundle-add: os-ken leaves the inner message unparsed
             assert (msg.experimenter, msg.exp_type) == (
@@ -366,6 +373,9 @@ class FakeSwitch(DatapathApi):
                     return
                 if isinstance(msg, parser.OFPMeterMod):
                     self._meter_mod(msg, r.xid)
+                    return
+                if type(msg) is parser.OFPExperimenter:       # NXT_CT_FLUSH_ZONE
+                    self.log.append(("ct_flush_zone", struct.unpack_from("!H", msg.data)[0]))
                     return
                 if isinstance(msg, parser.OFPPacketOut):
                     for action in msg.actions:

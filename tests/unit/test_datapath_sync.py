@@ -511,3 +511,24 @@ def test_drift_is_repaired_while_changes_keep_coming():
     finally:
         unit.close()
         unit.join(2)
+
+
+def test_a_filtered_vif_that_goes_away_takes_its_conntrack_zone_with_it():
+    """Its connections must not outlive it (a new VIF could get the zone): the zone is
+    flushed (NXT_CT_FLUSH_ZONE) after the bundle that removed its flows; others' stay."""
+    from sdn import firewall
+    from tests.unit.test_flows import VIEW as FILTERED
+    a4 = dataclasses.replace(A4, port_security=True, id=44)
+    fake, state = FakeSwitch(), State(dataclasses.replace(FILTERED, vifs=FILTERED.vifs + (a4,)))
+    ports = {**PORTS, a4.port_name: 4}
+    unit = unit_on(fake, state, ports)
+    unit.step("full")
+    assert not [e for e in fake.log if e[0] == "ct_flush_zone"]
+    state.view = FILTERED
+    unit.port_changed(a4.port_name, None)
+    log_mark = len(fake.log)
+    unit.step("incremental")
+    flushed = [e for e in fake.log[log_mark:] if e[0] == "ct_flush_zone"]
+    assert flushed == [("ct_flush_zone", firewall.acl_zone(a4))]
+    commit = max(i for i, e in enumerate(fake.log) if e[0] == "bundle_commit")
+    assert fake.log.index(flushed[0]) > commit
