@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import subprocess
 import threading
 import time
 
@@ -23,10 +25,25 @@ from sqlalchemy import select
 
 from sdn.db import api as db
 from sdn.db import models
-from sdn.linux import desired, dnsmasq, interface
+from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall
 from sdn.linux.iptables import IptablesManager
 
 LOG = logging.getLogger("sdn.linux.agent")
+
+
+def run_conntrack_cut(cut: iptables_firewall.ConntrackCut) -> int:
+    """Run one ``conntrack -D`` filter; returns how many entries it deleted (0 on failure,
+    which is logged: conntrack also exits 1 when nothing matched)."""
+    try:
+        proc = subprocess.run(cut.argv(), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        LOG.warning("conntrack cut not run (%s): %s", cut.why, err)
+        return 0
+    found = re.search(r"(\d+) flow entries have been deleted", proc.stderr)
+    if found is None:
+        LOG.warning("conntrack cut failed (%s): %s", cut.why, proc.stderr.strip())
+        return 0
+    return int(found.group(1))
 
 
 def load_extras(engine) -> dict[int, desired.NetworkExtras]:
@@ -78,8 +95,14 @@ class Agent:
         self.engine = self.state.engine
         self.networks_path = conf.networks_path
         os.makedirs(self.networks_path, exist_ok=True)
-        self.iptables = IptablesManager(conf.iptables_binary_name, use_ipv6=conf.use_ipv6, ebtables=True,
+        # ip6tables always: security group rules of ethertype IPv6 (allowed address pairs,
+        # link-local traffic) are enforced whether or not instances get IPv6 fixed addresses
+        self.iptables = IptablesManager(conf.iptables_binary_name, use_ipv6=True, ebtables=True,
                                         lock_file=os.path.join(conf.lock_path, "sdn-iptables.lock"))
+        self.ipset_prefix = iptables_firewall.ipset_prefix(conf.iptables_binary_name)
+        #: the plan of the last successful reconcile (None until then): what conntrack cuts
+        #: compare against
+        self.last_plan: desired.HostPlan | None = None
         self.ipr = IPRoute()
         self.raw: dict[str, RawDhcp] = {}
         self.vlan_error: str | None = None
@@ -110,20 +133,43 @@ class Agent:
                     changes += interface.ensure_bridge(self.ipr, b.name, None, **kw)
                     continue
             changes += interface.ensure_bridge(self.ipr, b.name, b.interface, **kw)
-        for port, bridge in sorted(plan.ports.items()):
-            changes += interface.enslave(self.ipr, port, bridge)
         # nova's remove_floating_ip order: unbind the address, drop the NAT rules, then forget
         # the connections; binding goes the other way (rules first, then the address).
         floating = plan.floating or self.conf.public_interface in present
         unbound = self._floating_addresses(plan, add=False) if floating else []
+        if plan.firewall.vifs:
+            changes += interface.set_bridge_nf_call()
+        # sets before the rules that match them; unused sets after the rules are gone
+        changes += ipset.ensure(plan.firewall.ipsets, self.ipset_prefix)
         desired.fill_manager(self.iptables, plan)
         changes += unbound + [f"restored {t}" for t in self.iptables.apply()]
-        for change in unbound:
-            interface.flush_conntrack(change.split(" - ", 1)[1].split("/")[0])
+        changes += ipset.destroy_stale(plan.firewall.ipsets, self.ipset_prefix)
+        # a VIF joins its bridge only once its security group chains are in place
+        for port, bridge in sorted(plan.ports.items()):
+            changes += interface.enslave(self.ipr, port, bridge)
+        changes += self._cut_connections(plan, unbound)
         if floating:
             changes += self._floating_addresses(plan, remove=False)
         if self.dhcp:
             changes += self._dhcp(view, plan)
+        self.last_plan = plan
+        return changes
+
+    def _cut_connections(self, plan, unbound: list[str]) -> list[str]:
+        """After the iptables apply: delete the conntrack entries of what is no longer
+        admitted (``iptables_firewall.conntrack_cuts``) and of floating IPs unbound from the
+        public interface (also after an agent restart, when there is no previous plan)."""
+        last = self.last_plan
+        cuts = iptables_firewall.conntrack_cuts(
+            last.firewall.vifs if last else None, plan.firewall.vifs, set(plan.ports),
+            last.floating_map if last else None, plan.floating_map)
+        for change in unbound:
+            cuts += iptables_firewall.floating_cuts(change.split(" - ", 1)[1].split("/")[0])
+        changes = []
+        for cut in dict.fromkeys(cuts):
+            deleted = run_conntrack_cut(cut)
+            if deleted:
+                changes.append(f"conntrack -D {' '.join(cut.args)}: {deleted} deleted ({cut.why})")
         return changes
 
     def _floating_addresses(self, plan, **direction) -> list[str]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import netaddr
 
+from sdn.linux import iptables_firewall
+from sdn.linux.iptables_firewall import FirewallPlan
 from sdn.view import NetworkView, StateView, VifView
 
 METADATA_IP = "169.254.169.254"
@@ -73,6 +75,11 @@ class HostPlan:
     ports: dict[str, str] = field(default_factory=dict)
     #: floating addresses to hold (``a.b.c.d/32``) on the public interface
     floating: list[str] = field(default_factory=list)
+    #: floating address -> fixed address (what a disassociation must forget in conntrack)
+    floating_map: dict[str, str] = field(default_factory=dict)
+    #: security groups of the filtered VIFs here: ipsets and per-VIF facts (chains and rules
+    #: are in ``chains``/``rules``); see sdn.linux.iptables_firewall
+    firewall: FirewallPlan = field(default_factory=FirewallPlan)
 
 
 def bridge_name(net: NetworkView, extras: NetworkExtras, flat_network_bridge: str | None) -> str:
@@ -233,6 +240,7 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
             continue
         seen.add(fip.address)
         p.floating.append(f"{fip.address}/32")
+        p.floating_map[fip.address] = fip.fixed_address
         p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
                                f"-d {fip.address}/32 -j DNAT --to-destination {fip.fixed_address}"))
         p.rules.append(IptRule("ipv4", "nat", "OUTPUT",
@@ -254,6 +262,19 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
                                wrap=False))
         for rule in antispoof_rules(vif, chain):
             p.rules.append(IptRule("eb", "nat", chain, rule))
+
+    # -- security groups of the filtered VIFs here (nova's IptablesFirewallDriver shape)
+    fw = iptables_firewall.plan_firewall(view, p.ports, getattr(conf, "iptables_binary_name", None)
+                                         or "sdn-agent")
+    p.firewall = fw
+    p.chains += fw.chains
+    # the jumps to sg-chain come first in FORWARD/INPUT: the bridges' `-i br -o br -j ACCEPT`
+    # would otherwise pass bridged traffic before the firewall saw it
+    jumps = [IptRule(r.family, r.table, r.chain, r.rule) for r in fw.rules
+             if r.chain in ("FORWARD", "INPUT") and r.table == "filter"]
+    rest = [IptRule(r.family, r.table, r.chain, r.rule) for r in fw.rules
+            if not (r.chain in ("FORWARD", "INPUT") and r.table == "filter")]
+    p.rules = jumps + p.rules + rest
     return p
 
 

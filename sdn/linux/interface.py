@@ -216,6 +216,29 @@ def set_ip_forward() -> list[str]:
     return ["net.ipv4.ip_forward=1"]
 
 
+BRIDGE_NF_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")
+
+
+def set_bridge_nf_call() -> list[str]:
+    """``net.bridge.bridge-nf-call-ip{,6}tables=1`` in this network namespace (the sysctl is
+    per namespace): bridged traffic between VIFs must traverse the security group chains.
+    Raises RuntimeError when br_netfilter is not loaded (no /proc/sys/net/bridge)."""
+    changes = []
+    for name in BRIDGE_NF_SYSCTLS:
+        path = f"/proc/sys/net/bridge/{name}"
+        try:
+            with open(path) as fh:
+                if fh.read().strip() == "1":
+                    continue
+            with open(path, "w") as fh:
+                fh.write("1\n")
+        except OSError as err:
+            raise RuntimeError(f"cannot set net.bridge.{name}=1 ({err}); security groups need "
+                               "the br_netfilter module (modprobe br_netfilter)") from None
+        changes.append(f"net.bridge.{name}=1")
+    return changes
+
+
 def flush_conntrack(address: str) -> None:
     """Forget connections to or from a floating IP that went away (``conntrack -D``), so a
     disassociated floating IP stops forwarding at once, established flows included."""

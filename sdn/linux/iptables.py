@@ -232,7 +232,7 @@ _THREAD_LOCK = threading.Lock()
 
 
 class IptablesManager:
-    """IPv4 (filter, nat) and IPv6 (filter) tables with nova's wrapped layout, plus an
+    """IPv4 (filter, nat, raw) and IPv6 (filter, raw) tables with nova's wrapped layout, plus an
     optional ebtables nat table (``ebtables=True``) for per-VIF anti-spoof chains.
 
     ``runner(argv, stdin) -> stdout`` runs the save/restore commands (tests pass a fake);
@@ -246,9 +246,12 @@ class IptablesManager:
         self.binary_name = binary_name
         self.runner = runner
         self.lock_file = lock_file
+        # raw: the security groups' conntrack zones (sdn.linux.iptables_firewall)
         self.ipv4 = {"filter": Table("filter", ("INPUT", "OUTPUT", "FORWARD"), binary_name),
-                     "nat": Table("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), binary_name)}
-        self.ipv6 = {"filter": Table("filter", ("INPUT", "OUTPUT", "FORWARD"), binary_name)}
+                     "nat": Table("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), binary_name),
+                     "raw": Table("raw", ("PREROUTING", "OUTPUT"), binary_name)}
+        self.ipv6 = {"filter": Table("filter", ("INPUT", "OUTPUT", "FORWARD"), binary_name),
+                     "raw": Table("raw", ("PREROUTING", "OUTPUT"), binary_name)}
         self.ebtables = {"nat": Table("nat", ("PREROUTING", "OUTPUT", "POSTROUTING"), binary_name)}
         self._families = [_Family("iptables-save", "iptables-restore", self.ipv4, "- [0:0]", True)]
         if use_ipv6:

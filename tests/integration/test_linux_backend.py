@@ -125,6 +125,8 @@ def test_only_wrapped_chains_restart_is_a_no_op_and_removal_leaves_nothing(linux
         text = lab.hv.iptables_save() + lab.hv.ebtables_save()
         return port not in text and mac not in text and f"{addr}/" not in text and fip not in text
     wait_for(gone, timeout=10, what="every rule of a2 to go")
+    # the same reconcile then cuts a2's connections and rewrites dnsmasq's hosts file
+    linux.wait_synced(lab.env)
     hosts = (lab.env.workdir / "networks" / f"sdn-br{lab.a2['vlan']}.conf").read_text()
     assert mac not in hosts and lab.a1["mac"] in hosts
     assert lab.h_a1.ping(lab.a1["gateway"])

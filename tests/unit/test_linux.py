@@ -102,9 +102,10 @@ def test_apply_is_a_no_op_when_the_table_already_matches():
     runner = FakeRunner({("iptables-save", "filter"): FOREIGN, ("iptables-save", "nat"): FOREIGN})
     mgr = manager(runner)
     mgr.ipv4["nat"].add_rule("snat", "-s 10.0.0.0/8 -j SNAT --to-source 192.0.2.1")
-    assert mgr.apply() == ["iptables-save:filter", "iptables-save:nat"]
+    # raw holds only the wrapped skeleton here (the security groups' zones go there)
+    assert mgr.apply() == ["iptables-save:filter", "iptables-save:nat", "iptables-save:raw"]
     assert mgr.apply() == []
-    assert len(runner.restores) == 2
+    assert len(runner.restores) == 3
     assert all(argv[:2] == ["iptables-restore", "-c"] for argv, _ in runner.restores)
 
 
@@ -144,8 +145,10 @@ def test_plan_has_novas_host_rules_floating_and_vpn():
     assert "-d 192.0.2.1/32 -p udp -m udp --dport 1000 -j DNAT --to-destination 10.1.0.2:1194" in pre
     assert pre.count("-d 203.0.113.5/32 -j DNAT --to-destination 10.1.0.5") == 1   # no duplicates
     assert rules_of(plan, "ipv4", "nat", "float-snat") == ["-s 10.1.0.5/32 -j SNAT --to-source 203.0.113.5"]
+    # the present, filtered VIF's security group chains come first: the bridge's own
+    # `-i br100 -o br100 -j ACCEPT` would otherwise let bridged traffic bypass them
     assert rules_of(plan, "ipv4", "filter", "FORWARD") == [
-        "-d 10.1.0.2/32 -p udp -m udp --dport 1194 -j ACCEPT",
+        "-j $sg-chain", "-d 10.1.0.2/32 -p udp -m udp --dport 1194 -j ACCEPT",
         "-i br100 -o pub0 -j ACCEPT", "-i pub0 -o br100 -j ACCEPT", "-i br100 -o br100 -j ACCEPT",
         "-i br100 -j DROP", "-o br100 -j DROP"]
     nova_all = desired.plan(view, {}, conf(forward_bridge_interface=["all"]), present_ports=set(), dhcp=True,
