@@ -95,7 +95,67 @@ def wait_ping(host, ip: str, timeout: float = 15) -> bool:
     return False
 
 
-def public_access(net, spec: dict, conf: Path, allocs: dict, failures: list[str]) -> list[list]:
+LISTEN = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(8)
+    while True:
+        c, _ = s.accept(); c.sendall(b"sdn-demo %d\\n" % port); c.close()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+"""
+
+CONNECT = """
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2,
+                                 source_address=(sys.argv[3], 0))
+    print("open" if s.recv(64).startswith(b"sdn-demo") else "closed")
+except OSError as err:
+    print("closed", err)
+"""
+
+
+def firewall_checks(net, spec: dict, conf: Path, floating: dict, state_dir: Path,
+                    failures: list[str]) -> list[list]:
+    """TCP connects through security groups: a listener in the instance on every port of a
+    ``[[firewall]]`` entry, a connect from outside to its floating IP; expected open or not."""
+    rows = []
+    for check in spec.get("firewall", []):
+        dst, src = net.get(check["to"]), net.get(check["from"])
+        address = floating.get(check["to"])
+        if address is None:
+            failures.append(f"firewall check to {check['to']}: it has no floating IP")
+            continue
+        (state_dir / "listen.py").write_text(LISTEN)
+        (state_dir / "connect.py").write_text(CONNECT)
+        ports = [p for p, _ in check["ports"]]
+        server = dst.popen([sys.executable, str(state_dir / "listen.py"), *map(str, ports)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            server.stdout.readline()
+            for port, expected in check["ports"]:
+                out = src.cmd(f"{sys.executable} {state_dir / 'connect.py'} {address} {port} "
+                              f"{check['source']}")
+                got = out.strip().startswith("open")
+                verdict = "ok" if got == expected else "FAIL"
+                if verdict == "FAIL":
+                    failures.append(f"TCP {check['from']} -> {check['to']}:{port}: expected "
+                                    f"{'open' if expected else 'refused'}, got {out.strip()}")
+                rows.append([f"{check['from']} -> {check['to']}", f"{address}:{port}",
+                             "admitted" if expected else "blocked",
+                             "connected" if got else "no connection", verdict])
+        finally:
+            server.terminate()
+            server.wait(timeout=5)
+    return rows
+
+
+def public_access(net, spec: dict, conf: Path, allocs: dict, failures: list[str],
+                  floating: dict | None = None) -> list[list]:
     """Floating IPs reachable from outside, default SNAT from an instance without one."""
     outside = spec["outside"]
     ext = net.get(outside["name"])
@@ -110,6 +170,8 @@ def public_access(net, spec: dict, conf: Path, allocs: dict, failures: list[str]
         run_sdn(conf, "floating", "associate", address, "--instance", fip["instance"],
                 "--project", fip["project"])
         with_floating.add(fip["instance"])
+        if floating is not None:
+            floating[fip["instance"]] = address
         ok = wait_ping(ext, address)
         rows.append([f"{outside['name']} -> {fip['instance']}", f"floating {address}",
                      allocs[fip["instance"]]["address"], "reply" if ok else "no reply",
@@ -254,6 +316,9 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
         instances = spec.get("instances", [])
         for inst in instances:
             log(run_sdn(conf, "instance", "plug", inst["name"], "--bridge", inst["host"]).strip())
+        for r in spec.get("secgroup_rules", []):
+            log(run_sdn(conf, "secgroup-rule", "add", r["group"], "--project", r["project"],
+                        *r["rule"]).strip())
 
         for inst in instances:
             h = net.get(inst["name"])
@@ -305,10 +370,18 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
         print()
         print(table(prow, ["from", "to", "address", "expected", "actual", "result"]))
 
+        floating: dict[str, str] = {}
         if spec.get("outside"):
             print()
-            print(table(public_access(net, spec, conf, allocs, failures),
+            print(table(public_access(net, spec, conf, allocs, failures, floating),
                         ["path", "to", "fixed IP / NAT", "actual", "result"]))
+        frows = firewall_checks(net, spec, conf, floating, state_dir, failures)
+        if frows:
+            print()
+            print("security groups (rules: " + "; ".join(
+                f"{r['project']}/{r['group']}: {' '.join(r['rule'])}"
+                for r in spec.get("secgroup_rules", [])) + ")")
+            print(table(frows, ["TCP connect", "to", "expected", "actual", "result"]))
 
         srows = []
         for attempt in spec.get("spoof", []):
