@@ -11,7 +11,10 @@ gateway MAC, or from the public port to a router address) walks the same stages:
   L3_DNAT(_COMMIT) new connections to a floating IP / 169.254.169.254:80 / a VPN port are DNATed
   L3_ROUTE        next hop: a fixed IP (into its network) or the external gateway
   L3_UNDNAT       replies from DNAT backends get their public source back (DNAT zone)
-  L3_SNAT(_COMMIT) instance -> outside: its floating IP, else routing_source_ip; none for the
+  L3_SNAT(_COMMIT) (commits without recirculating: L3_OUTPUT matches no IP field, and the
+                  datapath NATs the packet before it leaves; every recirculation counts against
+                  the datapath's limit of 6 per packet, which a hairpin with security groups on
+                  both ends would otherwise exceed) instance -> outside: its floating IP, else routing_source_ip; none for the
                   metadata host and dmz_cidr (nova's ACCEPT rules); fixed -> fixed is dropped
                   (projects stay isolated) except hairpin, which is SNATed so replies return
   L3_OUTPUT       deliver into the tenant network or out of the public port
@@ -185,7 +188,7 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
         src = {**ip, "ipv4_src": c}
         for dst in no_snat:
             flows.append(_f(Table.L3_SNAT, 300, {**src, "ipv4_dst": _cidr(dst)},
-                            [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True)]))
+                            [Ct(SNAT_ZONE, commit=True)], goto=Table.L3_OUTPUT))
         flows.append(_f(Table.L3_SNAT, 200, {**src, TO_TENANT: 1, DNAT_DONE: 1},
                         [Ct(SNAT_ZONE, Table.L3_SNAT_COMMIT, nat=Nat())]))      # hairpin
         flows.append(_f(Table.L3_SNAT, 150, {**src, TO_TENANT: 1}))           # isolation
@@ -194,11 +197,12 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
     new = {"ct_state": ct_state(plus=CT_NEW | CT_TRK)}
     for fixed, address in sorted(first_floating.items()):
         flows.append(_f(Table.L3_SNAT_COMMIT, 200, {**ip, **new, "ipv4_src": fixed},
-                        [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True, nat=Nat("src", address))]))
+                        [Ct(SNAT_ZONE, commit=True, nat=Nat("src", address))],
+                        goto=Table.L3_OUTPUT))
     for c in cidrs:
         flows.append(_f(Table.L3_SNAT_COMMIT, 100, {**ip, **new, "ipv4_src": c},
-                        [Ct(SNAT_ZONE, Table.L3_OUTPUT, commit=True,
-                            nat=Nat("src", rs.routing_source_ip))]))
+                        [Ct(SNAT_ZONE, commit=True, nat=Nat("src", rs.routing_source_ip))],
+                        goto=Table.L3_OUTPUT))
     for state in (CT_EST, CT_REL):
         flows.append(_f(Table.L3_SNAT_COMMIT, 50, {"ct_state": ct_state(plus=state | CT_TRK)},
                         goto=Table.L3_OUTPUT))

@@ -84,6 +84,11 @@ class L3Lab:
         self.outside.set_ip(f"{INTERNET}/24")
         # The network host is the route back to the fixed ranges (nova's model).
         self.outside.run(["ip", "route", "add", "10.34.0.0/24", "via", RSIP])
+        # What nova users did first: open the project's default group to the world (these tests
+        # are about routing; tests/integration/test_security_groups.py covers the firewall)
+        for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535"), ("udp", "1", "65535")):
+            self.env.cli("secgroup-rule", "add", "default", "--project", "alpha", *rule,
+                         "0.0.0.0/0")
         self.a1, self.h_a1 = backend.launch(self.env, "a1", "alpha")
         self.a2, self.h_a2 = backend.launch(self.env, "a2", "alpha")
         self.b1, self.h_b1 = backend.launch(self.env, "b1", "beta")
