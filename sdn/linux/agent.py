@@ -3,7 +3,9 @@
 On start and whenever the state revision changes (or a VIF port appears/disappears, or a
 dnsmasq or raw-socket DHCP server died) it reconciles this host -- in the network namespace it runs in -- with the
 shared state: bridges (+ VLAN interfaces), gateway addresses, iptables (nova's rules through
-the IptablesManager), ebtables anti-spoof chains per VIF, floating addresses on
+the IptablesManager), ebtables anti-spoof chains per VIF, security groups (per-VIF iptables and
+ip6tables chains, remote-group ipsets, conntrack zones; connections a rule no longer admits are
+deleted after the apply: ``sdn.linux.iptables_firewall``), floating addresses on
 public_interface, and DHCP (dnsmasq per network, or with ``dhcp_driver = scapy`` sdn's
 responder per bridge, on a raw socket per VIF tap port: see ``sdn.dhcp.rawsocket``; a server
 that stopped is restarted at the next poll). Each step is idempotent: a reconcile that finds the host
@@ -253,6 +255,12 @@ class Agent:
             if rev != last_rev or links != last_links or not dhcp_ok:
                 try:
                     changes = self.reconcile()
+                except RuntimeError as err:   # a command refused (iptables-restore, ipset, sysctl)
+                    LOG.error("reconcile of revision %s failed (retrying at the next poll): %s", rev, err)
+                    if once:
+                        return 1
+                    stop.wait(interval)
+                    continue
                 except Exception:  # noqa: BLE001 - log, retry at the next poll
                     LOG.exception("reconcile of revision %s failed; retrying", rev)
                     if once:

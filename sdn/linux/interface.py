@@ -237,12 +237,3 @@ def set_bridge_nf_call() -> list[str]:
                                "the br_netfilter module (modprobe br_netfilter)") from None
         changes.append(f"net.bridge.{name}=1")
     return changes
-
-
-def flush_conntrack(address: str) -> None:
-    """Forget connections to or from a floating IP that went away (``conntrack -D``), so a
-    disassociated floating IP stops forwarding at once, established flows included."""
-    import subprocess
-
-    for flag in ("--orig-dst", "--reply-dst"):
-        subprocess.run(["conntrack", "-D", flag, address], capture_output=True, timeout=10)
