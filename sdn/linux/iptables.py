@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,9 @@ class Table:
     chains: list[str] = field(default_factory=list)            #: wrapped chains (short names)
     unwrapped_chains: list[str] = field(default_factory=list)  #: shared chains (full names)
     rules: list[Rule] = field(default_factory=list)
+    #: the rules ever added (a superset of ``rules``): add_rule's duplicate check without a
+    #: scan of ``rules`` -- security groups make tens of thousands of rules on a busy host
+    _added: set = field(default_factory=set, repr=False, compare=False)
 
     def wrapped(self, chain: str) -> str:
         return f"{self.binary_name}-{chain}"
@@ -82,8 +86,10 @@ class Table:
         if not wrap and chain not in self.unwrapped_chains and chain not in self.builtin_chains:
             raise ValueError(f"unknown unwrapped chain {chain!r} in table {self.name}")
         r = Rule(chain, rule, wrap, top)
-        if r not in self.rules:           # de-duplicated in memory
-            self.rules.append(r)
+        if r in self._added and r in self.rules:     # de-duplicated in memory
+            return
+        self._added.add(r)
+        self.rules.append(r)
 
     def remove_rule(self, chain: str, rule: str, wrap: bool = True, top: bool = False) -> None:
         with contextlib.suppress(ValueError):
@@ -95,10 +101,13 @@ class Table:
     # -- rendering ------------------------------------------------------------------------
 
     def _expand(self, text: str) -> str:
-        """``$name`` -> wrapped chain name, for every chain of this table (longest first)."""
-        for name in sorted(self.chains, key=len, reverse=True):
-            text = text.replace(f"${name}", self.wrapped(name))
-        return text
+        """``$name`` -> wrapped chain name, for every chain of this table (a ``$`` word that
+        names no chain of the table stays as it is)."""
+        if "$" not in text:
+            return text
+        chains = set(self.chains)
+        return _DOLLAR_WORD.sub(lambda m: self.wrapped(m.group(1)) if m.group(1) in chains
+                                else m.group(0), text)
 
     def owned_chains(self) -> list[str]:
         return [self.wrapped(c) for c in self.chains] + list(self.unwrapped_chains)
@@ -113,6 +122,9 @@ class Table:
                 seen.add((item[0], item[1]))
                 out.append(item)
         return out
+
+
+_DOLLAR_WORD = re.compile(r"\$(\S+)")
 
 
 def _targets(rule: str) -> set[str]:
@@ -174,8 +186,11 @@ def rewrite_table(saved: str, table: Table, *, prefix: str, chain_policy: str = 
     out += [f":{c} {chain_policy}" for c in table.owned_chains()]
     chains_in_order = [d[1:].split()[0] for d in decls] + table.owned_chains()
     zero = "[0:0] " if counters else ""
+    by_chain: dict[str, list[tuple[str, bool]]] = {}
+    for c, body, top in desired:
+        by_chain.setdefault(c, []).append((body, top))
     for chain in chains_in_order:
-        mine = [(body, top) for c, body, top in desired if c == chain]
+        mine = by_chain.get(chain, [])
         out += [f"{zero}-A {chain} {body}" for body, top in mine if top]
         out += foreign.get(chain, [])
         out += [f"{zero}-A {chain} {body}" for body, top in mine if not top]

@@ -81,8 +81,13 @@ class Admission:
             return False
         if self.protocol is not None and not _ports_cover(self, other):
             return False
-        mine, theirs = ipaddress.ip_network(self.remote), ipaddress.ip_network(other.remote)
+        mine, theirs = _network(self.remote), _network(other.remote)
         return mine.version == theirs.version and theirs.subnet_of(mine)
+
+
+@functools.lru_cache(maxsize=65536)
+def _network(cidr: str):
+    return ipaddress.ip_network(cidr, strict=False)
 
 
 def _ports_cover(a: Admission, b: Admission) -> bool:
@@ -164,6 +169,7 @@ def ipset_prefix(binary_name: str) -> str:
     return f"{binary_name}-sg"
 
 
+@functools.lru_cache(maxsize=65536)     # member addresses repeat once per VIF of a rule
 def canonical_cidr(cidr: str) -> str:
     """``10.1.2.3/8`` -> ``10.0.0.0/8``; a host keeps its /32 (/128), as iptables-save prints."""
     return str(ipaddress.ip_network(cidr, strict=False))
