@@ -219,10 +219,12 @@ def packet_out_bytes(port: int, data: bytes, xid: int = 0) -> bytes:
                                  ofp.OFPAT_OUTPUT, 16, port, 0) + data
 
 
-NXT_CT_FLUSH_ZONE = 37   # OVS nicira-ext.h: flush one conntrack zone (OVS >= 2.6)
+NXT_CT_FLUSH_ZONE = 29   # OVS ofp-msgs.h "NXT 1.0+ (29): struct nx_zone_id" (OVS >= 2.6)
 
 
 def ct_flush_zone(dp, zone: int):
-    """Nicira experimenter message deleting every conntrack entry of ``zone`` (0-65535)."""
+    """Nicira experimenter message deleting every conntrack entry of ``zone`` (0-65535):
+    ``struct nx_zone_id { uint8_t zero[6]; ovs_be16 zone_id; }``, as ``ovs-ofctl
+    ct-flush-zone`` sends it (checked with ``ovs-ofctl ofp-print``)."""
     return parser.OFPExperimenter(dp, experimenter=ofproto_common.NX_EXPERIMENTER_ID,
-                                  exp_type=NXT_CT_FLUSH_ZONE, data=_struct.pack("!H6x", zone))
+                                  exp_type=NXT_CT_FLUSH_ZONE, data=_struct.pack("!6xH", zone))

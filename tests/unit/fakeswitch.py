@@ -375,7 +375,7 @@ class FakeSwitch(DatapathApi):
                     self._meter_mod(msg, r.xid)
                     return
                 if type(msg) is parser.OFPExperimenter:       # NXT_CT_FLUSH_ZONE
-                    self.log.append(("ct_flush_zone", struct.unpack_from("!H", msg.data)[0]))
+                    self.log.append(("ct_flush_zone", struct.unpack_from("!6xH", msg.data)[0]))
                     return
                 if isinstance(msg, parser.OFPPacketOut):
                     for action in msg.actions:

@@ -169,3 +169,12 @@ def test_trace_simulates_every_non_walk_action():
         trace._apply(a, pkt, result)
     assert result.outputs == [(2, 5), (1, 5), (3, None)] and result.to_controller
     assert pkt["reg7"] == 9
+
+
+def test_ct_flush_zone_is_the_message_ovs_ofctl_sends():
+    """Bytes of ``ovs-ofctl -O OpenFlow13 ct-flush-zone BR 10001`` (xid 5), as ``ovs-ofctl
+    ofp-print`` decodes them: NXT_CT_FLUSH_ZONE zone_id=10001."""
+    msg = ofmsgs.ct_flush_zone(Dp(), 10001)
+    msg.set_xid(5)
+    msg.serialize()
+    assert bytes(msg.buf).hex() == "0404001800000005000023200000001d0000000000002711"

@@ -1,0 +1,176 @@
+"""What only the OpenFlow backend's security groups have, on real userspace OVS: connections
+labelled with the rule that admitted them in the VIF's own conntrack zone, the zone flushed with
+its VIF, IP floods meeting each receiver's ACL (conntrack inside a flood group's bucket), and
+the accept/drop tables counting. Behaviour shared with the Linux backend is in
+test_security_groups.py."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+import sys
+
+from sdn import firewall
+from sdn.flows.security_groups import LABEL_SAME_NET
+from tests.integration.netlab import OFCTL, sh, wait_for
+from tests.integration.test_controller import launch, vlan_env
+
+# "listen PORT...": TCP servers that keep connections open and UDP receivers printing
+# "udp <port> <data>"; "stream HOST PORT": one TCP connection held open, a line every 100 ms;
+# "bcast ADDR PORT": five UDP broadcasts.
+PEER = r"""
+import socket, sys, threading, time
+mode = sys.argv[1]
+if mode == "listen":
+    def tcp(port):
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", port)); s.listen(8)
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=lambda c=c: [c.recv(64) for _ in iter(int, 1)], daemon=True).start()
+    def udp(port):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
+        while True:
+            data, _ = s.recvfrom(64); print("udp", port, data.decode(), flush=True)
+    for p in sys.argv[2:]:
+        threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
+        threading.Thread(target=udp, args=(int(p),), daemon=True).start()
+    print("ready", flush=True); threading.Event().wait()
+elif mode == "stream":
+    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
+    print("connected", flush=True)
+    while True:
+        c.sendall(b"x\n"); time.sleep(0.1)
+elif mode == "bcast":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    for i in range(5):
+        s.sendto(sys.argv[4].encode(), (sys.argv[2], int(sys.argv[3]))); time.sleep(0.05)
+"""
+
+
+def peer(host, *args) -> subprocess.Popen:
+    proc = host.popen([sys.executable, "-u", "-c", PEER, *map(str, args)],
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc
+
+
+def conntrack(zone: int) -> list[str]:
+    out = sh(["ovs-appctl", "dpctl/dump-conntrack", f"zone={zone}"], check=False).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def vif_zone(env, instance: str) -> int:
+    with sqlite3.connect(env.workdir / "sdn.sqlite") as db:
+        (vif_id,) = db.execute("SELECT v.id FROM virtual_interfaces v JOIN instances i "
+                               "ON v.instance_uuid = i.uuid WHERE i.name = ?", (instance,)).fetchone()
+    return firewall.ZONE_BASE + vif_id % firewall.ZONE_SPAN
+
+
+def rule_id(env, text: str) -> int:
+    return int(re.search(r"added rule (\d+)", text).group(1))
+
+
+def table_packets(bridge: str, table: int) -> int:
+    """n_packets of ``table``'s table-miss (priority 0) flow: the ACL drop/accept counters."""
+    out = sh(OFCTL + ["dump-flows", bridge, f"table={table}"]).stdout
+    return sum(int(re.search(r"n_packets=(\d+)", line).group(1)) for line in out.splitlines()
+               if re.search(r"priority=0\b", line))
+
+
+def _lab(make_sdn_env, netns_host, same_net: bool):
+    env = vlan_env(make_sdn_env, allow_same_net_traffic=same_net)
+    a1, h1 = launch(env, netns_host, "a1", "alpha")
+    a2, h2 = launch(env, netns_host, "a2", "alpha")
+    env.start_controller()
+    for h in (h1, h2):
+        h.dhclient()
+    return env, (a1, h1), (a2, h2)
+
+
+def test_connections_carry_their_rule_in_the_vifs_zone_and_go_with_the_vif(make_sdn_env,
+                                                                              netns_host):
+    env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False)
+    rule = rule_id(env, env.cli("secgroup-rule", "add", "default", "--project", "alpha", "tcp",
+                                "7000", "7000", "10.31.0.0/24").stdout)
+    server = peer(h1, "listen", 7000)
+    assert server.stdout.readline().strip() == "ready"
+    z1, z2 = vif_zone(env, "a1"), vif_zone(env, "a2")
+    stream = None
+
+    def connected():
+        nonlocal stream
+        stream = peer(h2, "stream", a1["address"], 7000)
+        if stream.stdout.readline().strip() == "connected":
+            return True
+        stream.kill()
+        return False
+    try:
+        wait_for(connected, timeout=15, what="a2 connecting to a1:7000 (the rule synced)")
+        # a1's zone: the inbound connection, labelled with the rule that admitted it
+        wait_for(lambda: any("dport=7000" in e and f"labels=0x{rule:x}" in e
+                             for e in conntrack(z1)), timeout=5, what=f"a1's zone {z1} entry")
+        # a2's zone: the same connection seen outbound, admitted by default's egress rule
+        assert any("dport=7000" in e and "labels=0x" in e for e in conntrack(z2)), conntrack(z2)
+        assert z1 != z2
+        before = conntrack(z2)
+        env.cli("instance", "delete", "a1", "--bridge", env.bridge.name)
+        wait_for(lambda: not conntrack(z1), timeout=10, what=f"a1's zone {z1} to be flushed")
+        assert conntrack(z2), ("a2's own connections stay (positive control)", before,
+                               sh(["ovs-appctl", "dpctl/dump-conntrack"]).stdout[-3000:])
+    finally:
+        if stream:
+            stream.kill()
+        server.kill()
+
+
+def test_an_ip_broadcast_meets_each_receivers_acl_and_the_tables_count(make_sdn_env,
+                                                                      netns_host):
+    """A UDP broadcast floods through the network's IP flood group, whose copies to filtered
+    VIFs resubmit to the ingress ACL (conntrack inside a group bucket)."""
+    env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False)
+    listener = peer(h1, "listen", 9999)
+    assert listener.stdout.readline().strip() == "ready"
+    broadcast = "10.31.0.63"       # the first /26 of 10.31.0.0/24
+    try:
+        dropped = table_packets(env.bridge.name, 64)
+        peer(h2, "bcast", broadcast, 9999, "before").wait(timeout=10)
+        # no rule yet (and allow_same_net_traffic off): dropped, and counted as dropped
+        wait_for(lambda: table_packets(env.bridge.name, 64) >= dropped + 5, timeout=5,
+                 what="the ingress ACL's drop table to count the refused broadcasts")
+        env.cli("secgroup-rule", "add", "default", "--project", "alpha", "udp", "9999", "9999",
+                "10.31.0.0/24")
+
+        def received():
+            peer(h2, "bcast", broadcast, 9999, "after").wait(timeout=10)
+            return True
+        accepted = table_packets(env.bridge.name, 63)
+        lines = []
+
+        def got_after():
+            received()
+            import select
+            while select.select([listener.stdout], [], [], 0.3)[0]:
+                lines.append(listener.stdout.readline())
+            return any("after" in line for line in lines)
+        wait_for(got_after, timeout=15, what="a1 receiving the broadcast once the rule synced")
+        assert not any("before" in line for line in lines)
+        assert table_packets(env.bridge.name, 63) > accepted
+    finally:
+        listener.kill()
+
+
+def test_the_same_network_admission_is_a_label_of_its_own(make_sdn_env, netns_host):
+    env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=True)
+    server = peer(h1, "listen", 7100)
+    assert server.stdout.readline().strip() == "ready"
+    stream = peer(h2, "stream", a1["address"], 7100)
+    try:
+        assert stream.stdout.readline().strip() == "connected"
+        z1 = vif_zone(env, "a1")
+        wait_for(lambda: any("dport=7100" in e and f"labels=0x{LABEL_SAME_NET:x}" in e
+                             for e in conntrack(z1)), timeout=5, what="a same-net entry")
+    finally:
+        stream.kill()
+        server.kill()
