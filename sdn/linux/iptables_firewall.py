@@ -410,11 +410,14 @@ def vif_chain_rules(view: StateView, vif: VifView, family: str, binary_name: str
 
 # -- cutting connections -------------------------------------------------------------------
 
+_CONNTRACK_PROTO = {TCP: "tcp", UDP: "udp", SCTP: "sctp", ICMP: "icmp", ICMPV6: "icmpv6"}
+
+
 def _port_args(a: Admission) -> list[list[str]]:
     """``-p``/``--dport`` filters of an admission: one list per port for a short range."""
     if a.protocol is None:
         return [[]]
-    name = {TCP: "tcp", UDP: "udp", SCTP: "sctp", ICMP: "icmp", ICMPV6: "icmpv6"}.get(a.protocol)
+    name = _CONNTRACK_PROTO.get(a.protocol)
     proto = ["-p", name or str(a.protocol)]
     if a.protocol in _PORTED and (a.port_min is not None or a.port_max is not None):
         lo = a.port_min if a.port_min is not None else 0
@@ -431,7 +434,8 @@ def admission_cuts(vif: VifFirewall, a: Admission) -> list[ConntrackCut]:
     family = FAMILY[a.ethertype]
     remote = ipaddress.ip_network(a.remote)
     remote_arg = [] if remote.prefixlen == 0 else [_host(a.remote)]
-    why = f"{vif.port} {a.direction} {a.protocol or 'any'} {a.remote} no longer admitted"
+    proto = _CONNTRACK_PROTO.get(a.protocol, str(a.protocol)) if a.protocol is not None else "any"
+    why = f"{vif.port} {a.direction} {proto} {a.remote} no longer admitted"
     cuts = []
     for address in vif.addresses:
         if _family_of(address) != family:
