@@ -222,3 +222,51 @@ def start_controller(cl: Cleanup, conf_path: Path, log: Path) -> subprocess.Pope
 
 def controller_listening(port: int) -> bool:
     return bool(sh(["ss", "-tlnH", f"( sport = :{port} )"], check=False).stdout.strip())
+
+
+# ------------------------------------------------------------------ security groups (additive)
+
+#: cookie/mask of one feature's flows (``ovs-ofctl`` syntax): 0x5d | feature byte | generation
+def feature_cookie(feature: int) -> str:
+    return f"cookie=0x5d{feature:02x}000000000000/0xffff000000000000"
+
+
+SDN_COOKIE = "cookie=0x5d00000000000000/0xff00000000000000"
+
+
+def count_flows(br: str, match: str | None = None) -> int:
+    """Flows on ``br`` (``dump-aggregate``), optionally only those matching ``match``
+    (e.g. ``feature_cookie(8)``)."""
+    cmd = ["ovs-ofctl", "-O", "OpenFlow13", "dump-aggregate", br] + ([match] if match else [])
+    out = sh(cmd, timeout=120).stdout
+    return int(re.search(r"flow_count=(\d+)", out).group(1))
+
+
+def remove_vifs(engine, vifs: list[dict], session=None) -> None:
+    """Undo ``add_vifs`` in ONE transaction (or ``session``'s): the fixed IPs go back to the
+    pool, the VIFs, their group memberships and their instances are deleted."""
+    import contextlib
+    from sqlalchemy import delete
+    insts = [v["instance"] for v in vifs]
+    vif_uuids = [v["uuid"] for v in vifs]
+    with (contextlib.nullcontext(session) if session is not None else db.transaction(engine)) as s:
+        for i in range(0, len(insts), 500):      # SQLite's bound-parameter limit
+            chunk, uchunk = insts[i:i + 500], vif_uuids[i:i + 500]
+            vif_ids = select(models.VirtualInterface.id).where(
+                models.VirtualInterface.uuid.in_(uchunk))
+            s.execute(update(models.FixedIp).where(models.FixedIp.virtual_interface_id.in_(vif_ids))
+                      .values(instance_uuid=None, virtual_interface_id=None, allocated=False,
+                              host=None))
+            s.execute(delete(models.SecurityGroupInstance).where(
+                models.SecurityGroupInstance.instance_uuid.in_(chunk)))
+            s.execute(delete(models.VirtualInterface).where(models.VirtualInterface.uuid.in_(uchunk)))
+            s.execute(delete(models.Instance).where(models.Instance.uuid.in_(chunk)))
+
+
+def instance_names(engine, vifs: list[dict]) -> None:
+    """Add each ``add_vifs`` entry's instance ``name`` (what the CLI and APIs take)."""
+    with db.read_transaction(engine) as s:
+        names = dict(s.execute(select(models.Instance.uuid, models.Instance.name).where(
+            models.Instance.uuid.in_([v["instance"] for v in vifs]))).all())
+    for v in vifs:
+        v["name"] = names[v["instance"]]

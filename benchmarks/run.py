@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run every sdn benchmark side by side with what operators would pick instead (issue 6).
 
-    .venv/bin/python benchmarks/run.py [--out var/bench] [--only dhcp,flows,dataplane,alloc,restart]
+    .venv/bin/python benchmarks/run.py [--out var/bench]
+        [--only dhcp,flows,dataplane,alloc,restart,secgroups]
         [--flow-vifs 1000,10000]
 
 Prints a table of ratios with the raw numbers, writes ``results.json`` and ``results.md`` and
@@ -22,11 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_dhcp, bench_system  # noqa: E402
+from benchmarks import bench_dhcp, bench_secgroups, bench_system  # noqa: E402
 
 TARGETS = {
     "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
     "rss_10k_mb": 200, "dataplane": 0.95, "alloc_duplicates": 0, "restart_lost": 0,
+    "secgroups_dataplane": 0.95,
 }
 
 
@@ -90,6 +92,59 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
                      f"{s['ping_sent']} sent", "-", f"0 {verdict(s['lost'] == 0)}"))
         rows.append(("  time from restart to reconciled (full sync done), s", str(s["reconcile_seconds"]),
                      "-", "-", "report"))
+    rows += secgroup_rows(r.get("secgroups"))
+    return rows
+
+
+def secgroup_rows(g: dict | None) -> list[tuple[str, str, str, str, str]]:
+    """Rows of the security-group step (benchmarks/bench_secgroups.py); medians of the runs."""
+    if not g:
+        return []
+    if "error" in g:
+        return [("secgroups", "error", g["error"][:60], "-", "NOT MET")]
+    rows = []
+    s = g.get("scale") or {}
+    if "error" in s:
+        rows.append(("secgroups scale", "error", s["error"][:60], "-", "NOT MET"))
+    elif s:
+        ok = s["flows_on_switch"] == s["formula_flows"]
+        rows.append((f"SG flows on switch, {s['vifs']} VIFs/{s['groups']} groups, "
+                     f"{s['ingress_rules_per_vif']} ingress rules/VIF",
+                     str(s["flows_on_switch"]), f"formula {s['formula_flows']}", "-",
+                     f"= formula {'MET' if ok else 'NOT MET'}"))
+        n = len(s["full_sync"]["runs"])
+        rows.append((f"  full sync of the {s['vifs']}-VIF state, commit -> on switch, s",
+                     f"{s['full_sync']['median_seconds']} (median of {n})",
+                     f"{s['full_sync']['median_flow_mods']} flow mods", "-", "report"))
+        o = s["groups_onto_synced"]
+        rows.append(("  all groups onto synced VIFs, commit -> on switch, s",
+                     f"{o['median_seconds']} (median of {len(o['runs'])})",
+                     f"{o['median_flow_mods']} flow mods", "-", "report"))
+        for key, what in (("join_remote_group", "add-secgroup of 1 instance to a remote group"),
+                          ("leave_remote_group", "remove-secgroup of it again"),
+                          ("rule_remove_cidr", "remove 1 CIDR rule"),
+                          ("rule_remove_remote", "remove 1 remote-group rule"),
+                          ("rule_add_remote", "add 1 remote-group rule")):
+            c = s.get(key)
+            if not c:
+                continue
+            members = f", group of {c['group_members']}" if "group_members" in c else ""
+            rows.append((f"  {what}, s / flow mods{members}",
+                         f"{c['median_seconds']} (median of {len(c['runs'])})",
+                         f"{c['median_flow_mods']} mods (max {c['max_flow_mods']})", "-",
+                         f"O(VIFs)? {'no' if c['max_flow_mods'] < s['vifs'] else 'YES'}"))
+    d = g.get("dataplane") or {}
+    if "error" in d:
+        rows.append(("secgroups dataplane", "error", d["error"][:60], "-", "NOT MET"))
+    elif d:
+        t = TARGETS["secgroups_dataplane"]
+        rows.append(("iperf3 TCP, Mbit/s, firewall (stateful) vs port security off",
+                     str(d["with_fw"]["median_mbit_s"]), f"off {d['without_fw']['median_mbit_s']}",
+                     f"{d['ratio']:.2f} (median of {d['pairs']} pairs)",
+                     f">={t} {'MET' if d['ratio'] >= t else 'NOT MET'}"))
+        rows.append(("  own datapath flows under traffic (with / without firewall)",
+                     str(d["with_fw"]["median_own_datapath_flows"]),
+                     f"off {d['without_fw']['median_own_datapath_flows']}", "-", "report"))
     return rows
 
 
@@ -127,7 +182,7 @@ def plot(dhcp: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="var/bench")
-    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart")
+    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups")
     ap.add_argument("--flow-vifs", default="1000,10000",
                     help="VIF counts of the flow programming benchmark (comma-separated)")
     args = ap.parse_args()
@@ -154,6 +209,8 @@ def main() -> int:
         steps.append(("alloc", alloc))
     if "restart" in only:
         steps.append(("restart", lambda: bench_system.restart(work, log)))
+    if "secgroups" in only:
+        steps.append(("secgroups", lambda: bench_secgroups.run(work, log)))
     for name, fn in steps:
         log(f"== {name}")
         t = time.monotonic()
