@@ -16,7 +16,8 @@ A VIF with port security on is *filtered*; for it, in this order:
    ``allow_same_net_traffic`` for the same-network admission). When it stops applying, the
    connection is cut at once.
 3. New inbound connections: provider rules (operator drops) first; then, with
-   ``allow_same_net_traffic``, sources in the VIF's own network; then the ingress rules of its
+   ``allow_same_net_traffic``, sources in the VIF's own network (its CIDR, and IPv6
+   link-local addresses, which only its own segment can send from); then the ingress rules of its
    groups; otherwise dropped. New outbound connections: the egress rules of its groups;
    otherwise dropped (every new group has egress rules allowing everything).
 4. Stateless (all groups stateless): no conntrack, every packet in both directions must
@@ -95,6 +96,20 @@ def member_addresses(view: StateView) -> dict[int, dict[str, tuple[str, ...]]]:
 def remote_cidr(rule: RuleView) -> str:
     """The CIDR of a rule without a remote group (everyone when none was given)."""
     return rule.remote_cidr or ANYWHERE[rule.ethertype]
+
+
+#: IPv6 link-local sources are on the VIF's own segment by definition (routers never forward
+#: them, and port security stops a VIF from sending from another's link-local address)
+LINK_LOCAL = "fe80::/64"
+
+
+def same_net_cidrs(view: StateView, vif: VifView) -> tuple[str, ...]:
+    """The sources ``allow_same_net_traffic`` admits for this VIF: its network's CIDR and the
+    IPv6 link-local prefix (empty when the option is off)."""
+    if not view.allow_same_net_traffic:
+        return ()
+    net: NetworkView | None = view.networks.get(vif.network_id)
+    return ((net.cidr,) if net else ()) + (LINK_LOCAL,)
 
 
 def same_net_cidr(view: StateView, vif: VifView) -> str | None:

@@ -23,7 +23,7 @@ Flow count of one datapath (F = filtered VIFs here, R_v = rule matches of VIF v 
 ranges are split into masks, G_v = its groups, M = member addresses per (remote group,
 direction, ethertype) in use, P = provider matches, S = stateful VIFs):
   entry: 17 per VIF (7 egress + 6 ingress always-allowed, 2 IP versions x 2 directions);
-  rules: sum R_v + same-net (1 per VIF, if on) + P + M + one conj_id flow per remote-group rule;
+  rules: sum R_v + same-net (2 per VIF if on: its CIDR, fe80::/64) + P + M + one conj_id flow per remote-group rule;
   state: 1 per stateful VIF per direction (its group clause) + 1 per rule of its groups per
   direction (label clause) + 1 per group (conj_id) per direction + 6 shared per direction.
 ``tests/unit/test_security_groups.py`` asserts it.
@@ -123,8 +123,7 @@ def compile(dp: DatapathContext) -> list[Flow]:
             if is_stateful:
                 _validity(out, side, port, vif, view)
             if side is INGRESS:
-                cidr = firewall.same_net_cidr(view, vif)
-                if cidr:
+                for cidr in firewall.same_net_cidrs(view, vif):
                     ether = firewall.ethertype_of(cidr)
                     out.add(_f(side.rules, PRIO_SAME_NET,
                                {side.port_reg: port, "eth_type": _ETH[ether],

@@ -173,8 +173,12 @@ def test_ipv6_rules_are_compiled_with_the_ipv6_fields():
     d = desired(dataclasses.replace(VIEW, security_groups={1: v6, 2: WEB}))
     rules = [dict(f.match) for f in d.flows if f.table == Table.INGRESS_ACL_RULES
              and dict(f.match).get("reg7") == 2 and dict(f.match).get("eth_type") == 0x86DD]
-    assert rules == [{"reg7": 2, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 128,
-                      "ipv6_src": ("2001:db8::", "ffff:ffff::")}]
+    assert sorted(rules, key=str) == sorted([
+        {"reg7": 2, "eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": 128,
+         "ipv6_src": ("2001:db8::", "ffff:ffff::")},
+        # allow_same_net_traffic: link-local sources are the VIF's own segment
+        {"reg7": 2, "eth_type": 0x86DD, "ipv6_src": ("fe80::", "ffff:ffff:ffff:ffff::")}],
+        key=str)
 
 
 def test_port_ranges_become_the_fewest_masks():
@@ -209,13 +213,13 @@ def _scale(n_ports: int, n_members: int, rules_per_group: int = 10):
 
 @pytest.mark.parametrize("n_ports,n_members", [(10, 10), (100, 10), (100, 500), (1000, 1000)])
 def test_flow_count_is_the_docstring_formula_linear_in_ports_and_members(n_ports, n_members):
-    """Per VIF: 7 + 6 always-allowed and 2 x 2 conntrack entry flows, 10 rule flows, 1 same-net,
+    """Per VIF: 7 + 6 always-allowed and 2 x 2 conntrack entry flows, 10 rule flows, 2 same-net,
     1 group clause per direction; per rule of its group one label clause per direction; per
     group one conj_id flow per direction; 6 shared per direction; per member address one
     clause-1 flow; one conj_id flow per remote-group rule."""
     flows = _scale(n_ports, n_members)
     rules = 10
-    expected = (n_ports * (7 + 6 + 2 * 2 + rules + 1 + 2)  # entry, rules, same-net, group clause
+    expected = (n_ports * (7 + 6 + 2 * 2 + rules + 2 + 2)  # entry, rules, same-net, group clause
                 + 2 * rules + 2 * 1 + 2 * 6               # label clauses, conj_id, shared
                 + n_members + rules // 2)                 # member addresses, remote conj_ids
     assert len(flows) == expected
