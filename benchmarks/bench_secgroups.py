@@ -58,17 +58,19 @@ def expected_flows(vifs: int, groups: int, *, in_groups: bool = True,
     ``in_groups`` False: in none) whose rules are single-port (one match each) and whose
     remote-group rules name another group with members here, each member address once.
 
-    entry 17/VIF; rules: sum R_v + same-net 1/VIF + P + M + 1 conj_id per remote-group rule;
+    entry 17/VIF; rules: sum R_v + same-net 2/VIF (its CIDR, fe80::/64) + P + M + 1 conj_id
+    per remote-group rule;
     state: group clause 1/VIF/direction, label clause 1/rule/direction, conj_id 1/group/
     direction, 6 shared/direction (5 without the same-net label flow)."""
     if not vifs:
         return 0
     per_group = cidr_rules + remote_rules + egress_rules
     shared = 6 if same_net else 5
+    same = 2 * vifs if same_net else 0
     entry = 17 * vifs
     if not in_groups:
-        return entry + (vifs if same_net else 0) + provider_matches + 2 * shared
-    rules = (vifs * per_group + (vifs if same_net else 0) + provider_matches
+        return entry + same + provider_matches + 2 * shared
+    rules = (vifs * per_group + same + provider_matches
              + vifs                                   # M: every VIF's address, once
              + groups * remote_rules)
     state = 2 * vifs + 2 * groups * per_group + 2 * groups + 2 * shared
