@@ -152,6 +152,10 @@ ovs_opts = [
                      "relayed DHCP (giaddr set, udp 67->67, RFC 1542): hosts behind a relay agent "
                      "get the fixed IP of the VIF with their MAC in the network containing giaddr. "
                      "Enable it on one network host per segment: every controller with it answers."),
+    cfg.IntOpt("acl_log_rate_limit", default=0, min=0,
+               help="Security group drops logged by the controller, samples per second per "
+                    "switch (0: none logged; tables egress_acl_drop/ingress_acl_drop count every "
+                    "drop either way)."),
     cfg.IntOpt("dhcp_relay_rate_limit", default=0, min=0,
                help="DHCP packets per second accepted from each relay port (0: no limit); a "
                     "relay speaks for many clients."),

@@ -37,6 +37,7 @@ from sdn.apps import fastdp
 from sdn.apps.datapath import FULL, INCREMENTAL, DatapathSync
 from sdn.apps.dhcp_punt import DhcpPunt, LeaseCommitter
 from sdn.apps.gateway import GatewayLearner
+from sdn.apps.acl_log import AclLog
 from sdn.apps.packet_in import PacketInDispatch
 from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import GENERATION_MASK, Desired, Feature, Table
@@ -95,6 +96,8 @@ class SdnController(app_manager.OSKenApp):
         self.dhcp = DhcpPunt(lambda: self.view, self.bindings.get, self.committer)
         deps.packet_in.on_fast(Feature.DHCP, self.dhcp.on_packet_in)
         deps.packet_in.on_slow(Feature.ROUTER, self.gateway.on_packet_in)
+        self.acl_log = AclLog(self._port_owner)
+        deps.packet_in.on_slow(Feature.SECURITY_GROUPS, self.acl_log.on_packet_in)
         for target in (self._poll_loop, self._maintenance_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
@@ -112,6 +115,12 @@ class SdnController(app_manager.OSKenApp):
         with self._generation_lock:
             self._generation = (self._generation + 1) & GENERATION_MASK
             return self._generation
+
+    def _port_owner(self, dp, port: int | None) -> str | None:
+        """The instance whose VIF is ``port`` of ``dp`` (None for a trunk, unknown port)."""
+        binding = self.bindings.get(getattr(dp, "id", None))
+        vif = binding.vifs.get(port) if binding and port is not None else None
+        return vif.instance if vif else None
 
     def _public_ports(self):
         return [(unit.dp, self.bindings[dpid].public_port) for dpid, unit in list(self.units.items())
@@ -286,7 +295,8 @@ def main(conf) -> int:
         state=StateSource.from_conf(conf),
         settings=CompileSettings(dhcp_rate_pps=conf.ovs.dhcp_rate_limit or None,
                                  relay_rate_pps=conf.ovs.dhcp_relay_rate_limit or None,
-                                 router=router),
+                                 router=router,
+                                 acl_log_rate_pps=conf.ovs.acl_log_rate_limit or None),
         trunk_names=frozenset(conf.ovs.trunk_interfaces),
         relay_names=frozenset(conf.ovs.dhcp_relay_interfaces),
         public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection)

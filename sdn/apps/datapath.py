@@ -113,6 +113,7 @@ class DatapathSync:
         self.ports_known = False
         self.generation = 0
         self.installed: dict[tuple, Flow] = {}
+        self._reflush: set[int] = set()    # conntrack zones to flush once more (sync())
         self.meters: dict[int, int | None] = {}
         self.groups: dict[int, GroupEntry | None] = {}
         self.synced = False
@@ -243,6 +244,10 @@ class DatapathSync:
             return
         if kind == AUDIT:
             self._last_audit = time.monotonic()
+            if self._reflush:
+                zones, self._reflush = sorted(self._reflush), set()
+                self._send_step([ofmsgs.ct_flush_zone(self.dp, z) for z in zones],
+                                "conntrack zone flushes")
             if self.synced and self.audit():
                 return
             kind = FULL
@@ -280,7 +285,11 @@ class DatapathSync:
         self._send_step(before, "meter/group mods")
         if plan:
             self._send_bundle(plan)
-        gone_zones = reconcile.ct_zones(self.installed) - reconcile.ct_zones(flows)
+        zones = reconcile.ct_zones(flows)
+        gone_zones = reconcile.ct_zones(self.installed) - zones
+        # flushed again at the next audit: a packet on a datapath flow cached before the
+        # bundle (revalidated a moment later) may re-create an entry in the zone meanwhile
+        self._reflush = (self._reflush | gone_zones) - zones
         self.installed = flows
         after = [ofmsgs.group_mod(self.dp, None, i, ofp.OFPGC_DELETE) for i in group_plan.delete]
         # a zone no flow uses any more (a VIF deleted or unfiltered): its connections go too

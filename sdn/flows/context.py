@@ -68,12 +68,14 @@ class CompileSettings:
     """Deployment options the features read (built once from config by the controller).
 
     ``dhcp_rate_pps``/``relay_rate_pps``: per-VIF / per-relay-port DHCP punt meters (packets/s;
-    None = unmetered). ``router``: the network host's external side (None = no routing here).
+    None = unmetered). ``acl_log_rate_pps``: security group drops sent to the controller. ``router``: the network host's external side (None = no routing here).
     """
 
     dhcp_rate_pps: int | None = None
     relay_rate_pps: int | None = None
     router: RouterSettings | None = None
+    #: security group drops sampled to the controller's log (packets/s; None = not logged)
+    acl_log_rate_pps: int | None = None
 
 
 @dataclass(frozen=True)

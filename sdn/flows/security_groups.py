@@ -13,7 +13,8 @@ what a VIF sends, reg5 = its port; ingress = what a local VIF receives, reg7 = i
                 cuts its connections at once, both directions.
   *_ACL_RULES   ingress: provider rules -> DROP, then same-network sources; then the VIF's
                 rules: commit with ct_label = rule id (stateless: no ct) -> ACCEPT. Miss: DROP.
-  *_ACL_ACCEPT / *_ACL_DROP  counted by their table-miss flows (``ovs-ofctl dump-flows``).
+  *_ACL_ACCEPT / *_ACL_DROP  counted by their flows (``ovs-ofctl dump-flows``); with
+                ``acl_log_rate_pps`` a drop is also sampled (meter) to the controller's log.
 
 Remote-group rules are conjunctions (ovs-fields(7)): clause 1 = a member's address (one flow
 per member address and direction, shared by every rule naming that group), clause 2 = a VIF's
@@ -37,8 +38,9 @@ from dataclasses import dataclass
 
 from sdn import firewall
 from sdn.flows.context import DatapathContext
-from sdn.flows.model import (CT_EST, CT_INV, CT_NEW, CT_REL, CT_TRK, Conjunction, Ct, EthType,
-                             Feature, Flow, IpProto, Reg, SetField, Table, ct_state, flow)
+from sdn.flows.model import (CT_INV, CT_NEW, CT_REL, CT_TRK, Conjunction, Controller, Ct,
+                             EthType, Feature, Flow, IpProto, Meter, MeterEntry, Reg, SetField,
+                             Table, ct_state, entry_id, flow)
 from sdn.view import RuleView, StateView, VifView
 
 #: ct_label of a connection admitted by ``allow_same_net_traffic`` (rule ids are below 2**32)
@@ -53,6 +55,8 @@ PRIO_ENTRY = 100
 PRIO_INVALID, PRIO_BLOCKED, PRIO_NEW, PRIO_SAME_NET_LABEL, PRIO_VALID, PRIO_CUT = \
     400, 390, 300, 250, 200, 100
 PRIO_PROVIDER, PRIO_SAME_NET, PRIO_RULE, PRIO_CONJ = 400, 300, 200, 100
+PRIO_LOG = 1          # drop tables: above their table-miss, which counts when not logging
+LOG_BYTES = 128       # headers are enough for a log line
 
 _ETH = {firewall.IPV4: EthType.IPV4, firewall.IPV6: EthType.IPV6}
 _IP_FIELD = {firewall.IPV4: "ipv4", firewall.IPV6: "ipv6"}
@@ -144,7 +148,14 @@ def compile(dp: DatapathContext) -> list[Flow]:
                          {"eth_type": _ETH[ether],
                           f"{_IP_FIELD[ether]}_{side.remote_end}": _prefix(address)},
                          [Conjunction(r, 1, 2) for r in sorted(rule_ids)])
-    return out.flows()
+    flows = out.flows()
+    rate = dp.settings.acl_log_rate_pps
+    if rate:    # a metered sample of every drop to the controller's log (sdn.apps.acl_log)
+        meter = entry_id(Feature.SECURITY_GROUPS, 0)
+        flows.append(MeterEntry(Feature.SECURITY_GROUPS, meter, rate))
+        flows += [_f(side.drop, PRIO_LOG, {}, [Meter(meter), Controller(LOG_BYTES)])
+                  for side in SIDES]
+    return flows
 
 
 class _Flows:

@@ -14,7 +14,7 @@ import sys
 from sdn import firewall
 from sdn.flows.security_groups import LABEL_SAME_NET
 from tests.integration.netlab import OFCTL, sh, wait_for
-from tests.integration.test_controller import launch, vlan_env
+from tests.integration.test_controller import _vlan_networks, launch
 
 # "listen PORT...": TCP servers that keep connections open and UDP receivers printing
 # "udp <port> <data>"; "stream HOST PORT": one TCP connection held open, a line every 100 ms;
@@ -73,14 +73,14 @@ def rule_id(env, text: str) -> int:
 
 
 def table_packets(bridge: str, table: int) -> int:
-    """n_packets of ``table``'s table-miss (priority 0) flow: the ACL drop/accept counters."""
+    """n_packets of ``table``'s flows: the ACL drop/accept counters."""
     out = sh(OFCTL + ["dump-flows", bridge, f"table={table}"]).stdout
-    return sum(int(re.search(r"n_packets=(\d+)", line).group(1)) for line in out.splitlines()
-               if re.search(r"priority=0\b", line))
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+)", out))
 
 
-def _lab(make_sdn_env, netns_host, same_net: bool):
-    env = vlan_env(make_sdn_env, allow_same_net_traffic=same_net)
+def _lab(make_sdn_env, netns_host, same_net: bool, **ovs):
+    env = _vlan_networks(make_sdn_env(config={
+        "DEFAULT": {"network_manager": "vlan", "allow_same_net_traffic": same_net}, "ovs": ovs}))
     a1, h1 = launch(env, netns_host, "a1", "alpha")
     a2, h2 = launch(env, netns_host, "a2", "alpha")
     env.start_controller()
@@ -129,16 +129,20 @@ def test_an_ip_broadcast_meets_each_receivers_acl_and_the_tables_count(make_sdn_
                                                                       netns_host):
     """A UDP broadcast floods through the network's IP flood group, whose copies to filtered
     VIFs resubmit to the ingress ACL (conntrack inside a group bucket)."""
-    env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False)
+    env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False,
+                                   acl_log_rate_limit=50)
     listener = peer(h1, "listen", 9999)
     assert listener.stdout.readline().strip() == "ready"
     broadcast = "10.31.0.63"       # the first /26 of 10.31.0.0/24
     try:
         dropped = table_packets(env.bridge.name, 64)
         peer(h2, "bcast", broadcast, 9999, "before").wait(timeout=10)
-        # no rule yet (and allow_same_net_traffic off): dropped, and counted as dropped
+        # no rule yet (and allow_same_net_traffic off): dropped, counted and logged
         wait_for(lambda: table_packets(env.bridge.name, 64) >= dropped + 5, timeout=5,
                  what="the ingress ACL's drop table to count the refused broadcasts")
+        wait_for(lambda: f"security groups dropped udp {a2['address']}:" in env.controller_log()
+                 and f"-> {broadcast}:9999, in on datapath" in env.controller_log(), timeout=5,
+                 what="the controller to log the dropped broadcast")
         env.cli("secgroup-rule", "add", "default", "--project", "alpha", "udp", "9999", "9999",
                 "10.31.0.0/24")
 

@@ -232,3 +232,35 @@ def test_flow_count_is_the_docstring_formula_linear_in_ports_and_members(n_ports
 def test_every_admission_commits_in_the_vifs_zone_register():
     zones = {a.zone for f in _scale(3, 2) for a in f.actions if isinstance(a, Ct)}
     assert zones == {"reg2", 10001, 10002, 10003}
+
+
+def test_drops_are_sampled_to_the_controller_only_when_asked():
+    from sdn.flows.model import Controller, Meter, MeterEntry
+    quiet = desired()
+    assert not [f for f in quiet.flows if f.table in (Table.EGRESS_ACL_DROP, Table.INGRESS_ACL_DROP)
+                and f.feature == Feature.SECURITY_GROUPS]
+    logged = compile_datapath(VIEW, bind_ports(VIEW, PORTS, frozenset({"trunk"})),
+                              CompileSettings(acl_log_rate_pps=20))
+    (meter,) = [m for m in logged.meters.values() if m.feature == Feature.SECURITY_GROUPS]
+    assert meter == MeterEntry(Feature.SECURITY_GROUPS, meter.meter_id, 20)
+    r = trace(logged, tcp_in("198.51.100.7", WEB_VIF, 22))
+    assert r.dropped is False and r.to_controller and not r.outputs
+    assert r.path[-1].table == Table.INGRESS_ACL_DROP
+    assert r.path[-1].actions == (Meter(meter.meter_id), Controller(sg.LOG_BYTES))
+
+
+def test_the_drop_log_line_names_the_packet_and_never_raises():
+    import random
+
+    from sdn.apps.acl_log import AclLog, describe
+    from scapy.all import ICMP, IP, TCP, Ether
+    frame = bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.6") / TCP(sport=40000, dport=22))
+    assert describe(frame) == "tcp 10.0.0.5:40000 -> 10.0.0.6:22"
+    ping = bytes(Ether() / IP(src="10.0.0.5", dst="10.0.0.6") / ICMP(type=8))
+    assert describe(ping) == "icmp 10.0.0.5 -> 10.0.0.6 type 8 code 0"
+    log = AclLog(lambda dp, port: "a1" if port == 1 else None)
+    rnd = random.Random(5)
+    for n in range(2000):
+        junk = frame[:rnd.randrange(len(frame) + 1)] if n % 2 else bytes(
+            rnd.randrange(256) for _ in range(rnd.randrange(80)))
+        log.on_packet_in(None, rnd.choice([None, 1, 2]), junk)
