@@ -10,7 +10,8 @@ chains wrapped by the IptablesManager (``sdn-agent-<chain>``):
              -m physdev --physdev-in TAP -j o<port>                        (from the VIF)
   i<port>    always-allowed (DHCP server->client, ICMPv6 RA/NS/NA/MLD query, DHCPv6), then
              stateful: INVALID DROP, RELATED,ESTABLISHED RETURN, new TCP without SYN DROP;
-             then -j provider (operator DROPs), same-network source RETURN, the ingress rules
+             then -j provider (operator DROPs), same-network sources RETURN (the network's
+             CIDR; fe80::/64 in ip6tables), the ingress rules
              (RETURN), -j sg-fallback (DROP)
   o<port>    always-allowed (DHCP client->server, ICMPv6 RS/NS/NA/MLD reports, DHCPv6), state
              rules as above, the egress rules (RETURN), -j sg-fallback
@@ -298,9 +299,8 @@ def admissions(view: StateView, vif: VifView,
     """Every (rule x remote) the VIF admits now: rules with a CIDR once, remote-group rules
     once per member address, and the same-network admission."""
     out = set()
-    same_net = firewall.same_net_cidr(view, vif)
-    if same_net:
-        out.add(Admission(firewall.INGRESS, firewall.IPV4, None, None, None,
+    for same_net in firewall.same_net_cidrs(view, vif):
+        out.add(Admission(firewall.INGRESS, ETHERTYPE[_family_of(same_net)], None, None, None,
                           canonical_cidr(same_net)))
     for r in firewall.rules_of(view, vif):
         if r.remote_group is not None:
@@ -390,9 +390,9 @@ def vif_chain_rules(view: StateView, vif: VifView, family: str, binary_name: str
             rules += list(STATE_RULES)
         if direction == firewall.INGRESS:
             rules.append(f"-j ${PROVIDER_CHAIN}")
-            same_net = firewall.same_net_cidr(view, vif)
-            if same_net and _family_of(same_net) == family:
-                rules.append(f"-s {canonical_cidr(same_net)} -j RETURN")
+            # the VIF's network, and IPv6 link-local sources (only its own segment has them)
+            rules += [f"-s {canonical_cidr(c)} -j RETURN" for c in firewall.same_net_cidrs(view, vif)
+                      if _family_of(c) == family]
         for r in firewall.rules_of(view, vif, direction):
             if r.ethertype != ethertype:
                 continue

@@ -111,13 +111,15 @@ def test_inbound_and_outbound_chain_order_stateful():
         "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m state --state NEW -j DROP",
         "-j RETURN",                                    # the group's egress IPv4 allow-all
         "-j $sg-fallback"]
-    # IPv6: ND/MLD/DHCPv6 always, no same-net (the network is IPv4), only IPv6 rules
+    # IPv6: ND/MLD/DHCPv6 always, same-net is the link-local prefix (the network is IPv4),
+    # only IPv6 rules
     v6_in = chain(p, "ipv6", IN)
     assert v6_in[:5] == [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in (134, 135, 136, 130)] + \
         ["-p udp -m udp --sport 547 --dport 546 -j RETURN"]
     assert v6_in[5:] == ["-m state --state INVALID -j DROP", "-m state --state RELATED,ESTABLISHED -j RETURN",
                          "-p tcp -m tcp ! --tcp-flags FIN,SYN,RST,ACK SYN -m state --state NEW -j DROP",
-                         "-j $provider", "-p tcp -m tcp --dport 22 -j RETURN", "-j $sg-fallback"]
+                         "-j $provider", "-s fe80::/64 -j RETURN", "-p tcp -m tcp --dport 22 -j RETURN",
+                         "-j $sg-fallback"]
     assert "--icmpv6-type 133" in chain(p, "ipv6", OUT)[0]
     assert chain(p, "ipv4", "sg-fallback") == ["-j DROP"]
 
@@ -129,6 +131,7 @@ def test_same_net_off_and_stateless_have_no_same_net_and_no_state_rules():
     assert chain(p, "ipv4", IN) == ["-p udp -m udp --sport 67 --dport 68 -j RETURN", "-j $provider",
                                     "-p tcp -m tcp --dport 22 -j RETURN", "-j $sg-fallback"]
     assert not [r for r in p.rules if r.table == "filter" and "state" in r.rule]
+    assert "-s fe80::/64 -j RETURN" not in chain(p, "ipv6", IN)
 
 
 def test_jumps_come_before_the_bridge_accept_and_only_for_filtered_present_vifs():
