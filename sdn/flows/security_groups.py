@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
+from functools import lru_cache
 from dataclasses import dataclass
 
 from sdn import firewall
@@ -55,6 +56,8 @@ PRIO_ENTRY = 100
 PRIO_INVALID, PRIO_BLOCKED, PRIO_NEW, PRIO_SAME_NET_LABEL, PRIO_VALID, PRIO_CUT = \
     400, 390, 300, 250, 200, 100
 PRIO_PROVIDER, PRIO_SAME_NET, PRIO_RULE, PRIO_CONJ = 400, 300, 200, 100
+_TRACKED = ct_state(plus=CT_TRK)
+_EVERYONE = frozenset(firewall.ANYWHERE.values())
 PRIO_LOG = 1          # drop tables: above their table-miss, which counts when not logging
 LOG_BYTES = 128       # headers are enough for a log line
 
@@ -117,9 +120,13 @@ def compile(dp: DatapathContext) -> list[Flow]:
     out = _Flows()
     stateful = [(port, vif) for port, vif in local if firewall.stateful(view, vif)]
     members = firewall.member_addresses(view)
+    stateful_groups = sorted({g for _, vif in stateful for g in vif.security_groups
+                              if g in view.security_groups})
     for side in SIDES:
         if stateful:
             _state_defaults(out, side, view.allow_same_net_traffic)
+            for gid in stateful_groups:
+                _group_labels(out, side, view.security_groups[gid])
         used_remotes: dict[tuple[int, str], set[int]] = defaultdict(set)
         for port, vif in local:
             is_stateful = (port, vif) in stateful
@@ -220,18 +227,19 @@ def _state_defaults(out: _Flows, side: Side, same_net: bool) -> None:
 
 
 def _validity(out: _Flows, side: Side, port: int, vif: VifView, view: StateView) -> None:
-    """Clause 1: this VIF is in group G; clause 2: the connection's label is a rule of G."""
-    groups = firewall.groups_of(view, vif)
-    if not groups:
-        return
-    out.conj(side.state, PRIO_VALID, {side.port_reg: port, "ct_state": ct_state(plus=CT_TRK)},
-             [Conjunction(VALID_BASE | g.id, 1, 2) for g in groups])
-    for g in groups:
-        for rule in g.rules:
-            out.conj(side.state, PRIO_VALID, {"ct_state": ct_state(plus=CT_TRK),
-                                              "ct_label": rule.id},
-                     [Conjunction(VALID_BASE | g.id, 2, 2)])
-        out.add(_f(side.state, PRIO_VALID, {"conj_id": VALID_BASE | g.id}, goto=side.accept))
+    """Clause 1 of "the connection's rule still applies": this VIF is in group G."""
+    groups = [g for g in vif.security_groups if g in view.security_groups]
+    if groups:
+        out.conj(side.state, PRIO_VALID, {side.port_reg: port, "ct_state": _TRACKED},
+                 [Conjunction(VALID_BASE | g, 1, 2) for g in groups])
+
+
+def _group_labels(out: _Flows, side: Side, group) -> None:
+    """Clause 2: the connection's label is a rule of ``group``; and the conj_id flow."""
+    for rule in group.rules:
+        out.conj(side.state, PRIO_VALID, {"ct_state": _TRACKED, "ct_label": rule.id},
+                 [Conjunction(VALID_BASE | group.id, 2, 2)])
+    out.add(_f(side.state, PRIO_VALID, {"conj_id": VALID_BASE | group.id}, goto=side.accept))
 
 
 def _rule(out: _Flows, side: Side, port: int, rule: RuleView, stateful: bool,
@@ -246,30 +254,32 @@ def _rule(out: _Flows, side: Side, port: int, rule: RuleView, stateful: bool,
                        _admit(rule.id, stateful), goto=side.accept))
             continue
         cidr = firewall.remote_cidr(rule)
-        if ipaddress.ip_network(cidr).prefixlen:
+        if cidr not in _EVERYONE:
             match[f"{_IP_FIELD[ether]}_{side.remote_end}"] = _prefix(cidr)
         out.add(_f(side.rules, PRIO_RULE, match, _admit(rule.id, stateful), goto=side.accept))
 
 
+@lru_cache(maxsize=1 << 12)
 def _proto_matches(ether: str, protocol: int | None, lo: int | None,
-                   hi: int | None) -> list[dict]:
-    """The matches of a rule's ethertype/protocol/ports (a port range becomes masks)."""
+                   hi: int | None) -> tuple[dict, ...]:
+    """The matches of a rule's ethertype/protocol/ports (a port range becomes masks); callers
+    copy them before adding fields (cached)."""
     base = {"eth_type": _ETH[ether]}
     if protocol is None:
-        return [base]
+        return (base,)
     base["ip_proto"] = protocol
     if protocol in _PORT_FIELD:
         if lo is None:
-            return [base]
+            return (base,)
         name = f"{_PORT_FIELD[protocol]}_dst"
-        return [{**base, name: m} for m in port_masks(lo, hi)]
+        return tuple({**base, name: m} for m in port_masks(lo, hi))
     if protocol in _ICMP_FIELD:
         prefix = _ICMP_FIELD[protocol]
         if lo is not None:
             base[f"{prefix}_type"] = lo
         if hi is not None:
             base[f"{prefix}_code"] = hi
-    return [base]
+    return (base,)
 
 
 def port_masks(lo: int, hi: int) -> list:
@@ -285,6 +295,7 @@ def port_masks(lo: int, hi: int) -> list:
     return out
 
 
+@lru_cache(maxsize=1 << 16)
 def _prefix(cidr: str):
     net = ipaddress.ip_network(cidr, strict=False)
     if net.prefixlen == net.max_prefixlen:
