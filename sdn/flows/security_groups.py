@@ -118,9 +118,9 @@ def compile(dp: DatapathContext) -> list[Flow]:
         return []
     view = dp.view
     out = _Flows()
-    stateful = [(port, vif) for port, vif in local if firewall.stateful(view, vif)]
+    stateful = {port: vif for port, vif in local if firewall.stateful(view, vif)}
     members = firewall.member_addresses(view)
-    stateful_groups = sorted({g for _, vif in stateful for g in vif.security_groups
+    stateful_groups = sorted({g for vif in stateful.values() for g in vif.security_groups
                               if g in view.security_groups})
     for side in SIDES:
         if stateful:
@@ -129,7 +129,7 @@ def compile(dp: DatapathContext) -> list[Flow]:
                 _group_labels(out, side, view.security_groups[gid])
         used_remotes: dict[tuple[int, str], set[int]] = defaultdict(set)
         for port, vif in local:
-            is_stateful = (port, vif) in stateful
+            is_stateful = port in stateful
             _entry(out, side, port, vif, is_stateful)
             if is_stateful:
                 _validity(out, side, port, vif, view)
