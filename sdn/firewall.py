@@ -112,14 +112,6 @@ def same_net_cidrs(view: StateView, vif: VifView) -> tuple[str, ...]:
     return ((net.cidr,) if net else ()) + (LINK_LOCAL,)
 
 
-def same_net_cidr(view: StateView, vif: VifView) -> str | None:
-    """The source CIDR ``allow_same_net_traffic`` admits for this VIF (None when off)."""
-    if not view.allow_same_net_traffic:
-        return None
-    net: NetworkView | None = view.networks.get(vif.network_id)
-    return net.cidr if net else None
-
-
 def provider_rules(view: StateView) -> tuple[ProviderRuleView, ...]:
     return view.provider_rules
 
