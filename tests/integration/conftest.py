@@ -181,6 +181,15 @@ def sdn_env(make_sdn_env):
     return make_sdn_env()
 
 
+@pytest.fixture
+def linux(make_sdn_env, netns_host, tmp_path):
+    """The Linux backend alone (``backends.LinuxBackend``), closed at teardown."""
+    from tests.integration.backends import LinuxBackend
+    be = LinuxBackend(make_sdn_env, netns_host, tmp_path)
+    yield be
+    be.close()
+
+
 @pytest.fixture(params=["ovs", "linux"])
 def backend(request, make_sdn_env, netns_host, tmp_path):
     """The data plane under test (``tests/integration/backends.py``): "ovs" (OpenFlow controller

@@ -12,20 +12,12 @@ import re
 
 import pytest
 
-from tests.integration.backends import LinuxBackend
 from tests.integration.netlab import random_suffix, sh, wait_for
 from tests.integration.test_controller import lease_state
 
 RSIP, GATEWAY, INTERNET = "172.31.0.2", "172.31.0.1", "172.31.0.10"
 FLOATING_RANGE = "172.31.0.64/28"
 FIXED = "10.35.0.0/24"
-
-@pytest.fixture
-def linux(make_sdn_env, netns_host, tmp_path):
-    be = LinuxBackend(make_sdn_env, netns_host, tmp_path)
-    yield be
-    be.close()
-
 
 class Lab:
     def __init__(self, backend, netns_host, foreign=()):

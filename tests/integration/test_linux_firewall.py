@@ -3,8 +3,9 @@
 The lab: ``sdn agent`` in a hypervisor namespace (``LinuxBackend``), project alpha's VLAN
 network with instances a1 and a2 (real dhclient leases), and an "outside" namespace on the
 hypervisor's public_interface, routed to the fixed range through routing_source_ip. Listeners
-and clients are small Python programs (``PEER``) inside the namespaces the test made; every
-"never arrives" stands next to a positive control that arrives in the same state.
+and clients are small Python programs (``tests.integration.peers``) inside the namespaces the
+test made; every "never arrives" stands next to a positive control that arrives in the same
+state.
 """
 
 from __future__ import annotations
@@ -16,58 +17,15 @@ import sys
 import threading
 import time
 
-import pytest
-
-from tests.integration.backends import LinuxBackend
 from tests.integration.netlab import random_suffix, wait_for
+from tests.integration.peers import PEER, probe, serve
 
 RSIP, GATEWAY = "172.31.0.2", "172.31.0.1"
 OUTSIDE_NET = "172.31.0.0/24"
 FIXED = "10.41.0.0/24"
 PROJECT = "alpha"
 
-# "server P..." answers each connection with "<port> <peer address>"; "stream P..." sends
-# "<port> <n>" every 100 ms per connection; "probe HOST PORT" prints "ok <answer>" or why not;
-# "recv HOST PORT" prints each line received.
-PEER = r"""
-import socket, sys, threading, time
-mode = sys.argv[1]
-def serve(port, handle):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(8)
-    def loop():
-        while True:
-            c, addr = s.accept()
-            threading.Thread(target=handle, args=(c, addr, port), daemon=True).start()
-    threading.Thread(target=loop, daemon=True).start()
-def answer(c, addr, port):
-    try: c.sendall(f"{port} {addr[0]}".encode()); c.close()
-    except OSError: pass
-def stream(c, addr, port):
-    n = 0
-    try:
-        while True: c.sendall(f"{port} {n}\n".encode()); n += 1; time.sleep(0.1)
-    except OSError: pass
-if mode in ("server", "stream"):
-    for p in sys.argv[2:]: serve(int(p), answer if mode == "server" else stream)
-    print("ready", flush=True); threading.Event().wait()
-elif mode == "probe":
-    try:
-        c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=1.5)
-        print("ok " + c.recv(100).decode())
-    except OSError as err:
-        print(type(err).__name__)
-elif mode == "recv":
-    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3); c.settimeout(None)
-    for line in c.makefile(): print(line.strip(), flush=True)
-"""
 
-
-@pytest.fixture
-def linux(make_sdn_env, netns_host, tmp_path):
-    be = LinuxBackend(make_sdn_env, netns_host, tmp_path)
-    yield be
-    be.close()
 
 
 class Lab:
@@ -98,14 +56,10 @@ class Lab:
         self.env.cli("secgroup-rule", verb, group, "--project", PROJECT, *args)
 
     def serve(self, host, mode, *ports):
-        proc = host.popen([sys.executable, "-u", "-c", PEER, mode, *map(str, ports)],
-                          stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
+        serve(host, mode, *ports)
 
     def probe(self, src, address, port) -> str:
-        host = self.host[src] if isinstance(src, str) else src
-        return host.run([sys.executable, "-c", PEER, "probe", address, str(port)], check=False,
-                        timeout=20).stdout.strip()
+        return probe(self.host[src] if isinstance(src, str) else src, "tcp", address, port)
 
     def synced(self):
         self.backend.wait_synced(self.env)
@@ -120,14 +74,14 @@ class Lab:
 
 
 def refused(got: str) -> bool:
-    return got in ("timeout", "TimeoutError", "ConnectionRefusedError", "ConnectionResetError")
+    return got in ("timeout", "refused", "reset")
 
 
 def test_default_group_same_net_and_a_port_rule(linux, netns_host):
     lab = Lab(linux, netns_host)
     a1 = lab.ip["a1"]
-    lab.serve(lab.host["a1"], "server", 22, 23)
-    lab.serve(lab.outside, "server", 8080)
+    lab.serve(lab.host["a1"], "tcp-server", 22, 23)
+    lab.serve(lab.outside, "tcp-server", 8080)
     # positive control of the routed path: a1's own connection out (egress allowed) and back
     # (GATEWAY is also the metadata host: nova's rules exempt it from SNAT)
     assert lab.probe("a1", GATEWAY, 8080) == f"ok 8080 {a1}"
@@ -166,17 +120,19 @@ def test_default_group_same_net_and_a_port_rule(linux, netns_host):
 
 
 class Stream:
-    """``recv`` from ``host`` to a ``stream`` server; the arrival time of every line."""
+    """``tcp-recv`` from ``host`` to a ``tcp-stream`` server; the arrival time of every line
+    of the stream ("<port> <n>")."""
 
     def __init__(self, host, address, port):
-        self.proc = host.popen([sys.executable, "-u", "-c", PEER, "recv", address, str(port)],
+        self.proc = host.popen([sys.executable, "-u", "-c", PEER, "tcp-recv", address, str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.times: list[float] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self):
-        for _ in self.proc.stdout:
-            self.times.append(time.monotonic())
+        for line in self.proc.stdout:
+            if line.split(" ", 1)[0].isdigit():
+                self.times.append(time.monotonic())
 
     def after(self, t: float) -> int:
         return sum(1 for at in self.times if at > t)
@@ -191,7 +147,7 @@ def test_removing_a_rule_cuts_its_stream_within_a_second_the_other_lives(linux, 
         lab.rule("add", "default", "tcp", "2224", "2224", OUTSIDE_NET)
     lab = Lab(linux, netns_host, setup=setup)
     a1 = lab.ip["a1"]
-    lab.serve(lab.host["a1"], "stream", 22, 2224)
+    lab.serve(lab.host["a1"], "tcp-stream", 22, 2224)
     cut, kept = Stream(lab.outside, a1, 22), Stream(lab.outside, a1, 2224)
     wait_for(lambda: len(cut.times) >= 3 and len(kept.times) >= 3, timeout=10,
              what="both streams from outside to flow")

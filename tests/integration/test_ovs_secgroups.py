@@ -7,6 +7,7 @@ test_security_groups.py."""
 from __future__ import annotations
 
 import re
+import select
 import sqlite3
 import subprocess
 import sys
@@ -14,46 +15,18 @@ import sys
 from sdn import firewall
 from sdn.flows.security_groups import LABEL_SAME_NET
 from tests.integration.netlab import OFCTL, sh, wait_for
+from tests.integration.peers import PEER, serve
 from tests.integration.test_controller import _vlan_networks, launch
 
-# "listen PORT...": TCP servers that keep connections open and UDP receivers printing
-# "udp <port> <data>"; "stream HOST PORT": one TCP connection held open, a line every 100 ms;
-# "bcast ADDR PORT": five UDP broadcasts.
-PEER = r"""
-import socket, sys, threading, time
-mode = sys.argv[1]
-if mode == "listen":
-    def tcp(port):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port)); s.listen(8)
-        while True:
-            c, _ = s.accept()
-            threading.Thread(target=lambda c=c: [c.recv(64) for _ in iter(int, 1)], daemon=True).start()
-    def udp(port):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port))
-        while True:
-            data, _ = s.recvfrom(64); print("udp", port, data.decode(), flush=True)
-    for p in sys.argv[2:]:
-        threading.Thread(target=tcp, args=(int(p),), daemon=True).start()
-        threading.Thread(target=udp, args=(int(p),), daemon=True).start()
-    print("ready", flush=True); threading.Event().wait()
-elif mode == "stream":
-    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
-    print("connected", flush=True)
-    while True:
-        c.sendall(b"x\n"); time.sleep(0.1)
-elif mode == "bcast":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-    for i in range(5):
-        s.sendto(sys.argv[4].encode(), (sys.argv[2], int(sys.argv[3]))); time.sleep(0.05)
-"""
-
-
-def peer(host, *args) -> subprocess.Popen:
-    proc = host.popen([sys.executable, "-u", "-c", PEER, *map(str, args)],
+def recv(host, address, port) -> subprocess.Popen:
+    """A TCP connection from ``host`` held open (``tcp-recv``); its first line says whether it
+    connected."""
+    return host.popen([sys.executable, "-u", "-c", PEER, "tcp-recv", address, str(port)],
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc
+
+
+def broadcast(host, address, port, data) -> None:
+    host.run([sys.executable, "-c", PEER, "udp-bcast", address, str(port), data], timeout=10)
 
 
 def conntrack(zone: int) -> list[str]:
@@ -94,14 +67,13 @@ def test_connections_carry_their_rule_in_the_vifs_zone_and_go_with_the_vif(make_
     env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False)
     rule = rule_id(env, env.cli("secgroup-rule", "add", "default", "--project", "alpha", "tcp",
                                 "7000", "7000", "10.31.0.0/24").stdout)
-    server = peer(h1, "listen", 7000)
-    assert server.stdout.readline().strip() == "ready"
+    server = serve(h1, "tcp-stream", 7000)
     z1, z2 = vif_zone(env, "a1"), vif_zone(env, "a2")
     stream = None
 
     def connected():
         nonlocal stream
-        stream = peer(h2, "stream", a1["address"], 7000)
+        stream = recv(h2, a1["address"], 7000)
         if stream.stdout.readline().strip() == "connected":
             return True
         stream.kill()
@@ -131,30 +103,25 @@ def test_an_ip_broadcast_meets_each_receivers_acl_and_the_tables_count(make_sdn_
     VIFs resubmit to the ingress ACL (conntrack inside a group bucket)."""
     env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=False,
                                    acl_log_rate_limit=50)
-    listener = peer(h1, "listen", 9999)
-    assert listener.stdout.readline().strip() == "ready"
-    broadcast = "10.31.0.63"       # the first /26 of 10.31.0.0/24
+    listener = serve(h1, "udp-listen", 9999)
+    bcast = "10.31.0.63"       # the first /26 of 10.31.0.0/24
     try:
         dropped = table_packets(env.bridge.name, 64)
-        peer(h2, "bcast", broadcast, 9999, "before").wait(timeout=10)
+        broadcast(h2, bcast, 9999, "before")
         # no rule yet (and allow_same_net_traffic off): dropped, counted and logged
         wait_for(lambda: table_packets(env.bridge.name, 64) >= dropped + 5, timeout=5,
                  what="the ingress ACL's drop table to count the refused broadcasts")
         wait_for(lambda: f"security groups dropped udp {a2['address']}:" in env.controller_log()
-                 and f"-> {broadcast}:9999, in on datapath" in env.controller_log(), timeout=5,
+                 and f"-> {bcast}:9999, in on datapath" in env.controller_log(), timeout=5,
                  what="the controller to log the dropped broadcast")
         env.cli("secgroup-rule", "add", "default", "--project", "alpha", "udp", "9999", "9999",
                 "10.31.0.0/24")
 
-        def received():
-            peer(h2, "bcast", broadcast, 9999, "after").wait(timeout=10)
-            return True
         accepted = table_packets(env.bridge.name, 63)
         lines = []
 
         def got_after():
-            received()
-            import select
+            broadcast(h2, bcast, 9999, "after")
             while select.select([listener.stdout], [], [], 0.3)[0]:
                 lines.append(listener.stdout.readline())
             return any("after" in line for line in lines)
@@ -167,9 +134,8 @@ def test_an_ip_broadcast_meets_each_receivers_acl_and_the_tables_count(make_sdn_
 
 def test_the_same_network_admission_is_a_label_of_its_own(make_sdn_env, netns_host):
     env, (a1, h1), (a2, h2) = _lab(make_sdn_env, netns_host, same_net=True)
-    server = peer(h1, "listen", 7100)
-    assert server.stdout.readline().strip() == "ready"
-    stream = peer(h2, "stream", a1["address"], 7100)
+    server = serve(h1, "tcp-stream", 7100)
+    stream = recv(h2, a1["address"], 7100)
     try:
         assert stream.stdout.readline().strip() == "connected"
         z1 = vif_zone(env, "a1")
