@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     vpn.add_parser("spawn", help="run the VPN of every project that has none running")
 
     cats.add_parser("controller", help="run the OpenFlow controller")
+    cats.add_parser("metadata", help="run the metadata service on metadata_host:metadata_port "
+                    "(network_data.json, EC2 meta-data) in the foreground")
     agent = cats.add_parser("agent", help="run the Linux backend's host agent (network_driver = linux)")
     agent.add_argument("--once", action="store_true", help="reconcile once and exit")
     bridge = cats.add_parser("dhcp-bridge", help="dnsmasq --dhcp-script: add|old|del MAC IP [HOSTNAME], init")
@@ -340,6 +342,12 @@ def cmd_controller(args, conf) -> int | None:
     return controller.main(conf)
 
 
+def cmd_metadata(args, conf) -> int:
+    from sdn.metadata import server
+
+    return server.main(conf)
+
+
 def cmd_agent(args, conf) -> int:
     if conf.network_driver != "linux":
         raise exception.Invalid(f"sdn agent runs the Linux backend; set network_driver = linux "
@@ -510,7 +518,7 @@ def cmd_provider_rule(args, conf) -> None:
 
 COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
             "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller, "agent": cmd_agent,
-            "dhcp-bridge": cmd_dhcp_bridge, "secgroup": cmd_secgroup,
+            "dhcp-bridge": cmd_dhcp_bridge, "secgroup": cmd_secgroup, "metadata": cmd_metadata,
             "secgroup-rule": cmd_secgroup_rule, "provider-rule": cmd_provider_rule}
 
 
