@@ -30,6 +30,16 @@ def _opt(parser, name, dest_suffix="", **kwargs):
     parser.add_argument(*flags, dest=name + dest_suffix, **kwargs)
 
 
+def _bandwidth_opts(parser, name: bool = False) -> None:
+    """``--rx-kbps``/``--tx-kbps`` (and ``instance set-bandwidth``'s NAME)."""
+    if name:
+        parser.add_argument("name")
+    _opt(parser, "rx_kbps", type=int, metavar="KBPS",
+         help="limit what each VIF receives, kbit/s (0: unlimited)")
+    _opt(parser, "tx_kbps", type=int, metavar="KBPS",
+         help="limit what each VIF sends, kbit/s (0: unlimited)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="nova-network tenant networking on Open vSwitch")
     parser.add_argument("--config-file", action="append", dest="config_files", metavar="FILE",
@@ -57,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     delete = net.add_parser("delete", help="delete a network with no allocated fixed IPs")
     _opt(delete, "fixed_range", required=True, metavar="CIDR", help="CIDR of the network to delete")
 
+    addproj = net.add_parser("add-to-project", help="give a project one more network (vlan manager)")
+    addproj.add_argument("--project", required=True)
+    addproj.add_argument("--network", metavar="LABEL", help="which free network (default: the lowest free)")
+    dhcp = cats.add_parser("dhcp", help="DHCP leases").add_subparsers(dest="action", required=True)
+    dleases = dhcp.add_parser("leases", help="leases held now: address, MAC, instance, lease end")
+    dleases.add_argument("--network", metavar="LABEL", help="only this network (label or CIDR)")
+    dleases.add_argument("--json", action="store_true", help="print a JSON list of objects")
     fixed = cats.add_parser("fixed", help="fixed IPs").add_subparsers(dest="action", required=True)
     fixed_list = fixed.add_parser("list", help="list fixed IPs in use")
     fixed_list.add_argument("--json", action="store_true", help="print a JSON list of objects")
@@ -70,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--json", action="store_true", help="print the allocation as a JSON object")
     _opt(launch, "security_group", action="append", metavar="GROUP",
          help="security group of the project to join (repeatable; default: default)")
+    launch.add_argument("--network", action="append", dest="networks", metavar="LABEL",
+                        help="network (label or CIDR) to put a VIF on (repeatable: one VIF each; "
+                             "default: the project's first network with a free address)")
+    addip = inst.add_parser("add-fixed-ip", help="add a VIF (own MAC and port) with a fixed IP on a network")
+    addip.add_argument("name")
+    addip.add_argument("--network", required=True, metavar="LABEL", help="network label or CIDR")
+    rmip = inst.add_parser("remove-fixed-ip", help="remove the VIF holding a fixed IP (not the last one)")
+    rmip.add_argument("name")
+    rmip.add_argument("--address", required=True, metavar="A", help="the fixed IP to remove")
+    rmip.add_argument("--bridge", help="also unplug the VIF's port from this bridge")
+    _bandwidth_opts(launch)
     plug = inst.add_parser("plug", help="add the instance's port to a bridge")
     plug.add_argument("name")
     plug.add_argument("--bridge", required=True)
@@ -84,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = inst.add_parser("show", help="allocation, port security and allowed address pairs")
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print a JSON object")
+    _bandwidth_opts(inst.add_parser("set-bandwidth", help="limit what each VIF of the instance "
+                                    "receives/sends (0 removes a limit)"), name=True)
     psec = inst.add_parser("port-security", help="turn anti-spoofing of the instance's VIF on or off")
     psec.add_argument("name")
     psec.add_argument("state", choices=["on", "off"], help="off only for instances that must "
@@ -231,7 +261,10 @@ def _ovs(conf):
 def _describe(alloc: dict) -> str:
     vlan = f" vlan {alloc['vlan']}" if alloc["vlan"] else ""
     return (f"{alloc['instance']} (project {alloc['project']}, host {alloc['host']}): {alloc['address']} "
-            f"on {alloc['cidr']}{vlan} gw {alloc['gateway']}, mac {alloc['mac']}, port {alloc['port_name']}")
+            f"on {alloc['cidr']}{vlan} gw {alloc['gateway']}, mac {alloc['mac']}, port {alloc['port_name']}"
+            + "".join(f"; {v['address']} on {v['cidr']}" + (f" vlan {v['vlan']}" if v["vlan"] else "")
+                      + f" gw {v['gateway']}, mac {v['mac']}, port {v['port_name']}"
+                      for v in alloc.get("vifs", [])[1:]))
 
 
 def _table(rows: list[list], header: list[str]) -> None:
@@ -268,6 +301,10 @@ def cmd_network(args, conf) -> None:
         _table([[n["id"], n["cidr"], n["netmask"], n["gateway"], n["dhcp_start"], n["dns1"], n["dns2"],
                  n["vlan"], n["project_id"], n["label"]] for n in mgr.list_networks()],
                ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label"])
+    elif args.action == "add-to-project":
+        n = mgr.add_network_to_project(args.project, args.network)
+        print(f"network {n['id']} {n['label']} {n['cidr']} vlan {n['vlan']} bridge {n['bridge']} "
+              f"now belongs to project {n['project_id']}")
     else:
         n = mgr.delete_network(args.fixed_range)
         print(f"deleted network {n['id']} {n['label']} {n['cidr']}")
@@ -289,24 +326,43 @@ def cmd_instance(args, conf) -> None:
     mgr = _manager(conf)
     if args.action == "launch":
         alloc = mgr.allocate_for_instance(args.name, args.project, args.host,
-                                          security_groups=args.security_group)
+                                          security_groups=args.security_group, networks=args.networks,
+                                          rx_kbps=args.rx_kbps, tx_kbps=args.tx_kbps)
         print(json.dumps({k: v for k, v in alloc.items() if k != "instance_uuid"}) if args.json
               else _describe(alloc))
     elif args.action == "plug":
         alloc = mgr.get_allocation(args.name)
-        _ovs(conf).plug_vif(args.bridge, alloc["port_name"], alloc["vif_uuid"], alloc["mac"],
-                            alloc["instance_uuid"], internal=args.internal)
-        print(f"plugged {alloc['port_name']} ({args.name}) into {args.bridge}")
+        ovs = _ovs(conf)
+        for vif in alloc["vifs"]:   # every VIF of the instance: one port each
+            ovs.plug_vif(args.bridge, vif["port_name"], vif["vif_uuid"], vif["mac"],
+                         alloc["instance_uuid"], internal=args.internal)
+        print(f"plugged {', '.join(v['port_name'] for v in alloc['vifs'])} ({args.name}) into {args.bridge}")
     elif args.action == "unplug":
         alloc = mgr.get_allocation(args.name)
-        _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
-        print(f"unplugged {alloc['port_name']} ({args.name}) from {args.bridge}")
+        ovs = _ovs(conf)
+        for vif in alloc["vifs"]:
+            ovs.unplug_vif(args.bridge, vif["port_name"])
+        print(f"unplugged {', '.join(v['port_name'] for v in alloc['vifs'])} ({args.name}) from {args.bridge}")
     elif args.action == "delete":
         alloc = mgr.get_allocation(args.name)
         if args.bridge:
-            _ovs(conf).unplug_vif(args.bridge, alloc["port_name"])
+            ovs = _ovs(conf)
+            for vif in alloc["vifs"]:
+                ovs.unplug_vif(args.bridge, vif["port_name"])
         mgr.deallocate_for_instance(args.name)
-        print(f"deleted {args.name}; released {alloc['address']}")
+        print(f"deleted {args.name}; released {', '.join(str(v['address']) for v in alloc['vifs']) or 'nothing'}")
+    elif args.action == "set-bandwidth":
+        info = mgr.set_bandwidth(args.name, args.rx_kbps, args.tx_kbps)
+        print(f"{args.name}: receives {_kbps(info['rx_kbps'])}, sends {_kbps(info['tx_kbps'])}")
+    elif args.action == "add-fixed-ip":
+        print(_describe(mgr.add_fixed_ip_to_instance(args.name, args.network)))
+    elif args.action == "remove-fixed-ip":
+        done = mgr.remove_fixed_ip_from_instance(args.name, args.address)
+        gone = done["removed"]
+        if args.bridge:
+            _ovs(conf).unplug_vif(args.bridge, gone["port_name"])
+        print(f"removed {gone['address']} (VIF {gone['mac']}, port {gone['port_name']}) from {args.name}"
+              + (f", unplugged from {args.bridge}" if args.bridge else ""))
     elif args.action in ("add-secgroup", "remove-secgroup"):
         sgs = _secgroups(conf)
         groups = (sgs.add_instance if args.action == "add-secgroup" else sgs.remove_instance)(
@@ -315,6 +371,7 @@ def cmd_instance(args, conf) -> None:
     else:
         if args.action == "show":
             info = {**mgr.get_allocation(args.name), **mgr.show_port_security(args.name),
+                    **mgr.show_bandwidth(args.name),
                     "security_groups": _secgroups(conf).groups_of(args.name)}
             if args.json:
                 print(json.dumps(info))
@@ -330,6 +387,10 @@ def cmd_instance(args, conf) -> None:
         print(f"{args.name} {info['mac']}: port security {'on' if info['port_security'] else 'OFF'}; "
               f"allowed address pairs: {pairs}" + (f"; security groups: {groups or 'none'}"
                                                    if groups is not None else ""))
+
+
+def _kbps(value: int | None) -> str:
+    return f"at most {value} kbit/s" if value else "unlimited"
 
 
 def cmd_controller(args, conf) -> int | None:
@@ -516,7 +577,16 @@ def cmd_provider_rule(args, conf) -> None:
         print(f"deleted provider rule {r['id']}")
 
 
-COMMANDS = {"db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
+def cmd_dhcp(args, conf) -> None:
+    rows = _manager(conf).list_leases(args.network)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    _table([[r["network"], r["address"], r["mac"], r["instance"], r["lease_end"]] for r in rows],
+           ["network", "IP address", "MAC address", "instance", "lease ends (UTC)"])
+
+
+COMMANDS = {"dhcp": cmd_dhcp, "db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
             "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller, "agent": cmd_agent,
             "dhcp-bridge": cmd_dhcp_bridge, "secgroup": cmd_secgroup, "metadata": cmd_metadata,
             "secgroup-rule": cmd_secgroup_rule, "provider-rule": cmd_provider_rule}

@@ -227,3 +227,29 @@ class ProviderRuleNotFound(SdnError):
 
 class ProviderRuleExists(SdnError):
     msg_fmt = "this provider rule exists already (id {rule_id})"
+
+
+class NetworkLabelAmbiguous(SdnError):
+    msg_fmt = "network label {label} names {count} networks ({cidrs}); give the network's CIDR instead"
+
+
+class NetworkNotUsable(SdnError):
+    msg_fmt = "network {network} {reason}; project {project} may use: {allowed}"
+
+
+class InstanceHasVifOnNetwork(SdnError):
+    msg_fmt = ("instance {name} already has a VIF on network {network} (address {address}); "
+               "add a fixed IP on another network, or remove that one first")
+
+
+class FixedIpNotOfInstance(SdnError):
+    msg_fmt = "fixed IP {address} is not allocated to instance {name}; its addresses are: {allowed}"
+
+
+class LastVifOfInstance(SdnError):
+    msg_fmt = ("fixed IP {address} is on the last VIF of instance {name}; an instance keeps at least "
+               "one VIF: delete the instance instead ('sdn instance delete {name}')")
+
+
+class NetworkAlreadyInProject(SdnError):
+    msg_fmt = "network {network} already belongs to project {project}; {advice}"

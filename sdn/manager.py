@@ -8,8 +8,11 @@ per project, associated with the project at its first instance.
 
 Every public method is one database transaction (``sdn.db.api.transaction``): it either
 commits completely (and bumps the state revision) or raises an ``sdn.exception.SdnError`` and
-writes nothing. Deviation from nova: an instance gets exactly one VIF, on the first network
-of its project (VLAN) or the first shared network with a free address (flat modes).
+writes nothing. An instance gets one VIF, on the first network of its project (VLAN) or the
+first shared network with a free address (flat modes), or one VIF per network asked for
+(``networks``, nova's requested_networks); ``add_fixed_ip_to_instance`` adds a VIF (own MAC, own
+port) on one more network and ``remove_fixed_ip_from_instance`` removes one (nova's semantics,
+except that a second fixed IP on a network the instance is already on is refused).
 """
 
 from __future__ import annotations
@@ -213,8 +216,11 @@ class NetworkManager:
     # -- instances --------------------------------------------------------------------------
 
     def allocate_for_instance(self, instance_name: str, project_id: str, host: str | None = None,
-                              vpn: bool = False, security_groups: list[str] | None = None) -> dict:
-        """Create the instance (if new), one VIF with a unique MAC and one fixed IP.
+                              vpn: bool = False, security_groups: list[str] | None = None,
+                              networks: list[str] | None = None, rx_kbps: int | None = None,
+                              tx_kbps: int | None = None) -> dict:
+        """Create the instance (if new), one VIF with a unique MAC and one fixed IP; with
+        ``networks`` (labels or CIDRs the project may use), one VIF and fixed IP on each.
 
         Idempotent: for an existing instance, returns its current allocation. Returns an
         ``allocation`` dict. Raises InvalidInstanceName, InstanceProjectMismatch, NoNetworks,
@@ -228,12 +234,13 @@ class NetworkManager:
         """
         validation.instance_name(instance_name)
         validation.required(project_id, "an instance's project", "--project")
+        bandwidth = bandwidth_limits(rx_kbps, tx_kbps)   # a new instance's limits (set_bandwidth)
         host = host or self.conf.host
         for attempt in range(_RACE_RETRIES):
             try:
                 with db.transaction(self.engine) as session:
                     return self._allocate(session, instance_name, project_id, host, vpn,
-                                          security_groups)
+                                          security_groups, networks, bandwidth)
             except sa_exc.IntegrityError:
                 # Only reachable without SQLite's global write lock (PostgreSQL): a concurrent
                 # launch of the same name, or the same random MAC, committed first. Retrying
@@ -242,7 +249,9 @@ class NetworkManager:
                     raise
 
     def _allocate(self, session: Session, instance_name: str, project_id: str, host: str,
-                  vpn: bool = False, security_groups: list[str] | None = None) -> dict:
+                  vpn: bool = False, security_groups: list[str] | None = None,
+                  networks: list[str] | None = None,
+                  bandwidth: tuple[int | None, int | None] = (None, None)) -> dict:
         inst = session.scalar(select(models.Instance).where(models.Instance.name == instance_name))
         if inst is not None:
             if inst.project_id != project_id:
@@ -255,14 +264,32 @@ class NetworkManager:
             raise exception.HostnameInUse(name=instance_name, hostname=hostname, existing=clash)
         if session.scalar(select(func.count()).select_from(models.Network)) == 0:
             raise exception.NoNetworks()
-        fixed_ip = self._vpn_fixed_ip(session, project_id) if vpn else self._pick_fixed_ip(session, project_id)
+        if networks:
+            if vpn:
+                raise exception.Invalid("a VPN instance takes its project's VPN address; "
+                                        "do not give it networks")
+            nets = self._requested_networks(session, project_id, networks)
+            fixed_ips = [self._free_ip_on(session, net) for net in nets]
+        else:
+            fixed_ips = [self._vpn_fixed_ip(session, project_id) if vpn
+                         else self._pick_fixed_ip(session, project_id)]
         inst = models.Instance(uuid=str(uuidlib.uuid4()), name=instance_name,
-                               hostname=hostname, project_id=project_id, host=host)
+                               hostname=hostname, project_id=project_id, host=host,
+                               rx_kbps=bandwidth[0], tx_kbps=bandwidth[1])
         session.add(inst)
         session.flush()
         if vpn and security_groups is None:
             security_groups = [secgroups.ensure_vpn_group(session, project_id).name]
         secgroups.join_at_launch(session, inst, security_groups)
+        for fixed_ip in fixed_ips:
+            self._add_vif(session, inst, fixed_ip, host)
+        if self.conf.auto_assign_floating_ip and not vpn:
+            FloatingIps(self.engine, self.conf).auto_assign(session, fixed_ips[0], project_id)
+        return _allocation(session, inst)
+
+    def _add_vif(self, session: Session, inst: models.Instance, fixed_ip: models.FixedIp,
+                 host: str | None) -> models.VirtualInterface:
+        """A new VIF (unique MAC) of ``inst`` on ``fixed_ip``'s network, holding ``fixed_ip``."""
         vif = models.VirtualInterface(uuid=str(uuidlib.uuid4()), address=self._unique_mac(session),
                                       instance_uuid=inst.uuid, network_id=fixed_ip.network_id,
                                       port_security=True)
@@ -275,9 +302,49 @@ class NetworkManager:
         fixed_ip.host = host
         fixed_ip.updated_at = models.utcnow()
         session.flush()
-        if self.conf.auto_assign_floating_ip and not vpn:
-            FloatingIps(self.engine, self.conf).auto_assign(session, fixed_ip, project_id)
-        return _allocation(session, inst)
+        return vif
+
+    def _usable_networks(self, session: Session, project_id: str) -> list[models.Network]:
+        """Networks ``project_id`` may ask for by name: its own, and (flat modes) shared ones."""
+        query = select(models.Network).order_by(models.Network.id)
+        if self.vlan_mode:
+            query = query.where(models.Network.project_id == project_id)
+        else:
+            query = query.where((models.Network.project_id == project_id) | models.Network.project_id.is_(None))
+        return list(session.scalars(query))
+
+    def _requested_network(self, session: Session, project_id: str, name: str) -> models.Network:
+        """The network labelled (or with CIDR) ``name``, if ``project_id`` may use it."""
+        net = _network_by_name(session, name)
+        usable = self._usable_networks(session, project_id)
+        if net.id not in {n.id for n in usable}:
+            if net.project_id is not None:
+                reason = f"belongs to project {net.project_id}"
+            else:
+                reason = ("belongs to no project (VLAN mode: give it to the project with "
+                          f"'sdn network add-to-project --project {project_id}')")
+            raise exception.NetworkNotUsable(
+                network=f"{net.label} ({net.cidr})", reason=reason, project=project_id,
+                allowed=", ".join(f"{n.label} ({n.cidr})" for n in usable) or "none")
+        return net
+
+    def _requested_networks(self, session: Session, project_id: str,
+                            names: list[str]) -> list[models.Network]:
+        nets = [self._requested_network(session, project_id, name) for name in names]
+        seen: set[int] = set()
+        for net in nets:
+            if net.id in seen:
+                raise exception.Invalid(f"network {net.label} ({net.cidr}) is asked for twice; an instance "
+                                        "has one VIF per network")
+            seen.add(net.id)
+        return nets
+
+    @staticmethod
+    def _free_ip_on(session: Session, net: models.Network) -> models.FixedIp:
+        ip = _free_fixed_ip(session, net.id)
+        if ip is None:
+            raise exception.NoMoreFixedIps(where=f"{net.label} ({net.cidr})")
+        return ip
 
     def _vpn_fixed_ip(self, session: Session, project_id: str) -> models.FixedIp:
         """The reserved vpn_private_address of the project's VLAN network (nova's cloudpipe)."""
@@ -328,12 +395,36 @@ class NetworkManager:
             return _port_security(_vif_of(session, instance_name), instance_name)
 
     def set_port_security(self, instance_name: str, enabled: bool) -> dict:
-        """Enable or disable anti-spoofing for the instance's VIF (e.g. off for a VPN or router
-        instance). Returns show_port_security's dict."""
+        """Enable or disable anti-spoofing for every VIF of the instance (e.g. off for a VPN or
+        router instance). Returns show_port_security's dict (of its first VIF)."""
         with db.transaction(self.engine) as session:
             vif = _vif_of(session, instance_name)
-            vif.port_security = bool(enabled)
+            for each in session.scalars(select(models.VirtualInterface).where(
+                    models.VirtualInterface.instance_uuid == vif.instance_uuid)):
+                each.port_security = bool(enabled)
             return _port_security(vif, instance_name)
+
+    def set_bandwidth(self, instance_name: str, rx_kbps: int | None = None,
+                      tx_kbps: int | None = None) -> dict:
+        """Limit what each VIF of the instance receives (``rx_kbps``) and sends (``tx_kbps``),
+        kbit/s; 0 removes a limit, None leaves it as it is. One transaction. Returns
+        show_bandwidth's dict. Raises Invalid (a rate outside 0-MAX_KBPS, or neither given),
+        InstanceNotFound."""
+        rx, tx = bandwidth_limits(rx_kbps, tx_kbps)
+        if rx_kbps is None and tx_kbps is None:
+            raise exception.Invalid("give --rx-kbps and/or --tx-kbps (kbit/s; 0 removes a limit)")
+        with db.transaction(self.engine) as session:
+            inst = _instance_by_name(session, instance_name)
+            if rx_kbps is not None:
+                inst.rx_kbps = rx
+            if tx_kbps is not None:
+                inst.tx_kbps = tx
+            return _bandwidth(inst)
+
+    def show_bandwidth(self, instance_name: str) -> dict:
+        """{instance, rx_kbps, tx_kbps} (None: unlimited). Raises InstanceNotFound."""
+        with db.read_transaction(self.engine) as session:
+            return _bandwidth(_instance_by_name(session, instance_name))
 
     def add_address_pair(self, instance_name: str, ip: str, mac: str | None = None) -> dict:
         """Allow the VIF to also send from (``mac`` or its own MAC, ``ip``: an address or CIDR,
@@ -371,17 +462,9 @@ class NetworkManager:
         with db.transaction(self.engine) as session:
             inst = _instance_by_name(session, instance_name)
             result = _allocation(session, inst)
-            release_now = not self.dhcp or self.conf.force_dhcp_release
             now = models.utcnow()
             for ip in session.scalars(select(models.FixedIp).where(models.FixedIp.instance_uuid == inst.uuid)):
-                FloatingIps.release_for_fixed_ip(session, ip.id)
-                ip.allocated = False
-                ip.virtual_interface_id = None
-                ip.updated_at = now
-                if release_now:
-                    ip.leased = False
-                    ip.instance_uuid = None
-                    ip.host = None
+                self._deallocate_fixed_ip(session, ip, now)
             session.flush()
             for vif in session.scalars(select(models.VirtualInterface)
                                        .where(models.VirtualInterface.instance_uuid == inst.uuid)):
@@ -389,6 +472,119 @@ class NetworkManager:
             session.flush()
             session.delete(inst)
             return result
+
+    def _deallocate_fixed_ip(self, session: Session, ip: models.FixedIp, now: datetime.datetime) -> None:
+        """nova's deallocate_fixed_ip: floating IPs released, the address no longer allocated;
+        it stays associated until its lease is released or times out, unless FlatManager (no
+        DHCP) or force_dhcp_release disassociate it at once."""
+        FloatingIps.release_for_fixed_ip(session, ip.id)
+        ip.allocated = False
+        ip.virtual_interface_id = None
+        ip.updated_at = now
+        if not self.dhcp or self.conf.force_dhcp_release:
+            ip.leased = False
+            ip.instance_uuid = None
+            ip.host = None
+
+    def add_fixed_ip_to_instance(self, instance_name: str, network: str) -> dict:
+        """nova's add_fixed_ip_to_instance: a new VIF (unique MAC, its own port
+        ``tap<uuid[:11]>``) on ``network`` (label or CIDR the project may use) with a fixed IP.
+        Returns the allocation. Raises InstanceNotFound, NetworkNotFound, NetworkLabelAmbiguous,
+        NetworkNotUsable, InstanceHasVifOnNetwork, NoMoreFixedIps."""
+        with db.transaction(self.engine) as session:
+            inst = _instance_by_name(session, instance_name)
+            net = self._requested_network(session, inst.project_id, network)
+            vif = session.scalar(select(models.VirtualInterface).where(
+                models.VirtualInterface.instance_uuid == inst.uuid,
+                models.VirtualInterface.network_id == net.id).limit(1))
+            if vif is not None:
+                held = session.scalar(select(models.FixedIp.address).where(
+                    models.FixedIp.virtual_interface_id == vif.id).limit(1))
+                raise exception.InstanceHasVifOnNetwork(name=instance_name, network=f"{net.label} ({net.cidr})",
+                                                        address=held or "none")
+            self._add_vif(session, inst, self._free_ip_on(session, net), inst.host)
+            return _allocation(session, inst)
+
+    def remove_fixed_ip_from_instance(self, instance_name: str, address: str) -> dict:
+        """nova's remove_fixed_ip_from_instance: deallocate ``address`` (as deallocation does:
+        its floating IPs released, DHCP association per the manager) and delete the VIF holding
+        it (its port security, address pairs and flows go with it). Returns
+        {allocation (after), removed: {address, mac, vif_uuid, port_name, network}}. Raises
+        InstanceNotFound, FixedIpNotOfInstance, LastVifOfInstance."""
+        address = validation.ipv4_address(address, "fixed IP (--address)")
+        with db.transaction(self.engine) as session:
+            inst = _instance_by_name(session, instance_name)
+            held = list(session.scalars(select(models.FixedIp).where(
+                models.FixedIp.instance_uuid == inst.uuid, models.FixedIp.allocated.is_(True))
+                .order_by(models.FixedIp.id)))
+            ip = next((i for i in held if i.address == address), None)
+            if ip is None:
+                raise exception.FixedIpNotOfInstance(address=address, name=instance_name,
+                                                     allowed=", ".join(i.address for i in held) or "none")
+            vif = session.get(models.VirtualInterface, ip.virtual_interface_id)
+            vifs = session.scalar(select(func.count()).select_from(models.VirtualInterface)
+                                  .where(models.VirtualInterface.instance_uuid == inst.uuid))
+            if vifs <= 1:
+                raise exception.LastVifOfInstance(address=address, name=instance_name)
+            net = session.get(models.Network, vif.network_id)
+            removed = {"address": address, "mac": vif.address, "vif_uuid": vif.uuid,
+                       "port_name": view.vif_port_name(vif.uuid), "network": net.cidr}
+            now = models.utcnow()
+            for other in session.scalars(select(models.FixedIp).where(
+                    models.FixedIp.virtual_interface_id == vif.id)):
+                self._deallocate_fixed_ip(session, other, now)
+            session.flush()
+            session.delete(vif)
+            session.flush()
+            return {"allocation": _allocation(session, inst), "removed": removed}
+
+    def add_network_to_project(self, project_id: str, network: str | None = None) -> dict:
+        """nova's add_network_to_project (VLAN mode): give ``project_id`` one more network, the
+        lowest one no project has, or ``network`` (label or CIDR, which must be free). Returns
+        its network_dict. Raises Invalid (not VLAN mode), NoMoreNetworks, NetworkNotFound,
+        NetworkAlreadyInProject."""
+        validation.required(project_id, "a project", "--project")
+        if not self.vlan_mode:
+            raise exception.Invalid(f"network add-to-project applies to network_manager=vlan only, not "
+                                    f"{self.conf.network_manager}: flat networks are shared by every project")
+        with db.transaction(self.engine) as session:
+            if network is None:
+                net = session.scalar(select(models.Network).where(models.Network.project_id.is_(None))
+                                     .order_by(models.Network.id).limit(1).with_for_update(skip_locked=True))
+                if net is None:
+                    raise exception.NoMoreNetworks(project=project_id)
+            else:
+                net = _network_by_name(session, network)
+                if net.project_id == project_id:
+                    raise exception.NetworkAlreadyInProject(
+                        network=f"{net.label} ({net.cidr})", project=project_id,
+                        advice="name a network no project has, or none for the lowest free one")
+                if net.project_id is not None:
+                    raise exception.NetworkAlreadyInProject(
+                        network=f"{net.label} ({net.cidr})", project=net.project_id,
+                        advice=f"a VLAN network serves one project; name one no project has for {project_id}")
+            net.project_id = project_id
+            session.flush()
+            return network_dict(net)
+
+    def list_leases(self, network: str | None = None) -> list[dict]:
+        """DHCP leases held now (either backend records them in ``fixed_ips``): {network (cidr),
+        label, address, mac, instance, hostname, lease_end (naive UTC ISO)}, for addresses a VIF
+        still holds (a deallocated address awaiting release or expiry is not a lease any server
+        renews; ``fixed list`` shows it). ``network``: label or CIDR. Raises NetworkNotFound."""
+        with db.read_transaction(self.engine) as session:
+            query = (select(models.FixedIp, models.Network, models.Instance, models.VirtualInterface.address)
+                     .join(models.Network, models.FixedIp.network_id == models.Network.id)
+                     .join(models.VirtualInterface, models.FixedIp.virtual_interface_id == models.VirtualInterface.id)
+                     .outerjoin(models.Instance, models.FixedIp.instance_uuid == models.Instance.uuid)
+                     .where(models.FixedIp.leased.is_(True), models.FixedIp.allocated.is_(True))
+                     .order_by(models.FixedIp.id))
+            if network is not None:
+                query = query.where(models.FixedIp.network_id == _network_by_name(session, network).id)
+            return [{"network": net.cidr, "label": net.label, "address": ip.address, "mac": mac,
+                     "instance": inst.name if inst else None, "hostname": inst.hostname if inst else None,
+                     "lease_end": _iso(leases.lease_end(ip.updated_at, ip.leased, self.conf.dhcp_lease_time))}
+                    for ip, net, inst, mac in session.execute(query)]
 
     # -- DHCP lease events and the disassociation task ----------------------------------------
 
@@ -488,6 +684,22 @@ def _network_by_cidr(session: Session, cidr: str) -> models.Network:
     return net
 
 
+def _network_by_name(session: Session, name: str) -> models.Network:
+    """The network with label ``name``, or with CIDR ``name`` when it has a '/'. Raises
+    NetworkNotFound, NetworkLabelAmbiguous."""
+    name = validation.required(name, "a network (label or CIDR)", "--network")
+    if "/" in name:
+        return _network_by_cidr(session, name)
+    nets = list(session.scalars(select(models.Network).where(models.Network.label == name)
+                                .order_by(models.Network.id)))
+    if not nets:
+        raise exception.NetworkNotFound(what=f"labelled {name}")
+    if len(nets) > 1:
+        raise exception.NetworkLabelAmbiguous(label=name, count=len(nets),
+                                              cidrs=", ".join(n.cidr for n in nets))
+    return nets[0]
+
+
 def _instance_by_name(session: Session, name: str) -> models.Instance:
     inst = session.scalar(select(models.Instance).where(models.Instance.name == name))
     if inst is None:
@@ -508,20 +720,45 @@ def network_dict(net: models.Network) -> dict:
     return {k: getattr(net, k) for k in keys}
 
 
+_VIF_KEYS = ("network_id", "cidr", "vlan", "vif_uuid", "mac", "address", "port_name", "gateway")
+
+
 def _allocation(session: Session, inst: models.Instance) -> dict:
     """{instance, instance_uuid, project, host, network_id, cidr, vlan, vif_uuid, mac, address,
-    port_name, gateway}; network/VIF keys are None if the instance has no VIF."""
-    vif = session.scalar(select(models.VirtualInterface).where(models.VirtualInterface.instance_uuid == inst.uuid)
-                         .order_by(models.VirtualInterface.id).limit(1))
-    ip = None if vif is None else session.scalar(
-        select(models.FixedIp).where(models.FixedIp.virtual_interface_id == vif.id).order_by(models.FixedIp.id))
-    net = None if vif is None else session.get(models.Network, vif.network_id)
+    port_name, gateway, vifs}: the VIF keys are the first VIF's (None if the instance has none);
+    ``vifs`` lists every VIF, by id, with those keys and ``label``."""
+    vifs = []
+    for vif in session.scalars(select(models.VirtualInterface).where(
+            models.VirtualInterface.instance_uuid == inst.uuid).order_by(models.VirtualInterface.id)):
+        ip = session.scalar(select(models.FixedIp).where(models.FixedIp.virtual_interface_id == vif.id)
+                            .order_by(models.FixedIp.id).limit(1))
+        net = session.get(models.Network, vif.network_id)
+        vifs.append({"network_id": net.id, "cidr": net.cidr, "vlan": net.vlan, "vif_uuid": vif.uuid,
+                     "mac": vif.address, "address": ip.address if ip else None,
+                     "port_name": view.vif_port_name(vif.uuid), "gateway": net.gateway, "label": net.label})
+    first = vifs[0] if vifs else dict.fromkeys(_VIF_KEYS)
     return {"instance": inst.name, "instance_uuid": inst.uuid, "project": inst.project_id, "host": inst.host,
-            "network_id": net.id if net else None, "cidr": net.cidr if net else None,
-            "vlan": net.vlan if net else None, "vif_uuid": vif.uuid if vif else None,
-            "mac": vif.address if vif else None, "address": ip.address if ip else None,
-            "port_name": view.vif_port_name(vif.uuid) if vif else None,
-            "gateway": net.gateway if net else None}
+            **{k: first[k] for k in _VIF_KEYS}, "vifs": vifs}
+
+
+#: highest bandwidth limit, kbit/s (10 Gbit/s; OpenFlow meters and tc rates hold it)
+MAX_KBPS = 10_000_000
+
+
+def bandwidth_limits(rx_kbps: int | None, tx_kbps: int | None) -> tuple[int | None, int | None]:
+    """Checked (rx, tx) limits in kbit/s: 0 (no limit) becomes None, None stays None. Raises
+    Invalid for anything but a whole number within 0-MAX_KBPS."""
+    out = []
+    for value, option in ((rx_kbps, "--rx-kbps"), (tx_kbps, "--tx-kbps")):
+        if value is not None:
+            value = validation.count(value, f"{option} (kbit/s, 0 = unlimited)", minimum=0,
+                                     maximum=MAX_KBPS) or None
+        out.append(value)
+    return out[0], out[1]
+
+
+def _bandwidth(inst: models.Instance) -> dict:
+    return {"instance": inst.name, "rx_kbps": inst.rx_kbps, "tx_kbps": inst.tx_kbps}
 
 
 def _vif_of(session: Session, instance_name: str) -> models.VirtualInterface:

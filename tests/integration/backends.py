@@ -46,6 +46,20 @@ class OvsBackend:
         env.cli("instance", "plug", alloc["instance"], "--bridge", env.bridge.name)
         return alloc, host
 
+    def plug_all(self, env, alloc):
+        """An instance with several VIFs: one namespace, ``eth<i>`` per VIF (its MAC), every
+        port plugged by one ``sdn instance plug``."""
+        vifs = alloc["vifs"]
+        host = self.netns_host(port_name=vifs[0]["port_name"], mac=vifs[0]["mac"])
+        for i, vif in enumerate(vifs[1:], 1):
+            host.add_interface(vif["port_name"], vif["mac"], f"eth{i}")
+        env.cli("instance", "plug", alloc["instance"], "--bridge", env.bridge.name)
+        return alloc, host
+
+    def unplug_port(self, env, port_name):
+        """What nova-compute's unplug does for one VIF's port (here: off the bridge)."""
+        netlab.sh(["ovs-vsctl", "--timeout=30", "--if-exists", "del-port", env.bridge.name, port_name])
+
     def attach_uplink(self, env, host, alloc=None):
         """Put a plain (non-VIF) host on the segment: the OVS trunk port."""
         host.attach(env.bridge.name)
@@ -218,6 +232,25 @@ class LinuxBackend:
         if self.hv(env).agent is not None:
             self.wait_ports(env)
         return alloc, host
+
+    def plug_all(self, env, alloc):
+        """An instance with several VIFs: one namespace, ``eth<i>`` per VIF (its MAC), every
+        veth's outer end (``tap<uuid[:11]>``) moved into the hypervisor namespace."""
+        vifs = alloc["vifs"]
+        host = self.netns_host(port_name=vifs[0]["port_name"], mac=vifs[0]["mac"])
+        for i, vif in enumerate(vifs[1:], 1):
+            host.add_interface(vif["port_name"], vif["mac"], f"eth{i}")
+        for vif in vifs:
+            sh(["ip", "link", "set", vif["port_name"], "netns", self.hv(env).name])
+            self.ports[id(env)].append(vif["port_name"])
+        if self.hv(env).agent is not None:
+            self.wait_ports(env)
+        return alloc, host
+
+    def unplug_port(self, env, port_name):
+        """What nova-compute's unplug does for one VIF's port: the tap goes away."""
+        self.ports[id(env)].remove(port_name)
+        self.hv(env).run(["ip", "link", "del", port_name], check=False)
 
     def attach_uplink(self, env, host, alloc):
         """Put a plain (non-VIF) host on ``alloc``'s network bridge (an untagged uplink)."""

@@ -520,6 +520,7 @@ class NetnsHost:
         self._captures: list[Capture] = []
         self._dhcp_files: dict[str, Path] | None = None
         self.closed = False
+        self.extra_ports: list[str] = []
         sh(["ip", "netns", "add", self.name])
         try:
             sh(["ip", "link", "add", self.port_name, "type", "veth", "peer", "name", self.iface,
@@ -587,6 +588,34 @@ class NetnsHost:
         sh(["ovs-vsctl", "--timeout=30", "add-port", bridge, self.port_name])
         self.bridge = bridge
         return ofport(bridge, self.port_name)
+
+    def add_interface(self, port_name: str, mac: str, iface: str) -> None:
+        """One more veth for an instance with several VIFs: ``iface`` (``mac``) inside,
+        ``port_name`` outside (not on a bridge); deleted at close()."""
+        sh(["ip", "link", "add", port_name, "type", "veth", "peer", "name", iface, "netns", self.name])
+        self.extra_ports.append(port_name)
+        sh(["ip", "-n", self.name, "link", "set", iface, "address", mac.lower()])
+        sh(["ip", "-n", self.name, "link", "set", iface, "up"])
+        sh(["ip", "link", "set", port_name, "up"])
+        sh(["ethtool", "-K", port_name, "tx", "off"])
+        self.run(["ethtool", "-K", iface, "tx", "off"])
+
+    def dhclient_on(self, iface: str, wait: bool = True, timeout: float = 20) -> Dhclient:
+        """A real dhclient for ``iface`` with files of its own (``workdir/dhclient-<iface>``:
+        the test's script, lease, pid), running beside the others; stopped at close()."""
+        files = write_dhclient_files(self.workdir / f"dhclient-{iface}")
+        start = len(read_dhclient_events(files["events"]))
+        dh = Dhclient(self.argv(dhclient_argv(files, iface)), files,
+                      lambda argv, **kw: subprocess.Popen(argv, start_new_session=True, **kw))
+        self._dhclients.append(dh)
+        if wait:
+            dh.wait_event("BOUND", "REBOOT", timeout=timeout, after=start)
+        return dh
+
+    def ips_of(self, iface: str) -> list[str]:
+        """IPv4 addresses (without prefix length) on ``iface``."""
+        out = json.loads(self.run(["ip", "-j", "-4", "addr", "show", "dev", iface]).stdout or "[]")
+        return [a["local"] for link in out for a in link.get("addr_info", [])]
 
     # -- DHCP
     @property
@@ -679,6 +708,9 @@ class NetnsHost:
         # (deleting one end deletes both; netns deletion alone is asynchronous), then the ns.
         sh(["ovs-vsctl", "--timeout=30", "--if-exists", "del-port", self.port_name], check=False)
         sh(["ip", "link", "del", self.port_name], check=False)
+        for port in self.extra_ports:
+            sh(["ovs-vsctl", "--timeout=30", "--if-exists", "del-port", port], check=False)
+            sh(["ip", "link", "del", port], check=False)
         sh(["ip", "netns", "del", self.name], check=False)
 
 
