@@ -88,6 +88,9 @@ class VifView:
     id: int = 0
     #: ids of the instance's security groups (``SecurityGroupView``), in id order
     security_groups: tuple[int, ...] = ()
+    #: bandwidth limits in kbit/s (None: unlimited): what the VIF receives / sends (``sdn.flows.qos``)
+    rx_kbps: int | None = None
+    tx_kbps: int | None = None
 
     @property
     def port_name(self) -> str:

@@ -114,7 +114,7 @@ class DatapathSync:
         self.generation = 0
         self.installed: dict[tuple, Flow] = {}
         self._reflush: set[int] = set()    # conntrack zones to flush once more (sync())
-        self.meters: dict[int, int | None] = {}
+        self.meters: dict[int, tuple | None] = {}   # id -> MeterEntry.spec (None: unknown)
         self.groups: dict[int, GroupEntry | None] = {}
         self.synced = False
         self.closed = False
@@ -275,10 +275,10 @@ class DatapathSync:
             plan = reconcile.plan_incremental(self.installed, flows)
         meter_plan = reconcile.plan_meters(self.meters, desired.meters)
         group_plan = reconcile.plan_groups(self.groups, desired.groups)
-        before = [ofmsgs.meter_mod(self.dp, i, r, ofp.OFPMC_ADD)
-                  for i, r in sorted(meter_plan.add.items())]
-        before += [ofmsgs.meter_mod(self.dp, i, r, ofp.OFPMC_MODIFY)
-                   for i, r in sorted(meter_plan.modify.items())]
+        before = [ofmsgs.meter_mod(self.dp, i, e, ofp.OFPMC_ADD)
+                  for i, e in sorted(meter_plan.add.items())]
+        before += [ofmsgs.meter_mod(self.dp, i, e, ofp.OFPMC_MODIFY)
+                   for i, e in sorted(meter_plan.modify.items())]
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_ADD) for g in group_plan.add]
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_MODIFY)
                    for g in group_plan.modify]
@@ -294,9 +294,9 @@ class DatapathSync:
         after = [ofmsgs.group_mod(self.dp, None, i, ofp.OFPGC_DELETE) for i in group_plan.delete]
         # a zone no flow uses any more (a VIF deleted or unfiltered): its connections go too
         after += [ofmsgs.ct_flush_zone(self.dp, zone) for zone in sorted(gone_zones)]
-        after += [ofmsgs.meter_mod(self.dp, i, 0, ofp.OFPMC_DELETE) for i in meter_plan.delete]
+        after += [ofmsgs.meter_mod(self.dp, i, None, ofp.OFPMC_DELETE) for i in meter_plan.delete]
         self._send_step(after, "meter/group deletes")
-        self.meters = {i: m.rate_pps for i, m in desired.meters.items()}
+        self.meters = {i: m.spec for i, m in desired.meters.items()}
         self.groups = dict(desired.groups)
         self.synced = True
         meter_mods = len(meter_plan.add) + len(meter_plan.modify) + len(meter_plan.delete)
@@ -338,8 +338,8 @@ class DatapathSync:
         body = self._ask(ofmsgs.aggregate_request(self.dp, cookie, mask))
         return sum(getattr(entry, "flow_count", 0) for entry in body)
 
-    def _switch_meters(self) -> dict[int, int | None]:
-        return {c.meter_id: (c.bands[0].rate if c.bands else None)
+    def _switch_meters(self) -> dict[int, tuple | None]:
+        return {c.meter_id: ofmsgs.meter_spec(c)
                 for c in self._ask(ofmsgs.meter_config_request(self.dp)) if is_sdn_id(c.meter_id)}
 
     def _switch_groups(self) -> list[int]:

@@ -172,12 +172,27 @@ def plan_bundle_adds(dp, bundle_id: int, deletes, adds, generation: int, stale_c
     return ofwire.bundle_adds(dp, bundle_id, msgs)
 
 
-def meter_mod(dp, meter_id: int, rate_pps: int, command=ofp.OFPMC_ADD):
-    """A packets-per-second drop meter (used to rate-limit DHCP punts per VIF)."""
-    bands = [] if command == ofp.OFPMC_DELETE else [
-        parser.OFPMeterBandDrop(rate=rate_pps, burst_size=max(1, rate_pps // 10))]
-    flags = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST
+#: MeterEntry.unit -> OpenFlow meter flag
+METER_UNITS = {m.PKTPS: ofp.OFPMF_PKTPS, m.KBPS: ofp.OFPMF_KBPS}
+
+
+def meter_mod(dp, meter_id: int, entry: m.MeterEntry | None, command=ofp.OFPMC_ADD):
+    """OFPMC_ADD / OFPMC_MODIFY of ``entry``: one drop band at its rate and burst, in its unit
+    (packets/s: DHCP punts; kbit/s: QoS), or OFPMC_DELETE of ``meter_id`` (``entry`` None)."""
+    if command == ofp.OFPMC_DELETE:
+        return parser.OFPMeterMod(dp, command=command, flags=0, meter_id=meter_id, bands=[])
+    bands = [parser.OFPMeterBandDrop(rate=entry.rate, burst_size=entry.burst_size)]
+    flags = METER_UNITS[entry.unit] | ofp.OFPMF_BURST
     return parser.OFPMeterMod(dp, command=command, flags=flags, meter_id=meter_id, bands=bands)
+
+
+def meter_spec(config) -> tuple | None:
+    """``MeterEntry.spec`` of a switch's meter config (OFPMeterConfigStats); None if it is not
+    one drop band in a unit sdn uses."""
+    unit = next((u for u, flag in METER_UNITS.items() if config.flags & flag), None)
+    if unit is None or len(config.bands) != 1:
+        return None
+    return (unit, config.bands[0].rate, config.bands[0].burst_size)
 
 
 def packet_out(dp, port: int, data: bytes):

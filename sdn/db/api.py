@@ -227,11 +227,13 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                          addresses=tuple(addresses.get(vif_id, ())), project_id=project_id,
                          port_security=port_security,
                          allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
-                         security_groups=tuple(groups_of.get(inst_uuid, ())))
-            for vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid
+                         security_groups=tuple(groups_of.get(inst_uuid, ())),
+                         rx_kbps=rx_kbps, tx_kbps=tx_kbps)
+            for (vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid,
+                 rx_kbps, tx_kbps)
             in session.execute(
                 select(Vif.id, Vif.uuid, Vif.address, Vif.network_id, Vif.port_security, Inst.name,
-                       Inst.hostname, Inst.project_id, Inst.uuid)
+                       Inst.hostname, Inst.project_id, Inst.uuid, Inst.rx_kbps, Inst.tx_kbps)
                 .join(Inst, Vif.instance_uuid == Inst.uuid).order_by(Vif.id)))
         return view.StateView(revision=revision or 0, networks=networks, vifs=vifs,
                               floating_ips=floating_ips, security_groups=_security_groups(session),

@@ -56,6 +56,9 @@ class Instance(Base):
     project_id: Mapped[str] = mapped_column(String(255))
     host: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+    #: bandwidth limits of each of its VIFs in kbit/s (None: unlimited): what it receives / sends
+    rx_kbps: Mapped[int | None] = mapped_column(Integer)
+    tx_kbps: Mapped[int | None] = mapped_column(Integer)
 
 
 class VirtualInterface(Base):

@@ -91,6 +91,7 @@ class Feature(enum.IntEnum):
     L2 = 0x06             # sdn/flows/l2.py
     ROUTER = 0x07         # sdn/flows/router.py: gateway routing, floating IPs, SNAT, metadata, VPN
     SECURITY_GROUPS = 0x08  # sdn/flows/security_groups.py: stateful firewall per VIF
+    QOS = 0x09            # sdn/flows/qos.py: bandwidth limits per VIF (meters)
 
 
 #: Top byte of every sdn cookie; lets sdn find its own flows and leave others' alone.
@@ -321,14 +322,31 @@ def vlan_vid(vlan: int) -> int:
     return OFPVID_PRESENT | vlan
 
 
+#: MeterEntry units: packets per second, kilobits per second (OpenFlow 1.3 OFPMF_PKTPS/KBPS)
+PKTPS, KBPS = "pktps", "kbps"
+
+
 @dataclass(frozen=True, slots=True)
 class MeterEntry:
-    """A packets-per-second drop meter (OpenFlow 1.3 §5.7) owned by ``feature``;
-    ``meter_id`` from :func:`entry_id`."""
+    """A drop meter (OpenFlow 1.3 §5.7) owned by ``feature``; ``meter_id`` from
+    :func:`entry_id`. ``rate`` in ``unit`` (packets/s, or kbit/s); ``burst`` in the same unit
+    (packets, or kbit), 0 = a tenth of the rate (at least 1)."""
 
     feature: Feature
     meter_id: int
-    rate_pps: int
+    rate: int
+    unit: str = PKTPS
+    burst: int = 0
+
+    @property
+    def burst_size(self) -> int:
+        """The burst the switch is given (``burst`` resolved)."""
+        return self.burst or max(1, self.rate // 10)
+
+    @property
+    def spec(self) -> tuple[str, int, int]:
+        """(unit, rate, burst size): what a switch's meter config must equal (reconcile)."""
+        return (self.unit, self.rate, self.burst_size)
 
 
 @dataclass(frozen=True, slots=True)

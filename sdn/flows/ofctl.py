@@ -106,3 +106,10 @@ def render_group(entry: m.GroupEntry) -> str:
     add-group`` (an empty bucket drops its copy)."""
     buckets = "".join(f",bucket=actions={actions(b)}" for b in entry.buckets)
     return f"group_id={entry.group_id},type={entry.type}{buckets}"
+
+
+def render_meter(entry: m.MeterEntry) -> str:
+    """``meter=...,kbps,burst,band=type=drop,rate=...,burst_size=...`` for ``ovs-ofctl -O
+    OpenFlow13 add-meter`` (the meter ``sdn.apps.ofmsgs.meter_mod`` sends)."""
+    return (f"meter={entry.meter_id},{entry.unit},burst,"
+            f"band=type=drop,rate={entry.rate},burst_size={entry.burst_size}")

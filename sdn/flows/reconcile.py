@@ -56,23 +56,22 @@ def plan_incremental(installed: Mapping[tuple, Flow], desired: Mapping[tuple, Fl
 
 @dataclass
 class MeterPlan:
-    """Meter mods: ``add`` and ``modify`` (id -> rate) go before the flows that use them,
+    """Meter mods: ``add`` and ``modify`` (id -> MeterEntry) go before the flows that use them,
     ``delete`` after the flows that used them are gone (deleting a meter deletes its flows)."""
 
-    add: dict[int, int] = field(default_factory=dict)
-    modify: dict[int, int] = field(default_factory=dict)
+    add: dict[int, MeterEntry] = field(default_factory=dict)
+    modify: dict[int, MeterEntry] = field(default_factory=dict)
     delete: list[int] = field(default_factory=list)
 
 
-def plan_meters(installed: Mapping[int, int | None],
-                desired: Mapping[int, int] | Mapping[int, MeterEntry]) -> MeterPlan:
-    """Diff meters (id -> rate in packets/s, or id -> MeterEntry; an installed rate of None
-    means unknown, so re-set it). ``installed`` must hold only sdn's meters."""
-    rates = {m: (r.rate_pps if isinstance(r, MeterEntry) else r) for m, r in desired.items()}
-    return MeterPlan(add={m: r for m, r in rates.items() if m not in installed},
-                     modify={m: r for m, r in rates.items()
-                             if m in installed and installed[m] != r},
-                     delete=sorted(m for m in installed if m not in rates))
+def plan_meters(installed: Mapping[int, tuple | None],
+                desired: Mapping[int, MeterEntry]) -> MeterPlan:
+    """Diff meters: ``installed`` maps id -> ``MeterEntry.spec`` (unit, rate, burst size), or
+    None when unknown (re-set it); it must hold only sdn's meters."""
+    return MeterPlan(add={i: e for i, e in desired.items() if i not in installed},
+                     modify={i: e for i, e in desired.items()
+                             if i in installed and installed[i] != e.spec},
+                     delete=sorted(i for i in installed if i not in desired))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from sdn.db import api as db
 from sdn.db import models
-from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall
+from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall, tc
 from sdn.linux.iptables import IptablesManager
 
 LOG = logging.getLogger("sdn.linux.agent")
@@ -149,6 +149,7 @@ class Agent:
         # a VIF joins its bridge only once its security group chains are in place
         for port, bridge in sorted(plan.ports.items()):
             changes += interface.enslave(self.ipr, port, bridge)
+        changes += tc.apply(tc.plan(view, present), present)   # bandwidth limits per VIF
         changes += self._cut_connections(plan, unbound)
         if floating:
             changes += self._floating_addresses(plan, remove=False)

@@ -497,6 +497,8 @@ class FakeSwitch(DatapathApi):
             raise OFError(ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS, xid)
         if msg.command == ofp.OFPMC_MODIFY and mid not in self.meters:
             raise OFError(ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_UNKNOWN_METER, xid)
+        if bool(msg.flags & ofp.OFPMF_KBPS) == bool(msg.flags & ofp.OFPMF_PKTPS):
+            raise OFError(ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_BAD_FLAGS, xid)
         self.meters[mid] = MeterState(msg.flags, msg.bands)
         self.log.append(("meter_add" if msg.command == ofp.OFPMC_ADD else "meter_modify", mid))
 

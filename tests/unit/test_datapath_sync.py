@@ -98,7 +98,7 @@ def assert_holds(fake, unit, state):
     assert {k[0] for k in fake.flows} - {k[0] for k in fake.sdn_flows()} <= {99}
     assert all(e.cookie & GENERATION_MASK == unit.generation for e in fake.sdn_flows().values())
     assert {i: s.rate for i, s in fake.meters.items()} == {
-        i: e.rate_pps for i, e in desired.meters.items()}
+        i: e.rate for i, e in desired.meters.items()}
     assert held_groups(fake) == expected_groups(desired)
     assert not fake.errors and not fake.collateral
 
