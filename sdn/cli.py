@@ -38,6 +38,19 @@ def _bandwidth_opts(parser, name: bool = False) -> None:
          help="limit what each VIF receives, kbit/s (0: unlimited)")
     _opt(parser, "tx_kbps", type=int, metavar="KBPS",
          help="limit what each VIF sends, kbit/s (0: unlimited)")
+    _opt(parser, "rxtx_factor", type=float, metavar="F",
+         help="nova's rxtx_factor: both limits F x rxtx_base (config), unless given above")
+
+
+def _limits(args, conf) -> tuple[int | None, int | None]:
+    """--rx-kbps/--tx-kbps, or --rxtx-factor x rxtx_base for those not given."""
+    from sdn import manager
+
+    rx, tx = args.rx_kbps, args.tx_kbps
+    if args.rxtx_factor is not None:
+        both = manager.rxtx_kbps(args.rxtx_factor, conf.rxtx_base)
+        rx, tx = (both if rx is None else rx), (both if tx is None else tx)
+    return rx, tx
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,7 +340,7 @@ def cmd_instance(args, conf) -> None:
     if args.action == "launch":
         alloc = mgr.allocate_for_instance(args.name, args.project, args.host,
                                           security_groups=args.security_group, networks=args.networks,
-                                          rx_kbps=args.rx_kbps, tx_kbps=args.tx_kbps)
+                                          **dict(zip(("rx_kbps", "tx_kbps"), _limits(args, conf))))
         print(json.dumps({k: v for k, v in alloc.items() if k != "instance_uuid"}) if args.json
               else _describe(alloc))
     elif args.action == "plug":
@@ -352,7 +365,7 @@ def cmd_instance(args, conf) -> None:
         mgr.deallocate_for_instance(args.name)
         print(f"deleted {args.name}; released {', '.join(str(v['address']) for v in alloc['vifs']) or 'nothing'}")
     elif args.action == "set-bandwidth":
-        info = mgr.set_bandwidth(args.name, args.rx_kbps, args.tx_kbps)
+        info = mgr.set_bandwidth(args.name, *_limits(args, conf))
         print(f"{args.name}: receives {_kbps(info['rx_kbps'])}, sends {_kbps(info['tx_kbps'])}")
     elif args.action == "add-fixed-ip":
         print(_describe(mgr.add_fixed_ip_to_instance(args.name, args.network)))
@@ -386,7 +399,9 @@ def cmd_instance(args, conf) -> None:
         groups = ", ".join(info.get("security_groups", [])) if "security_groups" in info else None
         print(f"{args.name} {info['mac']}: port security {'on' if info['port_security'] else 'OFF'}; "
               f"allowed address pairs: {pairs}" + (f"; security groups: {groups or 'none'}"
-                                                   if groups is not None else ""))
+                                                   if groups is not None else "")
+              + (f"; receives {_kbps(info['rx_kbps'])}, sends {_kbps(info['tx_kbps'])}"
+                 if "rx_kbps" in info else ""))
 
 
 def _kbps(value: int | None) -> str:

@@ -83,6 +83,8 @@ default_opts = [
     cfg.IntOpt("create_unique_mac_address_attempts", default=5, min=1,
                help="Attempts at generating a unique MAC address."),
     cfg.BoolOpt("force_dhcp_release", default=False, help="Release the DHCP lease on deallocate."),
+    cfg.IntOpt("rxtx_base", default=0, min=0, help="kbit/s that an instance's --rxtx-factor of "
+               "1.0 stands for (nova's rxtx_base); 0: --rxtx-factor is refused."),
     cfg.IntOpt("network_device_mtu", min=68, max=65535, help="MTU handed to guests (DHCP option 26)."),
     cfg.StrOpt("public_interface", default="eth0", help="Interface carrying floating IPs."),
     cfg.StrOpt("routing_source_ip", default="$my_ip", help="SNAT source for instance traffic."),

@@ -757,6 +757,17 @@ def bandwidth_limits(rx_kbps: int | None, tx_kbps: int | None) -> tuple[int | No
     return out[0], out[1]
 
 
+def rxtx_kbps(factor: float, base: int) -> int:
+    """nova's rxtx_factor x rxtx_base, kbit/s (at least 1). Raises Invalid when ``base`` is 0
+    (not configured) or ``factor`` is not positive."""
+    if not base:
+        raise exception.Invalid("--rxtx-factor needs rxtx_base (kbit/s for a factor of 1.0) in "
+                                "the configuration; or give --rx-kbps/--tx-kbps")
+    if not factor > 0:
+        raise exception.Invalid(f"--rxtx-factor must be above 0, not {factor}")
+    return min(MAX_KBPS, max(1, round(factor * base)))
+
+
 def _bandwidth(inst: models.Instance) -> dict:
     return {"instance": inst.name, "rx_kbps": inst.rx_kbps, "tx_kbps": inst.tx_kbps}
 

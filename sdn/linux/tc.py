@@ -8,10 +8,10 @@
   root shapes it the same way; the frame then continues into the bridge (IFB re-injects it).
 
 :func:`plan` (pure) gives each present VIF port its :class:`Limits`; :func:`commands` (pure)
-the tc/ip commands that install them; :func:`read` and :func:`apply` talk to the kernel
-through ``tc``/``ip`` (iproute2) in the agent's network namespace. Nothing is changed for a
-port whose limits are already in place; limits removed (or an instance gone) lose their
-qdiscs and IFB device.
+the tc/ip commands that install them; :func:`apply` talks to the kernel through ``tc``/``ip``
+(iproute2) in the agent's network namespace: one ``tc qdisc show`` per reconcile, then the
+classes of limited ports only. Nothing is changed for a port whose limits are already in
+place; limits removed lose their qdiscs and IFB device, the IFB of a port gone is deleted.
 """
 
 from __future__ import annotations
@@ -97,24 +97,42 @@ def _run(cmd: list[str], check: bool = True) -> str:
     return proc.stdout
 
 
-def read(port: str, links) -> Limits:
-    """What ``port`` holds now (``links``: the names of the host's links)."""
-    rx = parse_rate(_run(["tc", "class", "show", "dev", port], check=False))
-    tx = None
-    if ifb_name(port) in links and "ingress" in _run(["tc", "qdisc", "show", "dev", port],
-                                                     check=False):
-        tx = parse_rate(_run(["tc", "class", "show", "dev", ifb_name(port)], check=False))
+def shaped(qdisc_show: str) -> tuple[set[str], set[str]]:
+    """(devices with an HTB root ``1:``, devices with an ingress qdisc) in ``tc qdisc show``
+    output (all devices: one command per reconcile, not one per port)."""
+    htb, ingress = set(), set()
+    for line in qdisc_show.splitlines():
+        words = line.split()
+        if len(words) > 4 and words[0] == "qdisc" and words[3] == "dev":
+            if words[1] == "htb" and words[2] == "1:" and "root" in words:
+                htb.add(words[4])
+            elif words[1] == "ingress":
+                ingress.add(words[4])
+    return htb, ingress
+
+
+def read(port: str, links, htb: set[str], ingress: set[str]) -> Limits:
+    """What ``port`` holds now (``links``: the host's link names; ``htb``/``ingress``: from
+    :func:`shaped`)."""
+    rx = parse_rate(_run(["tc", "class", "show", "dev", port], check=False)) if port in htb else None
+    ifb, tx = ifb_name(port), None
+    if port in ingress and ifb in links and ifb in htb:
+        tx = parse_rate(_run(["tc", "class", "show", "dev", ifb], check=False))
     return Limits(rx, tx)
 
 
 def apply(wanted: dict[str, Limits], links) -> list[str]:
     """Make every port in ``links`` hold ``wanted`` (ports absent from it: no limits); delete
-    IFB devices of ports that are gone. Returns the changes made."""
+    IFB devices of ports that are gone. Returns the changes made. Reads the kernel's qdiscs
+    once, then the classes of ports that are (or are to be) limited only."""
     links = set(links)
+    htb, ingress = shaped(_run(["tc", "qdisc", "show"]))
     changes = []
     for port in sorted(p for p in links if p.startswith("tap")):
         want = wanted.get(port, Limits())
-        have = read(port, links)
+        if not want and port not in htb and port not in ingress:
+            continue
+        have = read(port, links, htb, ingress)
         if want == have:
             continue
         for cmd in commands(port, want, have):

@@ -204,3 +204,51 @@ def test_set_bandwidth_changes_clears_and_checks(make_manager):
     from sdn.db import api as db
     (vif,) = db.load_views(mgr.engine).vifs
     assert (vif.rx_kbps, vif.tx_kbps) == (None, 5_000)
+
+
+def test_tc_apply_reads_once_and_touches_only_what_differs(monkeypatch):
+    """apply() against a scripted kernel: one qdisc listing, class reads for shaped ports only,
+    commands for the ports whose limits differ, the IFB of a vanished port deleted."""
+    a, b, c = "tap" + "a" * 11, "tap" + "b" * 11, "tap" + "c" * 11
+    kernel = {("tc", "qdisc", "show"): (
+        f"qdisc htb 1: dev {a} root refcnt 3 r2q 10 default 0x1\n"
+        f"qdisc noqueue 0: dev {b} root refcnt 2\n"
+        f"qdisc htb 1: dev {tc.ifb_name(a)} root refcnt 2 r2q 10 default 0x1\n"
+        f"qdisc ingress ffff: dev {a} parent ffff:fff1 ----------------\n"),
+        ("tc", "class", "show", "dev", a): "class htb 1:1 root prio 0 rate 20Mbit ceil 20Mbit",
+        ("tc", "class", "show", "dev", tc.ifb_name(a)): "class htb 1:1 root rate 5Mbit"}
+    ran = []
+
+    def run(cmd, check=True):
+        ran.append(tuple(cmd))
+        return kernel.get(tuple(cmd), "")
+    monkeypatch.setattr(tc, "_run", run)
+    links = {a, b, tc.ifb_name(a), tc.ifb_name(c)}
+    assert tc.apply({a: tc.Limits(20_000, 5_000)}, links) == [
+        f"deleted {tc.ifb_name(c)} (its port is gone)"]
+    assert ran[0] == ("tc", "qdisc", "show") and not [r for r in ran if b in r]
+    ran.clear()
+    changes = tc.apply({b: tc.Limits(rx_kbps=1_000)}, links - {tc.ifb_name(c)})
+    assert changes == [f"tc {a}: receives unlimited, sends unlimited (kbit/s)",
+                       f"tc {b}: receives 1000, sends unlimited (kbit/s)"]
+    assert ("tc", "qdisc", "del", "dev", a, "root") in ran
+    assert ("ip", "link", "del", tc.ifb_name(a)) in ran
+    assert ("tc", "qdisc", "replace", "dev", b, "root", "handle", "1:", "htb", "default", "1") in ran
+
+
+def test_rxtx_factor_times_rxtx_base(make_manager):
+    from types import SimpleNamespace
+
+    from sdn import cli, manager
+    assert manager.rxtx_kbps(2.0, 10_000) == 20_000 and manager.rxtx_kbps(1e-9, 10) == 1
+    with pytest.raises(exception.Invalid, match="rxtx_base"):
+        manager.rxtx_kbps(1.0, 0)
+    with pytest.raises(exception.Invalid, match="above 0"):
+        manager.rxtx_kbps(0.0, 10_000)
+    conf = SimpleNamespace(rxtx_base=10_000)
+    args = cli.build_parser().parse_args(["instance", "set-bandwidth", "vm", "--rxtx-factor",
+                                          "1.5", "--tx-kbps", "0"])
+    assert cli._limits(args, conf) == (15_000, 0)      # an explicit rate wins over the factor
+    args = cli.build_parser().parse_args(["instance", "launch", "vm", "--project", "p",
+                                          "--rx-kbps", "300"])
+    assert cli._limits(args, conf) == (300, None)
