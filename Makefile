@@ -57,7 +57,7 @@ ovs:
 	fi
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 demo: setup
 	$(PY) mininet/run_demo.py topology/demo.toml

@@ -16,54 +16,12 @@ import sys
 import pytest
 
 from tests.integration.netlab import random_suffix, wait_for
+from tests.integration.peers import probe, serve
 
 RSIP, GATEWAY, VPN_IP = "172.30.0.2", "172.30.0.1", "172.30.0.3"
 INTERNET = "172.30.0.10"   # a host beyond the gateway (the gateway itself is metadata_host,
                            # which nova never SNATs to)
 FLOATING_RANGE = "172.30.0.64/28"
-
-# A tiny TCP/UDP peer: "tcp-server PORT" answers each connection with the peer address it saw,
-# "udp-echo PORT" echoes datagrams with the sender address prepended, "tcp-client HOST PORT"
-# prints what the server answered, "udp-probe HOST PORT" prints the reply or the error.
-PEER = r"""
-import socket, sys
-mode = sys.argv[1]
-if mode == "tcp-server":
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(sys.argv[2]))); s.listen(16); print("ready", flush=True)
-    while True:
-        c, addr = s.accept(); c.sendall(addr[0].encode()); c.close()
-elif mode == "udp-echo":  # optional 3rd argument: the address to answer from
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0", int(sys.argv[2])))
-    print("ready", flush=True)
-    while True:
-        data, addr = s.recvfrom(2048); s.sendto(addr[0].encode() + b" " + data, addr)
-elif mode == "tcp-client":
-    c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
-    print(c.recv(100).decode())
-elif mode == "udp-probe":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
-    s.connect((sys.argv[2], int(sys.argv[3])))
-    try:
-        s.send(b"probe"); print(s.recv(2048).decode())
-    except ConnectionRefusedError:
-        print("refused")
-    except socket.timeout:
-        print("timeout")
-"""
-
-
-def peer(host, *args, check=True):
-    return host.run([sys.executable, "-c", PEER, *map(str, args)], check=check, timeout=15)
-
-
-def serve(host, *args):
-    proc = host.popen([sys.executable, "-u", "-c", PEER, *map(str, args)],
-                      stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
-
 
 class L3Lab:
     def __init__(self, backend, netns_host):
@@ -126,13 +84,13 @@ def test_floating_ip_inbound_outbound_and_disassociate(lab):
     a1_server = serve(lab.h_a1, "tcp-server", 2222)
     lab.wait_reachable(lab.outside, lab.f1, "ping from outside to the floating IP")
     # inbound TCP reaches a1, which sees the outside's real address
-    assert peer(lab.outside, "tcp-client", lab.f1, 2222).stdout.strip() == GATEWAY
+    assert probe(lab.outside, "tcp", lab.f1, 2222, 3) == f"ok 2222 {GATEWAY}"
     # a1's own connections leave with its floating IP as source
-    assert peer(lab.h_a1, "tcp-client", INTERNET, 8080).stdout.strip() == lab.f1
+    assert probe(lab.h_a1, "tcp", INTERNET, 8080, 3) == f"ok 8080 {lab.f1}"
     # a second floating IP on the same fixed IP works too
     f1b = lab.floating("alpha", "a1")
     lab.wait_reachable(lab.outside, f1b, "ping to the second floating IP")
-    assert peer(lab.outside, "tcp-client", f1b, 2222).stdout.strip() == GATEWAY
+    assert probe(lab.outside, "tcp", f1b, 2222, 3) == f"ok 2222 {GATEWAY}"
     # disassociation cuts inbound at once (no lingering ARP answer or DNAT)
     lab.env.cli("floating", "disassociate", lab.f1, "--project", "alpha")
     lab.wait_forwarding_gone(f"nw_dst={lab.f1}", f"{lab.f1}/32", "the floating IP's flows/rules to go")
@@ -145,20 +103,20 @@ def test_default_snat_and_icmp_errors(lab):
     serve(lab.outside, "tcp-server", 8080)
     serve(lab.outside, "udp-echo", 5353, INTERNET)
     lab.wait_reachable(lab.h_a2, INTERNET, "a2 reaching the outside")
-    assert peer(lab.h_a2, "tcp-client", INTERNET, 8080).stdout.strip() == RSIP
-    assert peer(lab.h_a2, "udp-probe", INTERNET, 5353).stdout.strip() == f"{RSIP} probe"
+    assert probe(lab.h_a2, "tcp", INTERNET, 8080, 3) == f"ok 8080 {RSIP}"
+    assert probe(lab.h_a2, "udp", INTERNET, 5353, 3) == f"ok {RSIP} probe"
     # an ICMP port unreachable for a SNATed flow reaches the instance (embedded header un-NATed)
-    assert peer(lab.h_a2, "udp-probe", INTERNET, 5399).stdout.strip() == "refused"
+    assert probe(lab.h_a2, "udp", INTERNET, 5399, 3) == "refused"
     # ... and one for a DNATed flow reaches the outside from the floating IP
     lab.wait_reachable(lab.outside, lab.f1, "ping to the floating IP")
-    assert peer(lab.outside, "udp-probe", lab.f1, 5399).stdout.strip() == "refused"
+    assert probe(lab.outside, "udp", lab.f1, 5399, 3) == "refused"
 
 
 def test_hairpin_to_own_projects_floating_ip(lab):
     serve(lab.h_a1, "tcp-server", 2222)
     lab.wait_reachable(lab.h_a2, lab.f1, "a2 pinging a1's floating IP")
     # a2 has no floating IP: a1 sees it as routing_source_ip, and the reply finds its way back
-    assert peer(lab.h_a2, "tcp-client", lab.f1, 2222).stdout.strip() == RSIP
+    assert probe(lab.h_a2, "tcp", lab.f1, 2222, 3) == f"ok 2222 {RSIP}"
 
 
 def test_projects_stay_isolated_through_the_router(lab):
@@ -171,7 +129,7 @@ def test_projects_stay_isolated_through_the_router(lab):
 def test_metadata_reaches_metadata_host_with_the_fixed_ip(lab):
     http = lab.outside.popen([sys.executable, "-u", "-m", "http.server", "8775", "--bind", GATEWAY],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(lambda: peer(lab.outside, "tcp-client", GATEWAY, 8775, check=False).returncode == 0
+    wait_for(lambda: probe(lab.outside, "tcp", GATEWAY, 8775).startswith("ok")
              or lab.outside.run(["ss", "-ltnH", "sport = :8775"]).stdout.strip(), timeout=10,
              what="the metadata server to listen")
     fetch = ("import urllib.request;"
@@ -193,10 +151,10 @@ def test_cloudpipe_vpn_port_forward(lab, netns_host):
     public_ip, public_port = row["public"].split(":")
     assert row["state"] == "running" and public_ip == VPN_IP
     def answered():
-        return peer(lab.outside, "udp-probe", public_ip, public_port, check=False).stdout.strip()
-    reply = wait_for(lambda: answered() not in ("", "timeout", "refused") and answered(),
+        return probe(lab.outside, "udp", public_ip, public_port, 3)
+    reply = wait_for(lambda: answered().startswith("ok") and answered(),
                      timeout=15, what="the VPN port forward to answer")
-    assert reply == f"{GATEWAY} probe"   # the VPN instance saw the real client address
+    assert reply == f"ok {GATEWAY} probe"   # the VPN instance saw the real client address
     # deleting the VPN instance removes its forwarding (nova never did)
     unplug = ["--bridge", lab.env.bridge.name] if lab.backend.name == "ovs" else []
     lab.env.cli("instance", "delete", alloc["instance"], *unplug)
