@@ -87,11 +87,14 @@ class InstanceRecord:
 @dataclass(frozen=True)
 class Settings:
     """Service-wide options: ``link_type`` ``ovs`` or ``bridge`` (network_driver), ``mtu``
-    (network_device_mtu, None: unknown), ``domain`` (dhcp_domain)."""
+    (network_device_mtu, None: unknown), ``domain`` (dhcp_domain), ``addresses``: whether
+    network_data.json gives the guest its addresses (False for FlatManager without
+    ``flat_injected``: nova told such guests nothing, the operator configured them)."""
 
     link_type: str = "ovs"
     mtu: int | None = None
     domain: str = "novalocal"
+    addresses: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def network_data(record: InstanceRecord, settings: Settings = Settings()) -> dic
                              "ip_address": address, "netmask": netmask,
                              "routes": [{"network": "::", "netmask": "::", "gateway": gateway}],
                              "network_id": str(net.id), "services": services})
-    return {"links": links, "networks": networks,
+    return {"links": links, "networks": networks if settings.addresses else [],
             "services": [{"type": "dns", "address": d} for d in dns_all]}
 
 

@@ -136,7 +136,8 @@ def listen(host: str, port: int, app: MetadataApp) -> MetadataServer:
 
 def settings_from(conf) -> document.Settings:
     return document.Settings(link_type="bridge" if conf.network_driver == "linux" else "ovs",
-                             mtu=conf.network_device_mtu, domain=conf.dhcp_domain)
+                             mtu=conf.network_device_mtu, domain=conf.dhcp_domain,
+                             addresses=conf.network_manager != "flat" or conf.flat_injected)
 
 
 def main(conf) -> int:

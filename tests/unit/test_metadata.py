@@ -55,6 +55,18 @@ def test_network_data_is_openstacks_format_exactly():
     assert json.loads(r.body) == EXPECTED
 
 
+def test_flatmanager_guests_get_addresses_only_with_flat_injected(make_conf):
+    """nova's FlatManager told a guest its address only with flat_injected (into the image)."""
+    from sdn.metadata.server import settings_from
+    told = json.loads(get("/openstack/latest/network_data.json").body)
+    assert told["networks"] == EXPECTED["networks"]
+    untold = json.loads(get("/openstack/latest/network_data.json", addresses=False).body)
+    assert untold == {**EXPECTED, "networks": []}
+    assert settings_from(make_conf(network_manager="flat")).addresses is False
+    assert settings_from(make_conf(network_manager="flat", flat_injected=True)).addresses is True
+    assert settings_from(make_conf(network_manager="flatdhcp")).addresses is True
+
+
 def test_link_type_and_mtu_follow_the_settings():
     doc = json.loads(get("/openstack/latest/network_data.json", link_type="bridge", mtu=1450).body)
     assert (doc["links"][0]["type"], doc["links"][0]["mtu"]) == ("bridge", 1450)
