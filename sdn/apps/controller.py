@@ -33,7 +33,7 @@ from os_ken.controller.handler import (CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_
                                        set_ev_cls)
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from sdn.apps import fastdp
+from sdn.apps import fastdp, ofp_tls
 from sdn.apps.datapath import FULL, INCREMENTAL, DatapathSync
 from sdn.apps.dhcp_punt import DhcpPunt, LeaseCommitter
 from sdn.apps.gateway import GatewayLearner
@@ -300,9 +300,7 @@ def main(conf) -> int:
         trunk_names=frozenset(conf.ovs.trunk_interfaces),
         relay_names=frozenset(conf.ovs.dhcp_relay_interfaces),
         public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection)
-    osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
-                         "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
-                   project="os_ken")
+    osken_cfg.CONF(args=ofp_tls.osken_listen_args(conf.ovs), project="os_ken")
     # os-ken sends no echo requests by default (0 misses allowed = off): a switch that stops
     # answering would stay registered until TCP gives up
     osken_cfg.CONF.set_override("echo_request_interval", deps.echo_interval)
@@ -315,8 +313,8 @@ def main(conf) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    LOG.info("listening for OpenFlow 1.3 on %s:%d", conf.ovs.ofp_listen_host,
-             conf.ovs.ofp_tcp_listen_port)
+    LOG.info("listening for OpenFlow 1.3 on %s:%d%s", conf.ovs.ofp_listen_host,
+             conf.ovs.ofp_tcp_listen_port, " (TLS)" if ofp_tls.tls_enabled(conf.ovs) else "")
     fastdp.install(deps.packet_in.fast)
     run(deps)
     return 0
