@@ -7,6 +7,7 @@
 #   make fuzz    1M mutated DHCP frames through every DHCP path (not part of test)
 #   make bench   benchmarks side by side with Kea/dnsmasq/ovs-ofctl (not part of test; results in var/bench/)
 #   make clean   remove runtime state (var/)
+#   make sample-config  regenerate etc/sdn/sdn.conf.sample (oslo-config-generator; check it in)
 
 SHELL := /bin/bash
 PYTHON_SYS := /usr/bin/python3
@@ -20,7 +21,7 @@ APT_PACKAGES := openvswitch-switch openvswitch-common mininet isc-dhcp-client et
 # Stamp: pip install is redone only when pyproject.toml changes (or the venv is new).
 PIP_STAMP := $(VENV)/.sdn-pip-stamp
 
-.PHONY: setup apt venv ovs test demo demo-linux clean bench bench-deps fuzz
+.PHONY: setup apt venv ovs test demo demo-linux clean bench bench-deps fuzz sample-config
 
 setup: apt $(PIP_STAMP) ovs
 
@@ -81,6 +82,12 @@ bench: setup bench-deps
 # or corrupted lease. Not part of `make test`.
 fuzz: setup
 	$(PY) benchmarks/fuzz_dhcp.py
+
+# The checked-in sample config, from every option group sdn registers (sdn.config.list_opts)
+# and oslo.log's; tests/unit/test_packaging.py fails when it is out of date.
+sample-config: $(PIP_STAMP)
+	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/sdn.conf \
+	  --output-file etc/sdn/sdn.conf.sample
 
 clean:
 	rm -rf var/
