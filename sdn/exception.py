@@ -253,3 +253,8 @@ class LastVifOfInstance(SdnError):
 
 class NetworkAlreadyInProject(SdnError):
     msg_fmt = "network {network} already belongs to project {project}; {advice}"
+
+
+class FloatingIpNotOfInstance(SdnError):
+    msg_fmt = ("floating IP {address} is associated with {actual}, not with instance {name}; "
+               "see 'sdn floating list'")

@@ -87,7 +87,8 @@ class FloatingIps:
             return len(rows)
 
     def list(self) -> list[dict]:
-        """Every floating IP: {address, pool, host, project_id, fixed_ip, instance, auto_assigned}."""
+        """Every floating IP: {id, address, pool, host, interface, project_id, fixed_ip,
+        instance, instance_uuid, auto_assigned}."""
         with db.read_transaction(self.engine) as session:
             return [_describe(session, f) for f in session.scalars(
                 select(models.FloatingIp).order_by(models.FloatingIp.id))]
@@ -126,12 +127,20 @@ class FloatingIps:
             session.flush()
             return _describe(session, row)
 
-    def disassociate(self, address: str, project_id: str) -> dict:
-        """Detach ``address`` from its fixed IP. Raises FloatingIpNotAssociated."""
+    def disassociate(self, address: str, project_id: str, instance_name: str | None = None) -> dict:
+        """Detach ``address`` from its fixed IP (which must be ``instance_name``'s, when given:
+        nova's removeFloatingIp). Raises FloatingIpNotAssociated, FloatingIpNotOfInstance."""
         with db.transaction(self.engine) as session:
             row = self._owned(session, address, project_id)
             if row.fixed_ip_id is None:
                 raise exception.FloatingIpNotAssociated(address=address)
+            if instance_name is not None:
+                now = _describe(session, row)
+                if now["instance"] != instance_name:
+                    raise exception.FloatingIpNotOfInstance(
+                        address=address, name=instance_name,
+                        actual=f"instance {now['instance']}" if now["instance"] else
+                        f"fixed IP {now['fixed_ip']}")
             row.fixed_ip_id = None
             return _describe(session, row)
 
@@ -192,6 +201,8 @@ def _describe(session: Session, row: models.FloatingIp) -> dict:
     fixed = session.get(models.FixedIp, row.fixed_ip_id) if row.fixed_ip_id else None
     inst = (session.scalar(select(models.Instance).where(models.Instance.uuid == fixed.instance_uuid))
             if fixed is not None and fixed.instance_uuid else None)
-    return {"address": row.address, "pool": row.pool, "host": row.host,
-            "project_id": row.project_id, "fixed_ip": fixed.address if fixed else None,
-            "instance": inst.name if inst else None, "auto_assigned": row.auto_assigned}
+    return {"id": row.id, "address": row.address, "pool": row.pool, "host": row.host,
+            "interface": row.interface, "project_id": row.project_id,
+            "fixed_ip": fixed.address if fixed else None,
+            "instance": inst.name if inst else None,
+            "instance_uuid": inst.uuid if inst else None, "auto_assigned": row.auto_assigned}

@@ -82,6 +82,9 @@ class NetworkManager:
         Returns one ``network_dict`` per network. Raises InvalidCidr, VlanOutOfRange,
         CidrConflict, FloatingRangeConflict, VlanInUse, Invalid.
         """
+        if not self.vlan_mode and (vlan_start is not None or vpn_start is not None):
+            raise exception.Invalid(f"--vlan/--vpn apply only to network_manager=vlan, "
+                                    f"not {self.conf.network_manager}")
         conf = self.conf
         cidr = conf.fixed_range if cidr is None else cidr
         num_networks = conf.num_networks if num_networks is None else num_networks
@@ -567,6 +570,24 @@ class NetworkManager:
             session.flush()
             return network_dict(net)
 
+    def disassociate_project(self, cidr: str) -> dict:
+        """nova's network disassociate (VLAN mode): the network of CIDR ``cidr`` belongs to no
+        project any more (the next project to need one may get it). Returns its network_dict.
+        Raises Invalid (not VLAN mode), NetworkNotFound, NetworkInUse (while any of its fixed
+        IPs is allocated: the project's instances still use it)."""
+        if not self.vlan_mode:
+            raise exception.Invalid(f"network disassociate applies to network_manager=vlan only, not "
+                                    f"{self.conf.network_manager}: flat networks belong to no project")
+        with db.transaction(self.engine) as session:
+            net = _network_by_cidr(session, cidr)
+            busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
+                models.FixedIp.network_id == net.id, models.FixedIp.allocated.is_(True)))
+            if busy:
+                raise exception.NetworkInUse(cidr=net.cidr, count=busy)
+            net.project_id = None
+            session.flush()
+            return network_dict(net)
+
     def list_leases(self, network: str | None = None) -> list[dict]:
         """DHCP leases held now (either backend records them in ``fixed_ips``): {network (cidr),
         label, address, mac, instance, hostname, lease_end (naive UTC ISO)}, for addresses a VIF
@@ -713,11 +734,14 @@ def _iso(when: datetime.datetime | None) -> str | None:
 
 def network_dict(net: models.Network) -> dict:
     """{id, label, cidr, netmask, gateway, broadcast, dhcp_start, dns1, dns2, vlan, bridge,
-    bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address}."""
+    bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address,
+    cidr_v6, host, created_at, updated_at (naive UTC ISO 8601 text or None)}."""
     keys = ("id", "label", "cidr", "netmask", "gateway", "broadcast", "dhcp_start", "dns1", "dns2", "vlan",
             "bridge", "bridge_interface", "project_id", "vpn_public_address", "vpn_public_port",
-            "vpn_private_address")
-    return {k: getattr(net, k) for k in keys}
+            "vpn_private_address", "cidr_v6", "host")
+    return {**{k: getattr(net, k) for k in keys},
+            **{k: getattr(net, k).isoformat() if getattr(net, k) else None
+               for k in ("created_at", "updated_at")}}
 
 
 _VIF_KEYS = ("network_id", "cidr", "vlan", "vif_uuid", "mac", "address", "port_name", "gateway")
