@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import struct
@@ -122,13 +123,28 @@ def _installed_files_missing(site: Path) -> list[str]:
     return [f for f in listed if not (site / f).exists()]
 
 
+def _source_copy(dest: Path) -> Path:
+    """The repository's files (tracked, and new ones not ignored) copied to ``dest``: setuptools
+    builds in the source tree (build/, *.egg-info), which must not happen in the worktree, and
+    a stale build/lib there would ship modules deleted since."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO_ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
 def test_pip_install_outside_the_repository(tmp_path):
     """``pip install <repo>`` (not editable, dependencies from the configured index) into a fresh
     venv; ``sdn --help`` and ``sdn db sync`` on a new SQLite file, run from another directory."""
     target = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(target)
     py = target / "bin" / "python"
-    p = subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO_ROOT)], cwd=tmp_path,
+    source = _source_copy(tmp_path / "src")
+    p = subprocess.run([str(py), "-m", "pip", "install", "-q", str(source)], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     elsewhere = tmp_path / "elsewhere"
