@@ -475,12 +475,61 @@ def test_fixed_ip_actions_and_instance_delete(api, world):
     ok(api.call("DELETE", f"/os-networks/{net['id']}"), 202)
 
 
+def _ovs_or_skip() -> None:
+    if not Path("/var/run/openvswitch/db.sock").exists() or os.geteuid() != 0:
+        pytest.skip("no ovsdb-server (or not root): the plug routes talk to Open vSwitch")
+
+
 def test_plug_state_needs_an_existing_bridge(api, world):
-    if not Path("/var/run/openvswitch/db.sock").exists():
-        pytest.skip("no ovsdb-server: the plug routes talk to Open vSwitch")
+    _ovs_or_skip()
     msg = refused(api, 404, "GET", "/instances/a1/plug", token=ALPHA, params={"bridge": "br-api-nope"})
     assert msg.startswith("no Open vSwitch bridge br-api-nope")
     refused(api, 404, "GET", "/instances/a1/plug", token=BETA, params={"bridge": "br-api-nope"})
+    refused(api, 404, "PUT", "/instances/a1/plug", token=ALPHA, body={"bridge": "br-api-nope"})
+
+
+def test_plug_and_unplug_on_a_bridge_of_our_own(api, world):
+    _ovs_or_skip()
+    bridge = f"brapi{os.getpid() % 100000}"
+    subprocess.run(["ovs-vsctl", "--may-exist", "add-br", bridge, "--", "set", "bridge", bridge,
+                    "datapath_type=netdev"], check=True, timeout=30)
+    try:
+        port = world["a1"]["vifs"][0]["port_name"]
+        state = ok(api.call("GET", "/instances/a1/plug", token=ALPHA, params={"bridge": bridge}))["plug"]
+        assert state["bridge"] == bridge and [(p["port_name"], p["plugged"]) for p in state["ports"]] == \
+            [(port, False)]
+        state = ok(api.call("PUT", "/instances/a1/plug", token=ALPHA,
+                            body={"bridge": bridge, "internal": True}))["plug"]
+        assert [(p["port_name"], p["plugged"]) for p in state["ports"]] == [(port, True)]
+        ports = subprocess.run(["ovs-vsctl", "list-ports", bridge], capture_output=True, text=True,
+                               check=True, timeout=30).stdout.split()
+        assert ports == [port]
+        iface_id = subprocess.run(["ovs-vsctl", "get", "Interface", port, "external_ids:iface-id"],
+                                  capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        assert iface_id.strip('"') == world["a1"]["vifs"][0]["id"]
+        state = ok(api.call("DELETE", "/instances/a1/plug", token=ALPHA, params={"bridge": bridge}))["plug"]
+        assert [(p["port_name"], p["plugged"]) for p in state["ports"]] == [(port, False)]
+    finally:
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], timeout=30)
+
+
+def test_launch_with_networks_groups_and_limits(api, world):
+    nets = {n["label"]: n for n in ok(api.call("GET", "/os-networks", token=ALPHA))["networks"]}
+    assert "beta-net" not in nets
+    g = ok(api.call("POST", "/os-security-groups", token=ALPHA,
+                    body={"security_group": {"name": "db"}}))["security_group"]
+    inst = ok(api.call("POST", "/instances", token=ALPHA, body={"instance": {
+        "name": "a3", "networks": [{"uuid": nets["alpha-net"]["id"]}], "security_groups": [{"name": "db"}],
+        "rx_kbps": 1000, "tx_kbps": 0}}))["instance"]
+    assert [v["network_label"] for v in inst["vifs"]] == ["alpha-net"]
+    assert inst["security_groups"] == [{"name": "db"}]
+    assert (inst["rx_kbps"], inst["tx_kbps"]) == (1000, None)
+    assert "no security group 'nope'" in refused(api, 404, "POST", "/instances", token=ALPHA, body={
+        "instance": {"name": "a4", "security_groups": [{"name": "nope"}]}})
+    assert "--rx-kbps" in refused(api, 400, "POST", "/instances", token=ALPHA, body={
+        "instance": {"name": "a4", "rx_kbps": -1}})
+    ok(api.call("DELETE", "/instances/a3", token=ALPHA), 204)
+    ok(api.call("DELETE", f"/os-security-groups/{g['id']}", token=ALPHA), 202)
 
 
 # -- start-up refusals and TLS -------------------------------------------------------------------
