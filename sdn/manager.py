@@ -179,11 +179,7 @@ class NetworkManager:
         NetworkInUse (while any fixed IP is allocated; addresses merely awaiting DHCP release
         go with the network)."""
         with db.transaction(self.engine) as session:
-            net = _network_by_cidr(session, cidr)
-            busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
-                models.FixedIp.network_id == net.id, models.FixedIp.allocated.is_(True)))
-            if busy:
-                raise exception.NetworkInUse(cidr=net.cidr, count=busy)
+            net = _idle_network(session, cidr)
             result = network_dict(net)
             ip_ids = select(models.FixedIp.id).where(models.FixedIp.network_id == net.id)
             session.execute(update(models.FloatingIp).where(models.FloatingIp.fixed_ip_id.in_(ip_ids))
@@ -579,11 +575,7 @@ class NetworkManager:
             raise exception.Invalid(f"network disassociate applies to network_manager=vlan only, not "
                                     f"{self.conf.network_manager}: flat networks belong to no project")
         with db.transaction(self.engine) as session:
-            net = _network_by_cidr(session, cidr)
-            busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
-                models.FixedIp.network_id == net.id, models.FixedIp.allocated.is_(True)))
-            if busy:
-                raise exception.NetworkInUse(cidr=net.cidr, count=busy)
+            net = _idle_network(session, cidr)
             net.project_id = None
             session.flush()
             return network_dict(net)
@@ -702,6 +694,17 @@ def _network_by_cidr(session: Session, cidr: str) -> models.Network:
     net = session.scalar(select(models.Network).where(models.Network.cidr == normal))
     if net is None:
         raise exception.NetworkNotFound(what=f"with CIDR {normal}")
+    return net
+
+
+def _idle_network(session: Session, cidr: str) -> models.Network:
+    """The network of CIDR ``cidr`` if none of its fixed IPs is allocated. Raises
+    NetworkNotFound, NetworkInUse."""
+    net = _network_by_cidr(session, cidr)
+    busy = session.scalar(select(func.count()).select_from(models.FixedIp).where(
+        models.FixedIp.network_id == net.id, models.FixedIp.allocated.is_(True)))
+    if busy:
+        raise exception.NetworkInUse(cidr=net.cidr, count=busy)
     return net
 
 

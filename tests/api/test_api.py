@@ -470,6 +470,8 @@ def test_fixed_ip_actions_and_instance_delete(api, world):
     alpha_net = next(n for n in ok(api.call("GET", "/os-networks"))["networks"] if n["label"] == "alpha-net")
     msg = refused(api, 409, "DELETE", f"/os-networks/{alpha_net['id']}")
     assert "still has 2 allocated fixed IP(s)" in msg
+    assert refused(api, 409, "POST", f"/os-networks/{alpha_net['id']}/action",
+                   body={"disassociate_project": None}) == msg
     assert ok(api.call("DELETE", "/instances/a2", token=ALPHA), 204) is None
     refused(api, 404, "GET", "/instances/a2", token=ALPHA)
     ok(api.call("DELETE", f"/os-networks/{net['id']}"), 202)
