@@ -8,6 +8,7 @@ ovs-vswitchd: the test records the SSL row it found and puts it back (or removes
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -182,3 +184,72 @@ def test_pip_install_outside_the_repository(tmp_path):
     sample = run(str(target / "bin" / "oslo-config-generator"), "--namespace", "sdn")
     assert sample.returncode == 0 and "[ovs]" in sample.stdout and "ssl_cert_file" in sample.stdout, \
         sample.stderr
+
+
+# ----------------------------------------------------------- the units' capability sets
+
+CAP_NAMES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13, "CAP_NET_BIND_SERVICE": 10, "CAP_SETUID": 7,
+             "CAP_SETGID": 6, "CAP_KILL": 5, "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1}
+
+
+def _unit_service(name: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(REPO_ROOT / "etc" / "systemd" / name)
+    return dict(parser["Service"])
+
+
+def _as_unit_runs_it(tmp_path: Path, unit: str, caps: list[str] | None = None) -> tuple[str, int]:
+    """A wrapper running sdn as root with the unit's CapabilityBoundingSet (or ``caps``) and
+    NoNewPrivileges, as systemd would (setpriv, util-linux); and that set's bit mask."""
+    service = _unit_service(unit)
+    caps = service.get("CapabilityBoundingSet", "").split() if caps is None else caps
+    unknown = [c for c in caps if c not in CAP_NAMES]
+    assert not unknown, f"add {unknown} to CAP_NAMES"
+    bounding = ",".join(["-all"] + [f"+{c[4:].lower()}" for c in caps])
+    nnp = "--no-new-privs " if service.get("NoNewPrivileges") == "yes" else ""
+    wrapper = tmp_path / f"sdn-as-{unit}-{len(caps)}"
+    wrapper.write_text(f"#!/bin/sh\nexec setpriv --bounding-set={bounding} --inh-caps=-all {nnp}"
+                       f"-- {sys.executable} -m sdn.cli \"$@\"\n")
+    wrapper.chmod(0o755)
+    return str(wrapper), sum(1 << CAP_NAMES[c] for c in caps)
+
+
+def _cap_bounding(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no CapBnd for pid {pid}")
+
+
+def test_controller_syncs_a_switch_with_no_capability(make_sdn_env, tmp_path):
+    """sdn-controller.service: empty CapabilityBoundingSet, NoNewPrivileges."""
+    env = make_sdn_env()
+    env.sdn_exe, mask = _as_unit_runs_it(tmp_path, "sdn-controller.service")
+    assert mask == 0
+    proc = env.start_controller()            # waits for the full sync of the bridge
+    assert _cap_bounding(proc.pid) == 0
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{proc.pid}/status").read_text()
+
+
+def test_agent_serves_dhcp_with_its_units_capabilities_only(linux, tmp_path):
+    """sdn-agent.service's CapabilityBoundingSet: bridge, iptables/ebtables, dnsmasq (started by
+    the agent, so bounded by the same set) leasing to a real dhclient. Control: with no
+    capability the agent cannot build the bridge."""
+    env = linux.env(config={"DEFAULT": {"network_manager": "flatdhcp"}})
+    bridge = linux.flat_bridge(env)
+    env.cli("network", "create", "--label", "flat", "--fixed_range_v4", "10.39.0.0/24", "--bridge", bridge)
+    alloc, host = linux.launch(env, "u1", "p")
+
+    bare, _ = _as_unit_runs_it(tmp_path, "sdn-agent.service", caps=[])
+    refused = env.hv.run(["timeout", "60", bare, "--config-file", str(env.config_file), "agent", "--once"],
+                         check=False)
+    assert refused.returncode != 0, refused.stdout + refused.stderr
+    assert env.hv.run(["ip", "link", "show", bridge], check=False).returncode != 0
+
+    env.sdn_exe, mask = _as_unit_runs_it(tmp_path, "sdn-agent.service")
+    linux.start(env)
+    assert host.dhclient(wait=False).wait_bound()["new_ip_address"] == alloc["address"]
+    assert _cap_bounding(env.hv.agent.pid) == mask
+    pid_file = env.workdir / "networks" / f"sdn-{bridge}.pid"
+    assert _cap_bounding(int(pid_file.read_text())) == mask      # dnsmasq, in the same bounds
