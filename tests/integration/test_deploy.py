@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.netlab import sh, wait_for
+from tests.integration.netlab import free_tcp_port, sh, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFPT_HELLO = 0
@@ -253,3 +253,47 @@ def test_agent_serves_dhcp_with_its_units_capabilities_only(linux, tmp_path):
     assert _cap_bounding(env.hv.agent.pid) == mask
     pid_file = env.workdir / "networks" / f"sdn-{bridge}.pid"
     assert _cap_bounding(int(pid_file.read_text())) == mask      # dnsmasq, in the same bounds
+
+
+@pytest.mark.parametrize("unit, verb", [("sdn-metadata.service", "metadata"), ("sdn-api.service", "api")])
+def test_http_services_answer_with_no_capability(make_sdn_env, tmp_path, unit, verb):
+    """sdn-metadata.service and sdn-api.service: empty CapabilityBoundingSet, NoNewPrivileges;
+    each answers HTTP on its port (the API a token's request, the metadata service a 404 for a
+    source that is no instance)."""
+    import urllib.error
+    import urllib.request
+
+    port = free_tcp_port()
+    token = "deploy-test-token-" + "x" * 16
+    tokens = tmp_path / "api-tokens"
+    tokens.write_text(f"{token} admin\n")
+    tokens.chmod(0o600)
+    env = make_sdn_env(config={"DEFAULT": {"metadata_host": "127.0.0.1", "metadata_port": port},
+                               "api": {"listen": "127.0.0.1", "port": port, "token_file": str(tokens)}})
+    exe, mask = _as_unit_runs_it(tmp_path, unit)
+    assert mask == 0
+    log = open(tmp_path / f"{verb}.log", "wb")
+    proc = subprocess.Popen([exe, "--config-file", str(env.config_file), verb], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def answers():
+            if proc.poll() is not None:
+                raise RuntimeError(f"sdn {verb} exited {proc.returncode}: "
+                                   f"{(tmp_path / f'{verb}.log').read_text()[-3000:]}")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/" + ("os-networks" if verb == "api" else "openstack/latest/meta_data.json"),
+                headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=2) as resp:
+                    return resp.status
+            except urllib.error.HTTPError as err:
+                return err.code
+            except OSError:
+                return None
+        status = wait_for(answers, 30, interval=0.1, what=f"sdn {verb} to answer on port {port}")
+        assert status == (200 if verb == "api" else 404)
+        assert _cap_bounding(proc.pid) == 0
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
+        log.close()
