@@ -477,6 +477,25 @@ def test_fixed_ip_actions_and_instance_delete(api, world):
     ok(api.call("DELETE", f"/os-networks/{net['id']}"), 202)
 
 
+def test_concurrent_requests_get_distinct_addresses(api, world):
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"par{i}" for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        launched = list(pool.map(lambda n: api.call("POST", "/instances", token=ALPHA,
+                                                    body={"instance": {"name": n}}), names))
+        allocated = list(pool.map(lambda _: api.call("POST", "/os-floating-ips", token=ALPHA), range(4)))
+    addresses = [ok(r)["instance"]["vifs"][0]["fixed_ip"] for r in launched]
+    assert len(set(addresses)) == 8
+    ips = [ok(r)["floating_ip"]["ip"] for r in allocated]
+    assert len(set(ips)) == 4
+    with ThreadPoolExecutor(8) as pool:
+        assert {r.status_code for r in pool.map(lambda n: api.call("DELETE", f"/instances/{n}", token=ALPHA),
+                                                names)} == {204}
+    for fip in ok(api.call("GET", "/os-floating-ips", token=ALPHA))["floating_ips"]:
+        ok(api.call("DELETE", f"/os-floating-ips/{fip['id']}", token=ALPHA), 202)
+
+
 def _ovs_or_skip() -> None:
     if not Path("/var/run/openvswitch/db.sock").exists() or os.geteuid() != 0:
         pytest.skip("no ovsdb-server (or not root): the plug routes talk to Open vSwitch")
