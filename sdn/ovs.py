@@ -109,7 +109,7 @@ class Ovs:
         cols = [("external_ids", external_ids)]
         if internal:
             cols.append(("type", "internal"))
-        self._require_bridge(bridge)
+        self.require_bridge(bridge)
         self._commit(f"port {port_name} on {bridge}",
                      [api.add_port(bridge, port_name, may_exist=True),
                       api.db_set("Interface", port_name, *cols)])
@@ -137,7 +137,8 @@ class Ovs:
             return f"ofport {ofport if ofport != [] else 'unassigned'}: no such device"
         return None
 
-    def _require_bridge(self, bridge: str) -> None:
+    def require_bridge(self, bridge: str) -> None:
+        """Raises BridgeNotFound (naming the bridges there are) unless ``bridge`` exists."""
         if not self.bridge_exists(bridge):
             names = sorted(self.api.list_br().execute(check_error=True))
             raise exception.BridgeNotFound(bridge=bridge, existing=", ".join(names) or "there are none")
@@ -145,7 +146,7 @@ class Ovs:
     def unplug_vif(self, bridge: str, port_name: str) -> None:
         """Remove ``port_name`` from ``bridge``; no error if it is not there. Raises
         BridgeNotFound for a bridge that does not exist."""
-        self._require_bridge(bridge)
+        self.require_bridge(bridge)
         self._commit(f"removal of port {port_name}", [self.api.del_port(port_name, bridge, if_exists=True)])
 
     def port_exists(self, bridge: str, port_name: str) -> bool:

@@ -639,7 +639,7 @@ def _instances(svc: Services, principal) -> APIRouter:
     def plug_state(name: str, bridge: str = Query(...), p: Principal = Depends(principal)):
         alloc = allocation(name, p)
         switch = ovs()
-        switch._require_bridge(bridge)
+        switch.require_bridge(bridge)
         return {"plug": {"bridge": bridge, "ports": [
             {"port_name": v["port_name"], "vif_id": v["vif_uuid"],
              "plugged": switch.port_exists(bridge, v["port_name"])} for v in alloc["vifs"]]}}
