@@ -173,12 +173,17 @@ class PlugRequest(_Body):
     internal: bool = Field(False, description="create internal ports (else the devices must exist)")
 
 
-def _one_action(body: BaseModel) -> tuple[str, Any]:
+def _one_action(body: BaseModel, null_allowed: bool = True) -> tuple[str, Any]:
+    """The one action key given in an action body and its value. Raises Invalid for none,
+    several, or (unless ``null_allowed``) a null value."""
     given = sorted(body.model_fields_set)
     if len(given) != 1:
         raise exception.Invalid(f"give exactly one action of {', '.join(type(body).model_fields)}; "
                                 f"got {', '.join(given) or 'none'}")
-    return given[0], getattr(body, given[0])
+    value = getattr(body, given[0])
+    if value is None and not null_allowed:
+        raise exception.Invalid(f"{given[0]} takes an object, not null (see /openapi.json)")
+    return given[0], value
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -582,7 +587,7 @@ def _instances(svc: Services, principal) -> APIRouter:
     @r.post("/{name}/action", status_code=202, summary="nova's server actions: addSecurityGroup, "
             "removeSecurityGroup, addFloatingIp, removeFloatingIp, addFixedIp, removeFixedIp")
     def instance_action(name: str, body: InstanceAction, p: Principal = Depends(principal)) -> Response:
-        action, arg = _one_action(body)
+        action, arg = _one_action(body, null_allowed=False)
         project = allocation(name, p)["project"]
         if action == "addSecurityGroup":
             sgs.add_instance(name, arg.name)

@@ -444,6 +444,9 @@ def test_security_groups_and_rules_as_nova(api, world):
     assert "in use by 1 instance(s) (a1)" in refused(api, 409, "DELETE", f"/os-security-groups/{g['id']}",
                                                      token=ALPHA)
     ok(api.call("POST", "/instances/a1/action", token=ALPHA, body={"removeSecurityGroup": {"name": "web"}}), 202)
+    assert "takes an object, not null" in refused(api, 400, "POST", "/instances/a1/action", token=ALPHA,
+                                                  body={"addSecurityGroup": None})
+    assert "exactly one action" in refused(api, 400, "POST", "/instances/a1/action", token=ALPHA, body={})
     assert "is not in security group" in refused(api, 400, "POST", "/instances/a1/action", token=ALPHA,
                                                  body={"removeSecurityGroup": {"name": "web"}})
     assert ok(api.call("DELETE", f"/os-security-group-rules/{by_group['id']}", token=ALPHA), 202) is None
