@@ -387,6 +387,14 @@ class NetworkManager:
         with db.read_transaction(self.engine) as session:
             return _allocation(session, _instance_by_name(session, instance_name))
 
+    def list_allocations(self, project_id: str | None = None) -> list[dict]:
+        """The ``allocation`` dict of every instance (of ``project_id`` only, when given), by name."""
+        with db.read_transaction(self.engine) as session:
+            query = select(models.Instance).order_by(models.Instance.name)
+            if project_id is not None:
+                query = query.where(models.Instance.project_id == project_id)
+            return [_allocation(session, inst) for inst in session.scalars(query)]
+
     def show_port_security(self, instance_name: str) -> dict:
         """{instance, port_security, allowed_address_pairs: [{mac, ip}]} of the instance's VIF.
         Raises InstanceNotFound, InstanceHasNoVif."""

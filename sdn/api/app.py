@@ -554,6 +554,10 @@ def _instances(svc: Services, principal) -> APIRouter:
             raise missing
         return net["cidr"]
 
+    @r.get("", summary="List the project's instances (admin: every project's) with their VIFs")
+    def list_instances(p: Principal = Depends(principal)):
+        return {"instances": [views.instance_summary(a) for a in mgr.list_allocations(p.project)]}
+
     @r.post("", summary="Launch: allocate VIFs and fixed IPs (idempotent, as 'sdn instance launch')")
     def launch(body: InstanceCreateRequest, p: Principal = Depends(principal)):
         project = _need_project(p)

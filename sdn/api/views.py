@@ -75,16 +75,21 @@ def security_group(g: dict) -> dict:
                       if r["direction"] == "ingress"]}
 
 
-def instance(alloc: dict, port_security: dict, bandwidth: dict, groups: list[str]) -> dict:
-    """sdn's instance: its allocation (every VIF with MAC, fixed IP, network and port name),
-    port security and allowed address pairs (Neutron's names), bandwidth limits (kbit/s, None:
-    unlimited) and security group names."""
+def instance_summary(alloc: dict) -> dict:
+    """sdn's instance in a list: name, uuid, project, host and every VIF (MAC, fixed IP,
+    network, port name) of an ``allocation`` dict."""
     return {"name": alloc["instance"], "id": alloc["instance_uuid"], "project_id": alloc["project"],
             "host": alloc["host"],
             "vifs": [{"id": v["vif_uuid"], "mac_address": v["mac"], "fixed_ip": v["address"],
                       "network_id": str(v["network_id"]), "network_label": v["label"],
                       "cidr": v["cidr"], "vlan": v["vlan"], "gateway": v["gateway"],
-                      "port_name": v["port_name"]} for v in alloc["vifs"]],
+                      "port_name": v["port_name"]} for v in alloc["vifs"]]}
+
+
+def instance(alloc: dict, port_security: dict, bandwidth: dict, groups: list[str]) -> dict:
+    """sdn's instance: ``instance_summary`` plus port security and allowed address pairs
+    (Neutron's names), bandwidth limits (kbit/s, None: unlimited) and security group names."""
+    return {**instance_summary(alloc),
             "port_security_enabled": port_security["port_security"],
             "allowed_address_pairs": address_pairs(port_security),
             "rx_kbps": bandwidth["rx_kbps"], "tx_kbps": bandwidth["tx_kbps"],

@@ -170,7 +170,7 @@ def test_openapi_describes_every_route(api):
         "/os-floating-ips-bulk/{host}": {"get"}, "/os-floating-ips-bulk/delete": {"put"},
         "/os-security-groups": {"get", "post"}, "/os-security-groups/{group_id}": {"get", "delete"},
         "/os-security-group-rules": {"post"}, "/os-security-group-rules/{rule_id}": {"delete"},
-        "/instances": {"post"}, "/instances/{name}": {"get", "delete"},
+        "/instances": {"get", "post"}, "/instances/{name}": {"get", "delete"},
         "/instances/{name}/action": {"post"}, "/instances/{name}/os-security-groups": {"get"},
         "/instances/{name}/port_security": {"put"},
         "/instances/{name}/allowed_address_pairs": {"get", "post", "delete"},
@@ -313,6 +313,10 @@ def test_instance_launch_show_and_scope(api, world):
     # launch is idempotent, as the CLI's
     assert ok(api.call("POST", "/instances", token=ALPHA, body={"instance": {"name": "a1"}}))["instance"] == a1
     assert ok(api.call("GET", "/instances/a1", token=ALPHA))["instance"] == a1
+    listed = ok(api.call("GET", "/instances", token=ALPHA))["instances"]
+    assert "a1" in {i["name"] for i in listed} and "b1" not in {i["name"] for i in listed}
+    assert next(i for i in listed if i["name"] == "a1")["vifs"] == a1["vifs"]
+    assert {"a1", "b1"} <= {i["name"] for i in ok(api.call("GET", "/instances"))["instances"]}
     cli = json.loads(_sdn(api.conf, "instance", "show", "a1", "--json").stdout)
     assert (cli["address"], cli["mac"]) == (vif["fixed_ip"], vif["mac_address"])
     # beta cannot see alpha's instance, and learns nothing from a clashing name
