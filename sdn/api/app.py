@@ -308,11 +308,23 @@ def _need_project(p: Principal) -> str:
     return p.project
 
 
-def _int_id(value, missing: exception.SdnError) -> int:
+def _by_id(rows: list[dict], wanted, missing: exception.SdnError, visible=lambda row: True) -> dict:
+    """The row of ``rows`` whose integer ``id`` is ``wanted`` (an int or its text) and that
+    ``visible`` accepts; else raises ``missing`` (a bad id and another project's alike)."""
     try:
-        return int(value)
+        number = int(wanted)
     except (TypeError, ValueError):
         raise missing from None
+    row = next((r for r in rows if r["id"] == number), None)
+    if row is None or not visible(row):
+        raise missing
+    return row
+
+
+def _network(mgr, network_id, p: Principal) -> dict:
+    """The network ``network_id`` if ``p`` may see it. Raises NetworkNotFound."""
+    return _by_id(mgr.list_networks(), network_id, exception.NetworkNotFound(what=f"with id {network_id}"),
+                  lambda net: p.sees(net["project_id"]))
 
 
 # -- os-networks ---------------------------------------------------------------------------------
@@ -326,12 +338,7 @@ def _networks(svc: Services, principal) -> APIRouter:
                              mtu=conf.network_device_mtu)
 
     def find(network_id, p: Principal) -> dict:
-        missing = exception.NetworkNotFound(what=f"with id {network_id}")
-        wanted = _int_id(network_id, missing)
-        net = next((n for n in mgr.list_networks() if n["id"] == wanted), None)
-        if net is None or not p.sees(net["project_id"]):
-            raise missing
-        return net
+        return _network(mgr, network_id, p)
 
     @r.get("", summary="List networks (a project: its own and the shared ones)")
     def list_networks(p: Principal = Depends(principal)):
@@ -398,12 +405,7 @@ def _floating(svc: Services, principal) -> APIRouter:
         return rows if p.project is None else [f for f in rows if f["project_id"] == p.project]
 
     def find(floating_ip_id, p: Principal) -> dict:
-        missing = exception.FloatingIpNotFound(address=f"with id {floating_ip_id}")
-        wanted = _int_id(floating_ip_id, missing)
-        row = next((f for f in mine(p) if f["id"] == wanted), None)
-        if row is None:
-            raise missing
-        return row
+        return _by_id(mine(p), floating_ip_id, exception.FloatingIpNotFound(address=f"with id {floating_ip_id}"))
 
     @r.get("/os-floating-ips", tags=["os-floating-ips"],
            summary="List the project's floating IPs (admin: every allocated one)")
@@ -474,13 +476,8 @@ def _secgroups(svc: Services, principal) -> APIRouter:
     sgs = svc.sgs
 
     def find(group_id, p: Principal) -> dict:
-        missing = exception.SecurityGroupNotFound(f"no security group with id {group_id}; see "
-                                                  "'sdn secgroup list'")
-        wanted = _int_id(group_id, missing)
-        g = next((g for g in sgs.list(p.project) if g["id"] == wanted), None)
-        if g is None:
-            raise missing
-        return g
+        return _by_id(sgs.list(p.project), group_id, exception.SecurityGroupNotFound(
+            f"no security group with id {group_id}; see 'sdn secgroup list'"))
 
     @r.get("/os-security-groups", tags=["os-security-groups"],
            summary="List the project's security groups (admin: every project's)")
@@ -519,12 +516,10 @@ def _secgroups(svc: Services, principal) -> APIRouter:
     @r.delete("/os-security-group-rules/{rule_id}", tags=["os-security-group-rules"], status_code=202,
               summary="Delete a rule")
     def delete_rule(rule_id: str, p: Principal = Depends(principal)) -> Response:
-        missing = exception.SecurityGroupRuleNotFound(what=str(rule_id))
-        wanted = _int_id(rule_id, missing)
-        group = next((g for g in sgs.list(p.project) if any(x["id"] == wanted for x in g["rules"])), None)
-        if group is None:
-            raise missing
-        sgs.delete_rule(group["name"], group["project"], wanted)
+        groups = sgs.list(p.project)
+        rule = _by_id([{**r, "group": g} for g in groups for r in g["rules"]], rule_id,
+                      exception.SecurityGroupRuleNotFound(what=str(rule_id)))
+        sgs.delete_rule(rule["group"]["name"], rule["group"]["project"], rule["id"])
         return Response(status_code=202)
 
     return r
@@ -547,12 +542,7 @@ def _instances(svc: Services, principal) -> APIRouter:
                                            mgr.show_bandwidth(name), sgs.groups_of(name))}
 
     def network_cidr(network_id, p: Principal) -> str:
-        missing = exception.NetworkNotFound(what=f"with id {network_id}")
-        wanted = _int_id(network_id, missing)
-        net = next((n for n in mgr.list_networks() if n["id"] == wanted), None)
-        if net is None or not p.sees(net["project_id"]):
-            raise missing
-        return net["cidr"]
+        return _network(mgr, network_id, p)["cidr"]
 
     @r.get("", summary="List the project's instances (admin: every project's) with their VIFs")
     def list_instances(p: Principal = Depends(principal)):
