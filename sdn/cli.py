@@ -53,10 +53,38 @@ def _limits(args, conf) -> tuple[int | None, int | None]:
     return rx, tx
 
 
+#: programs that log through oslo.log always (sdn.log.setup); other commands only with
+#: --debug/--log-file, and then to stderr (their stdout is their output)
+DAEMONS = {"controller": "sdn-controller", "agent": "sdn-agent", "metadata": "sdn-metadata",
+           "api": "sdn-api"}
+
+
+def _logging_args(parser) -> None:
+    """Global ``--debug`` and ``--log-file`` (before the category: ``sdn --debug controller``);
+    they override sdn.conf's ``debug``/``log_file`` (oslo.log's options, [DEFAULT])."""
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="log DEBUG lines too (default: the config's debug, else INFO)")
+    parser.add_argument("--log-file", dest="log_file", metavar="FILE",
+                        help="append log lines to FILE (default: the config's log_file, else "
+                             "stdout for the services, stderr for other commands)")
+
+
+def _setup_logging(args, conf) -> None:
+    from sdn import log
+
+    program = DAEMONS.get(args.category)
+    if program is None:
+        if not args.debug and not args.log_file:
+            return
+        conf.set_override("use_stderr", not (args.log_file or conf.log_file))
+    log.setup(conf, program or f"sdn-{args.category}", debug=args.debug, log_file=args.log_file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="nova-network tenant networking on Open vSwitch")
     parser.add_argument("--config-file", action="append", dest="config_files", metavar="FILE",
                         help=f"configuration file (repeatable; default {config.DEFAULT_CONFIG_FILE} if it exists)")
+    _logging_args(parser)
     cats = parser.add_subparsers(dest="category", required=True, parser_class=_Parser)
 
     db = cats.add_parser("db", help="database schema").add_subparsers(dest="action", required=True)
@@ -631,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         conf = config.load([], args.config_files, conf=config.CONF)
+        _setup_logging(args, conf)
         return COMMANDS[args.category](args, conf) or 0
     except exception.SdnError as err:
         return _fail(str(err), err.exit_code)

@@ -163,7 +163,19 @@ ovs_opts = [
                     "relay speaks for many clients."),
 ]
 
-GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts}
+#: Prometheus endpoints (sdn.metrics, docs/OPERATIONS.md): GET http://listen:port/metrics
+metrics_opts = [
+    cfg.HostAddressOpt("listen", default="127.0.0.1",
+                       help="Address the metrics endpoints of 'sdn controller' and 'sdn agent' "
+                       "listen on (0.0.0.0: every address)."),
+    cfg.IntOpt("controller_port", default=9302, min=0, max=65535,
+               help="Port of the controller's metrics (0: not served)."),
+    cfg.IntOpt("agent_port", default=9303, min=0, max=65535,
+               help="Port of the Linux agent's metrics (0: not served)."),
+]
+
+GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts,
+          "metrics": metrics_opts}
 
 
 def make_conf() -> cfg.ConfigOpts:
@@ -172,6 +184,10 @@ def make_conf() -> cfg.ConfigOpts:
     conf.register_opts(default_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(ovs_opts, group="ovs")
+    conf.register_opts(metrics_opts, group="metrics")
+    from sdn import log   # oslo.log's debug, log_file, use_syslog, ... in [DEFAULT]
+
+    log.register_options(conf)
     return conf
 
 

@@ -35,12 +35,13 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from sdn.apps import fastdp, ofp_tls
 from sdn.apps.datapath import FULL, INCREMENTAL, DatapathSync
-from sdn.apps.dhcp_punt import DhcpPunt, LeaseCommitter
+from sdn.apps.dhcp_punt import DhcpLog, DhcpPunt, LeaseCommitter
 from sdn.apps.gateway import GatewayLearner
 from sdn.apps.acl_log import AclLog
 from sdn.apps.packet_in import PacketInDispatch
 from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import GENERATION_MASK, Desired, Feature, Table
+from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.state import StateSource
 from sdn.view import StateView
 
@@ -55,6 +56,9 @@ class ControllerDeps:
     between periodic writes (disassociation, lease expiry), ``audit_interval`` between a quiet
     switch's drift audits, ``reply_timeout`` for a switch's reply, ``echo_interval`` between
     OpenFlow echo requests (a switch missing ``echo_misses`` of them in a row is dropped).
+    ``metrics`` counts what the controller does (``sdn.metrics``; its registry is what the
+    metrics endpoint serves); ``dhcp_log_interval`` is the least time between two INFO lines
+    about one DHCP client's outcome.
     """
 
     state: StateSource | None = None
@@ -70,6 +74,8 @@ class ControllerDeps:
     reply_timeout: float = 15.0
     echo_interval: float = 1.0
     echo_misses: int = 3
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
+    dhcp_log_interval: float = 10.0
 
 
 class SdnController(app_manager.OSKenApp):
@@ -92,7 +98,10 @@ class SdnController(app_manager.OSKenApp):
         self._ovs_lock = threading.Lock()
         self.gateway = GatewayLearner(deps.settings.router, self._public_ports,
                                       lambda: self._request_all(INCREMENTAL))
-        self.committer = LeaseCommitter(self.state.apply_lease_events, self.state.leased())
+        self.metrics = deps.metrics
+        self.committer = LeaseCommitter(self.state.apply_lease_events, self.state.leased(),
+                                        metrics=deps.metrics,
+                                        log=DhcpLog(deps.dhcp_log_interval))
         self.dhcp = DhcpPunt(lambda: self.view, self.bindings.get, self.committer)
         deps.packet_in.on_fast(Feature.DHCP, self.dhcp.on_packet_in)
         deps.packet_in.on_slow(Feature.ROUTER, self.gateway.on_packet_in)
@@ -157,7 +166,9 @@ class SdnController(app_manager.OSKenApp):
         self.units[dp.id] = DatapathSync(
             dp, lambda ports, dpid=dp.id: self._compile(dpid, ports), self._next_generation,
             name_tables=self._name_tables, reply_timeout=self.deps.reply_timeout,
-            audit_interval=self.deps.audit_interval)
+            audit_interval=self.deps.audit_interval, metrics=self.metrics)
+        self.metrics.connections.labels(dpid_label(dp.id)).inc()
+        self.metrics.datapaths.set(len(self.units))
         dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
 
     def _unit(self, msg) -> DatapathSync | None:
@@ -196,6 +207,8 @@ class SdnController(app_manager.OSKenApp):
             del self.units[dp.id]
             self.bindings.pop(dp.id, None)
             unit.close()
+            self.metrics.datapaths.set(len(self.units))
+            self.metrics.forget_datapath(dp.id)
 
     # ---- replies: to the switch's own unit ----------------------------------------------------
 
@@ -244,6 +257,7 @@ class SdnController(app_manager.OSKenApp):
                     LOG.warning("state readable again")
                 failing = False
             except Exception as err:  # a database hiccup must not kill the reader
+                self.metrics.database_errors.labels("state_read").inc()
                 if not failing:
                     LOG.warning("state read failed (retrying every %.1fs): %s",
                                 self.deps.poll_interval, err)
@@ -269,6 +283,7 @@ class SdnController(app_manager.OSKenApp):
                     LOG.info("leases expired without renewal: %s", ", ".join(expired))
                     self.committer.forget(expired)
             except Exception as err:   # locked or unreachable database: next round
+                self.metrics.database_errors.labels("periodic_write").inc()
                 LOG.warning("periodic state writes postponed: %s", err)
 
 
@@ -282,8 +297,7 @@ def main(conf) -> int:
 
     from sdn.flows.context import RouterSettings
 
-    logging.basicConfig(level=logging.DEBUG if getattr(conf, "debug", False) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # logging: sdn.log.setup (oslo.log), done by ``sdn`` for its services
     router = None
     if conf.routing_source_ip:
         router = RouterSettings(
@@ -291,7 +305,9 @@ def main(conf) -> int:
             external_gateway_mac=conf.external_gateway_mac, public_vlan=conf.public_vlan,
             metadata_host=conf.metadata_host, metadata_port=conf.metadata_port,
             dmz_cidrs=tuple(conf.dmz_cidr))
+    metrics = ControllerMetrics()
     deps = ControllerDeps(
+        metrics=metrics, packet_in=PacketInDispatch(metrics),
         state=StateSource.from_conf(conf),
         settings=CompileSettings(dhcp_rate_pps=conf.ovs.dhcp_rate_limit or None,
                                  relay_rate_pps=conf.ovs.dhcp_relay_rate_limit or None,
@@ -316,6 +332,9 @@ def main(conf) -> int:
     LOG.info("listening for OpenFlow 1.3 on %s:%d%s", conf.ovs.ofp_listen_host,
              conf.ovs.ofp_tcp_listen_port, " (TLS)" if ofp_tls.tls_enabled(conf.ovs) else "")
     fastdp.install(deps.packet_in.fast)
+    from sdn import metrics as sdn_metrics
+
+    sdn_metrics.serve(metrics, conf.metrics.listen, conf.metrics.controller_port, "controller")
     run(deps)
     return 0
 

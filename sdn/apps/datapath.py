@@ -29,6 +29,7 @@ sync, which is hitless: it re-adds everything under a new generation and deletes
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue
@@ -41,6 +42,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from sdn.apps import ofmsgs
 from sdn.flows import reconcile
+from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.flows.model import (COOKIE_APP, COOKIE_APP_MASK, GENERATION_MASK, Desired, Flow,
                              GroupEntry, is_sdn_id)
 
@@ -93,6 +95,7 @@ class DatapathSync:
     ``compile(ports)`` returns the :class:`~sdn.flows.model.Desired` of this switch for its
     ports (name -> ofport) under the current state; ``next_generation()`` a fresh 48-bit
     generation for a full sync; ``name_tables(dpid)`` (optional) names the tables in OVSDB.
+    ``metrics`` (a ``sdn.metrics.ControllerMetrics``) counts syncs, audits and what they sent.
     Times are seconds.
     """
 
@@ -100,9 +103,12 @@ class DatapathSync:
                  next_generation: Callable[[], int], *,
                  name_tables: Callable[[int], None] | None = None,
                  reply_timeout: float = 15.0, audit_interval: float = 1.0,
-                 deep_audit_every: int = 10, start: bool = True):
+                 deep_audit_every: int = 10, start: bool = True,
+                 metrics: ControllerMetrics | None = None):
         self.dp = dp
         self.dpid: int = dp.id
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self._label = dpid_label(self.dpid)
         self._compile = compile
         self._next_generation = next_generation
         self._name_tables = name_tables
@@ -227,6 +233,7 @@ class DatapathSync:
                 break
             except Exception as err:  # this switch only; retried with a full sync, backing off
                 self.failures += 1
+                self.metrics.sync_failures.labels(self._label).inc()
                 retry = min(RETRY_MAX, self.audit_interval * 2 ** min(self.failures - 1, 8))
                 LOG.error("datapath %016x: sync failed (%d in a row, retry in %.0fs): %s",
                           self.dpid, self.failures, retry, err)
@@ -248,8 +255,13 @@ class DatapathSync:
                 zones, self._reflush = sorted(self._reflush), set()
                 self._send_step([ofmsgs.ct_flush_zone(self.dp, z) for z in zones],
                                 "conntrack zone flushes")
-            if self.synced and self.audit():
-                return
+            if self.synced:
+                clean = self.audit()
+                self.metrics.audit_seconds.labels(self._label).observe(
+                    time.monotonic() - self._last_audit)
+                if clean:
+                    return
+                self.metrics.drift_repairs.labels(self._label).inc()
             kind = FULL
         if kind == INCREMENTAL and not self.synced:
             kind = FULL
@@ -305,11 +317,25 @@ class DatapathSync:
                               deleted=len(plan.deletes), stale=len(plan.stale_cookies),
                               meter_mods=meter_mods, group_mods=group_mods, flows=len(flows),
                               seconds=time.monotonic() - started)
+        self._count_sync(self.last_sync, flows)
         LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, "
                  "%d meter and %d group mods, gen %d, %d flows, %.3fs", self.dpid,
                  self.last_sync["kind"], len(plan.adds), len(plan.deletes),
                  len(plan.stale_cookies), meter_mods, group_mods, self.generation, len(flows),
                  self.last_sync["seconds"])
+
+    def _count_sync(self, done: dict, flows: dict) -> None:
+        m, label = self.metrics, self._label
+        m.sync_seconds.labels(label, done["kind"]).observe(done["seconds"])
+        for kind, key in (("add", "added"), ("delete", "deleted"), ("delete_cookie", "stale")):
+            if done[key]:
+                m.flow_mods.labels(label, kind).inc(done[key])
+        if done["group_mods"]:
+            m.group_mods.labels(label).inc(done["group_mods"])
+        if done["meter_mods"]:
+            m.meter_mods.labels(label).inc(done["meter_mods"])
+        per_feature = collections.Counter(f.feature for f in flows.values())
+        m.set_flows(self.dpid, per_feature)
 
     def audit(self) -> bool:
         """True if the switch still holds what was installed; logs the drift otherwise."""

@@ -10,6 +10,12 @@ DHCP outlives its dependencies: when the database cannot take a batch (locked, u
 renewals of leases already recorded for the same MAC are answered from memory and written
 once the database is back; a new binding still needs its commit first (no ACK for an
 unrecorded lease).
+
+What happened is counted (``sdn.metrics.ControllerMetrics``: every decision by message type,
+outcome and reason; lease commits and their latency) and the outcomes worth knowing are
+logged at INFO (:class:`DhcpLog`): an ACK once its lease is recorded, with address and MAC; a
+NAK, a RELEASE/DECLINE, an ignored or malformed request, with the reason; at most one line per
+client and outcome every ``interval`` seconds, the next one saying how many were suppressed.
 """
 
 from __future__ import annotations
@@ -24,11 +30,41 @@ from sdn.apps import ofmsgs
 from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
 from sdn.dhcp.server import DhcpBinding, DhcpResponder, LeaseEvent
 from sdn.flows.context import Binding
+from sdn.log import RateLimiter
+from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.view import StateView
 
 LOG = logging.getLogger("sdn.dhcp")
 
 LEASE_BATCH_MAX = 512
+
+#: decision outcomes logged at INFO by DhcpPunt (an ACK is logged by the committer, once sent)
+LOGGED_OUTCOMES = frozenset({"nak", "release", "decline", "ignored", "malformed", "error"})
+
+
+class DhcpLog:
+    """INFO lines for DHCP outcomes, at most one per (client, outcome) every ``interval``
+    seconds (``sdn.log.RateLimiter``); the next line that passes says how many were suppressed.
+    ``client`` is the VIF's MAC, or the port for a request no VIF is bound to."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.limiter = RateLimiter(interval)
+        self._clock = clock
+
+    def note(self, client, outcome: str, text: str) -> bool:
+        """Log ``DHCP <text>`` unless rate-limited; True when logged."""
+        suppressed = self.limiter.allow((client, outcome), self._clock())
+        if suppressed is None:
+            return False
+        if outcome == "error":
+            LOG.warning("DHCP %s%s", text, _suppressed(suppressed))
+        else:
+            LOG.info("DHCP %s%s", text, _suppressed(suppressed))
+        return True
+
+
+def _suppressed(count: int) -> str:
+    return f" ({count} more suppressed)" if count else ""
 
 
 class LeaseCommitter:
@@ -40,8 +76,11 @@ class LeaseCommitter:
     """
 
     def __init__(self, record: Callable[[list[LeaseEvent]], list],
-                 recorded: dict[str, str] | None = None, start: bool = True):
+                 recorded: dict[str, str] | None = None, start: bool = True,
+                 metrics: ControllerMetrics | None = None, log: DhcpLog | None = None):
         self._record = record
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self.log = log if log is not None else DhcpLog()
         self.recorded: dict[str, str] = dict(recorded or {})
         #: renewals ACKed from memory while the database was unavailable, not yet written
         self.pending: dict[str, LeaseEvent] = {}
@@ -55,7 +94,7 @@ class LeaseCommitter:
     def submit(self, event: LeaseEvent, send: Callable[[bytes], object] | None,
                packet: bytes | None) -> None:
         """Queue ``event``; ``send(packet)`` once it is recorded (``packet`` None: nothing)."""
-        self._queue.put((event, send, packet))
+        self._queue.put((event, send, packet, time.monotonic()))
 
     def seed(self, recorded: dict[str, str]) -> None:
         """Leases the database holds now (address -> MAC), e.g. after a state reload."""
@@ -89,9 +128,11 @@ class LeaseCommitter:
                 LOG.exception("lease batch of %d events dropped; clients will retry", len(batch))
 
     def commit(self, batch: list[tuple]) -> None:
-        """Record ``batch`` [(event, send, packet)] and send what may be sent: an ACK only for
-        a lease that was recorded (write-ahead)."""
-        batch = [item for item in batch if item is not _RETRY]
+        """Record ``batch`` [(event, send, packet[, submitted])] and send what may be sent: an
+        ACK only for a lease that was recorded (write-ahead). ``submitted`` (time.monotonic()
+        at ``submit``) gives the commit latency."""
+        queued = [item[3] if len(item) > 3 else None for item in batch if item is not _RETRY]
+        batch = [item[:3] for item in batch if item is not _RETRY]
         with self._lock:
             in_batch = {event.address for event, _, _ in batch}
             pending = [e for a, e in self.pending.items() if a not in in_batch]
@@ -101,8 +142,10 @@ class LeaseCommitter:
         try:
             results = self._record(events)
         except Exception as err:   # database unavailable: nothing of this batch is recorded
+            self.metrics.database_errors.labels("lease_commit").inc()
             self._answer_from_memory(batch, err)
             return
+        self._count_commits(batch, queued, results)
         out: dict[Callable, list[bytes]] = {}
         with self._lock:
             if self._outage_since is not None:
@@ -123,8 +166,27 @@ class LeaseCommitter:
                     self.recorded.pop(event.address, None)
                 if packet and send is not None:
                     out.setdefault(send, []).append(packet)
+                    if event.kind == "lease":
+                        self.log.note(event.mac, "ack", f"ACK {event.address} to {event.mac} "
+                                                        "(lease recorded)")
         for send, packets in out.items():   # one hand-off to the send thread per switch
             send(b"".join(packets))
+
+    def _count_commits(self, batch: list[tuple], queued: list, results: list) -> None:
+        now, m = time.monotonic(), self.metrics
+        committed = refused = 0
+        for submitted, error in zip(queued, results):
+            if error is not None:
+                refused += 1
+                continue
+            committed += 1
+            if submitted is not None:
+                m.lease_commit_seconds.observe(now - submitted)
+        committed += sum(1 for error in results[len(batch):] if error is None)   # pending
+        if committed:
+            m.lease_commits.labels("committed").inc(committed)
+        if refused:
+            m.lease_commits.labels("refused").inc(refused)
 
     def _answer_from_memory(self, batch: list[tuple], err: Exception) -> None:
         if self._outage_since is None:
@@ -139,10 +201,12 @@ class LeaseCommitter:
                 if renewal:
                     self.pending[event.address] = event
                     self.stats["from_memory"] += 1
+                    self.metrics.lease_commits.labels("from_memory").inc()
                     if packet and send is not None:
                         out.setdefault(send, []).append(packet)
                 else:
                     self.stats["withheld"] += 1
+                    self.metrics.lease_commits.labels("withheld").inc()
             retry = bool(self.pending)
         for send, packets in out.items():
             send(b"".join(packets))
@@ -163,11 +227,14 @@ class DhcpPunt:
     """
 
     def __init__(self, view: Callable[[], StateView], binding: Callable[[int], Binding | None],
-                 committer: LeaseCommitter, clock: Callable[[], float] = time.time):
+                 committer: LeaseCommitter, clock: Callable[[], float] = time.time,
+                 metrics: ControllerMetrics | None = None, log: DhcpLog | None = None):
         self._view = view
         self._binding = binding
         self.committer = committer
         self._clock = clock
+        self.metrics = metrics if metrics is not None else committer.metrics
+        self.log = log if log is not None else committer.log
         self.responder = DhcpResponder()
         self._relay: tuple[StateView, RelayBindings] | None = None
         self._vif_bindings: dict[int, tuple] = {}   # dpid -> (view, binding, {port: DhcpBinding})
@@ -206,8 +273,14 @@ class DhcpPunt:
         else:
             dhcp_binding = self._vif_binding(dp.id, view, binding, in_port)
         decision = self.responder.handle(frame, dhcp_binding, self._clock())
-        if LOG.isEnabledFor(logging.DEBUG):
-            LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, decision.reason)
+        reason = decision.reason
+        self.metrics.count_dhcp(reason)
+        if reason.outcome in LOGGED_OUTCOMES:
+            client = dhcp_binding.mac if dhcp_binding is not None else (dp.id, in_port)
+            self.log.note(client, reason.outcome,
+                          f"{reason} (datapath {dpid_label(dp.id)} port {in_port})")
+        elif LOG.isEnabledFor(logging.DEBUG):
+            LOG.debug("DHCP on %016x port %s: %s", dp.id, in_port, reason)
         reply = with_tag(decision.reply, tag) if decision.reply else None
         packet = ofmsgs.packet_out_bytes(in_port, reply) if reply else None
         if decision.event:

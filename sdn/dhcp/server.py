@@ -67,11 +67,39 @@ class LeaseEvent:
     mac: str
 
 
+class Reason(str):
+    """Why a decision is what it is: the text for logs (it *is* the string, e.g. ``"ACK
+    10.0.0.5 to fa:16:3e:..:.. (SELECTING)"``) plus what happened, for counters:
+
+    - ``message``: the client's message type (``DISCOVER``, ``REQUEST``, ``DECLINE``,
+      ``RELEASE``, ``INFORM``), ``unknown`` when it has none we serve, ``malformed`` when the
+      frame did not decode;
+    - ``outcome``: ``offer``, ``ack``, ``nak``, ``release``, ``decline``, ``inform`` (an ACK
+      to an INFORM), ``ignored`` (nothing sent), ``malformed``, ``error``;
+    - ``cause``: why it was ignored or NAKed, one of :data:`CAUSES` (``""`` otherwise).
+    """
+
+    message: str
+    outcome: str
+    cause: str
+
+    def __new__(cls, text: str, message: str, outcome: str, cause: str = "") -> Reason:
+        self = super().__new__(cls, text)
+        self.message, self.outcome, self.cause = message, outcome, cause
+        return self
+
+
+#: every ``Reason.cause`` (a bounded set: they are metric label values)
+CAUSES = ("", "malformed", "not_bootrequest", "server_message", "no_binding", "bad_binding",
+          "chaddr_mismatch", "no_fixed_ip", "other_server", "incomplete_request",
+          "wrong_address", "bug")
+
+
 @dataclass(frozen=True)
 class Decision:
     reply: bytes | None  #: full Ethernet frame to packet-out to the VIF, or None
     event: LeaseEvent | None
-    reason: str  #: short human-readable reason, for logs
+    reason: Reason  #: short human-readable reason (a str), with what happened
 
 
 class _Prepared:
@@ -176,7 +204,7 @@ class DhcpResponder:
         return Decision(*self.answer(frame, binding))
 
     def answer(self, frame: bytes, binding: DhcpBinding | None
-               ) -> tuple[bytes | None, LeaseEvent | None, str]:
+               ) -> tuple[bytes | None, LeaseEvent | None, Reason]:
         """``handle`` as a plain (reply, event, reason) tuple, for batch loops; total as well.
 
         A request that equals an earlier one for the same binding except in fields no reply
@@ -187,7 +215,8 @@ class DhcpResponder:
         try:
             return self._answer(frame, binding)
         except Exception as exc:  # a bug must cost one request, never the caller's thread
-            return (None, None, f"error: {type(exc).__name__}: {exc}")
+            return (None, None, Reason(f"error: {type(exc).__name__}: {exc}", "unknown",
+                                       "error", "bug"))
 
     def _answer(self, frame: bytes, binding: DhcpBinding | None
                 ) -> tuple[bytes | None, LeaseEvent | None, str]:
@@ -220,35 +249,44 @@ class DhcpResponder:
         try:
             req = p.parse_request(frame)
         except p.MalformedFrame as exc:
-            return (None, None, f"malformed: {exc}")
+            return (None, None, Reason(f"malformed: {exc}", "malformed", "malformed",
+                                       "malformed"))
         except Exception as exc:  # belt and braces: a decoder bug must not kill the controller
-            return (None, None, f"malformed: {type(exc).__name__}: {exc}")
-        if req.op != p.BOOTREQUEST:
-            return (None, None, f"ignored: BOOTP op {req.op} is not BOOTREQUEST")
+            return (None, None, Reason(f"malformed: {type(exc).__name__}: {exc}", "malformed",
+                                       "malformed", "bug"))
         mtype = req.message_type
         name = p.MESSAGE_TYPE_NAMES.get(mtype)
-        if name is None or mtype in (p.OFFER, p.ACK, p.NAK):
-            return (None, None, f"ignored: message type {mtype} ({name or 'unknown'})")
+        served = name if name is not None and mtype not in (p.OFFER, p.ACK, p.NAK) else None
+
+        def ignored(text: str, cause: str) -> tuple[None, None, Reason]:
+            return (None, None, Reason(f"ignored: {text}", served or "unknown", "ignored",
+                                       cause))
+
+        if req.op != p.BOOTREQUEST:
+            return ignored(f"BOOTP op {req.op} is not BOOTREQUEST", "not_bootrequest")
+        if served is None:
+            return ignored(f"message type {mtype} ({name or 'unknown'})", "server_message")
         if binding is None:
-            return (None, None, f"ignored: {name} from a port with no VIF binding")
+            return ignored(f"{name} from a port with no VIF binding", "no_binding")
         try:
             prep = self._prepared(binding)
         except (ValueError, TypeError, OSError) as exc:  # controller data, not the guest's
-            return (None, None, f"error: unusable binding for {binding.mac!r}: {exc}")
+            return (None, None, Reason(f"error: unusable binding for {binding.mac!r}: {exc}",
+                                       name, "error", "bad_binding"))
         if req.htype != 1 or req.hlen != 6 or req.chaddr[:6] != prep.mac_bytes:
-            return (None, None, f"ignored: {name} chaddr {_mac(req)} is not the VIF's MAC "
-                                        f"{prep.mac}")
+            return ignored(f"{name} chaddr {_mac(req)} is not the VIF's MAC {prep.mac}",
+                           "chaddr_mismatch")
         if prep.address_bytes is None:
-            return (None, None, f"ignored: {name} from {prep.mac}: VIF has no fixed address")
+            return ignored(f"{name} from {prep.mac}: VIF has no fixed address", "no_fixed_ip")
         opts = req.options
         server_id = opts.get(p.OPT_SERVER_ID)
         if server_id is not None and server_id != prep.server_id and mtype != p.DISCOVER:
-            return (None, None, f"ignored: {name} for server {_inet_ntoa(server_id)} "
-                                        f"(not us, {_inet_ntoa(prep.server_id)})")
+            return ignored(f"{name} for server {_inet_ntoa(server_id)} "
+                           f"(not us, {_inet_ntoa(prep.server_id)})", "other_server")
 
         if mtype == p.DISCOVER:
             return (self._reply(req, prep, _MT_OFFER, True), None,
-                            f"OFFER {prep.address} to {prep.mac}")
+                    Reason(f"OFFER {prep.address} to {prep.mac}", name, "offer"))
 
         if mtype == p.REQUEST:
             requested = opts.get(p.OPT_REQUESTED_IP)
@@ -263,37 +301,39 @@ class DhcpResponder:
                 state = "INIT-REBOOT"
                 wanted = requested
             else:
-                return (None, None, "ignored: REQUEST with neither ciaddr, requested "
-                                            "address nor server id")
+                return ignored("REQUEST with neither ciaddr, requested address nor server id",
+                               "incomplete_request")
             if wanted == prep.address_bytes:
                 return (self._reply(req, prep, _MT_ACK, True),
-                                LeaseEvent("lease", prep.address, prep.mac),
-                                f"ACK {prep.address} to {prep.mac} ({state})")
+                        LeaseEvent("lease", prep.address, prep.mac),
+                        Reason(f"ACK {prep.address} to {prep.mac} ({state})", name, "ack"))
             shown = _inet_ntoa(wanted) if wanted is not None else "nothing"
-            return (self._nak(req, prep, f"requested {shown}, lease is {prep.address}"),
-                            None, f"NAK {shown} to {prep.mac} ({state}, VIF has {prep.address})")
+            return (self._nak(req, prep, f"requested {shown}, lease is {prep.address}"), None,
+                    Reason(f"NAK {shown} to {prep.mac} ({state}, VIF has {prep.address})", name,
+                           "nak", "wrong_address"))
 
         if mtype == p.RELEASE:
             if req.ciaddr != prep.address_bytes:
-                return (None, None, f"ignored: RELEASE of {_inet_ntoa(req.ciaddr)}, "
-                                            f"VIF has {prep.address}")
+                return ignored(f"RELEASE of {_inet_ntoa(req.ciaddr)}, VIF has {prep.address}",
+                               "wrong_address")
             return (None, LeaseEvent("release", prep.address, prep.mac),
-                            f"RELEASE {prep.address} by {prep.mac}")
+                    Reason(f"RELEASE {prep.address} by {prep.mac}", name, "release"))
 
         if mtype == p.DECLINE:
             declined = opts.get(p.OPT_REQUESTED_IP)
             if declined != prep.address_bytes:
                 shown = _inet_ntoa(declined) if declined is not None else "nothing"
-                return (None, None, f"ignored: DECLINE of {shown}, VIF has {prep.address}")
+                return ignored(f"DECLINE of {shown}, VIF has {prep.address}", "wrong_address")
             return (None, LeaseEvent("decline", prep.address, prep.mac),
-                            f"DECLINE {prep.address} by {prep.mac} (address in use on the wire?)")
+                    Reason(f"DECLINE {prep.address} by {prep.mac} (address in use on the "
+                           "wire?)", name, "decline"))
 
         # INFORM (RFC 2131 §4.3.5): configuration only, to the address the client already has
         if req.ciaddr != prep.address_bytes:
-            return (None, None, f"ignored: INFORM from ciaddr {_inet_ntoa(req.ciaddr)}, "
-                                        f"VIF has {prep.address}")
+            return ignored(f"INFORM from ciaddr {_inet_ntoa(req.ciaddr)}, VIF has {prep.address}",
+                           "wrong_address")
         return (self._reply(req, prep, _MT_ACK, False), None,
-                        f"ACK (INFORM) to {prep.address} at {prep.mac}")
+                Reason(f"ACK (INFORM) to {prep.address} at {prep.mac}", name, "inform"))
 
     # ------------------------------------------------------------------------------- replies
 

@@ -10,10 +10,15 @@ public_interface, and DHCP (dnsmasq per network, or with ``dhcp_driver = scapy``
 responder per bridge, on a raw socket per VIF tap port: see ``sdn.dhcp.rawsocket``; a server
 that stopped is restarted at the next poll). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
+
+What it does is counted (``sdn.metrics.AgentMetrics``: reconcile durations and outcomes, rules
+held, tables restored, raw-socket DHCP lease events, database errors) and served on
+``[metrics] listen:agent_port``.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
@@ -29,6 +34,7 @@ from sdn.db import api as db
 from sdn.db import models
 from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall, tc
 from sdn.linux.iptables import IptablesManager
+from sdn.metrics import AgentMetrics
 
 LOG = logging.getLogger("sdn.linux.agent")
 
@@ -88,10 +94,11 @@ class RawDhcp:
 
 
 class Agent:
-    def __init__(self, conf, config_files: list[str]):
+    def __init__(self, conf, config_files: list[str], metrics: AgentMetrics | None = None):
         from sdn.state import StateSource
 
         self.conf = conf
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.config_files = [os.path.abspath(f) for f in config_files]
         self.state = StateSource.from_conf(conf)
         self.engine = self.state.engine
@@ -144,7 +151,10 @@ class Agent:
         # sets before the rules that match them; unused sets after the rules are gone
         changes += ipset.ensure(plan.firewall.ipsets, self.ipset_prefix)
         desired.fill_manager(self.iptables, plan)
-        changes += unbound + [f"restored {t}" for t in self.iptables.apply()]
+        restored = self.iptables.apply()
+        for table in restored:
+            self.metrics.table_restores.labels(table).inc()
+        changes += unbound + [f"restored {t}" for t in restored]
         changes += ipset.destroy_stale(plan.firewall.ipsets, self.ipset_prefix)
         # a VIF joins its bridge only once its security group chains are in place
         for port, bridge in sorted(plan.ports.items()):
@@ -156,6 +166,9 @@ class Agent:
         if self.dhcp:
             changes += self._dhcp(view, plan)
         self.last_plan = plan
+        rules = collections.Counter(rule.family for rule in plan.rules)
+        for family in ("ipv4", "ipv6", "eb"):
+            self.metrics.rules.labels(family).set(rules.get(family, 0))
         return changes
 
     def _cut_connections(self, plan, unbound: list[str]) -> list[str]:
@@ -220,8 +233,14 @@ class Agent:
     def _record(self, events) -> list:
         """Record lease events (one transaction); an error or None per event: the raw-socket
         server sends no ACK for a refused lease."""
-        results = self.state.apply_lease_events(events)
+        try:
+            results = self.state.apply_lease_events(events)
+        except Exception:
+            self.metrics.database_errors.labels("lease_commit").inc()
+            raise
         for event, err in zip(events, results):
+            self.metrics.lease_events.labels(event.kind,
+                                             "refused" if err is not None else "recorded").inc()
             if err is not None:
                 LOG.warning("lease event %s %s %s not recorded: %s", event.kind, event.address,
                             event.mac, err)
@@ -247,6 +266,7 @@ class Agent:
                 rev = self.state.revision()
                 links = interface.link_names(self.ipr)
             except Exception as err:  # noqa: BLE001 - a database or netlink hiccup: next poll
+                self.metrics.database_errors.labels("state_read").inc()
                 LOG.warning("could not read state or links (retrying): %s", err)
                 if once or stop.wait(interval):
                     return 1 if once else 0
@@ -254,20 +274,24 @@ class Agent:
             dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
                                          else self.dnsmasq_alive(self._dnsmasq_bridges())))
             if rev != last_rev or links != last_links or not dhcp_ok:
+                started = time.monotonic()
                 try:
                     changes = self.reconcile()
                 except RuntimeError as err:   # a command refused (iptables-restore, ipset, sysctl)
+                    self._count_reconcile(started, "failed")
                     LOG.error("reconcile of revision %s failed (retrying at the next poll): %s", rev, err)
                     if once:
                         return 1
                     stop.wait(interval)
                     continue
                 except Exception:  # noqa: BLE001 - log, retry at the next poll
+                    self._count_reconcile(started, "failed")
                     LOG.exception("reconcile of revision %s failed; retrying", rev)
                     if once:
                         return 1
                     stop.wait(interval)
                     continue
+                self._count_reconcile(started, "changed" if changes else "unchanged")
                 LOG.info("reconciled revision %s: %s", rev, "; ".join(changes) if changes else "no changes")
                 # the links seen *before* this reconcile: a port that appeared while it ran is
                 # not in its plan, and must count as a change at the next poll
@@ -284,6 +308,7 @@ class Agent:
                         if expired:
                             LOG.info("leases expired without renewal: %s", ", ".join(expired))
                 except Exception as err:  # noqa: BLE001 - locked database: next round
+                    self.metrics.database_errors.labels("periodic_write").inc()
                     LOG.warning("periodic state writes postponed: %s", err)
             if stop.wait(interval):
                 break
@@ -292,6 +317,10 @@ class Agent:
         LOG.info("agent stopped; the data plane stays as it is")
         return 0
 
+    def _count_reconcile(self, started: float, outcome: str) -> None:
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.reconciles.labels(outcome).inc()
+
     def _dnsmasq_bridges(self) -> list[str]:
         if not os.path.isdir(self.networks_path):
             return []
@@ -299,6 +328,11 @@ class Agent:
 
 
 def main(conf, config_files: list[str], once: bool = False) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return Agent(conf, config_files).run(once=once)
+    """``sdn agent`` (logging set up by ``sdn``: sdn.log). Metrics are served unless ``once``."""
+    from sdn import metrics as sdn_metrics
+
+    metrics = AgentMetrics()
+    if not once:
+        sdn_metrics.serve(metrics, conf.metrics.listen, conf.metrics.agent_port, "agent")
+    return Agent(conf, config_files, metrics).run(once=once)
 
