@@ -42,7 +42,7 @@ def setup(conf, program: str, debug: bool | None = None, log_file: str | None = 
         conf.set_override("log_file", log_file)
     levels = [lvl for lvl in conf.default_log_levels
               if lvl.split("=", 1)[0] not in {x.split("=", 1)[0] for x in DEFAULT_LOG_LEVELS}]
-    oslo_log.set_defaults(default_log_levels=levels + DEFAULT_LOG_LEVELS)
+    conf.set_default("default_log_levels", levels + DEFAULT_LOG_LEVELS)
     try:
         oslo_log.setup(conf, program)
     except OSError as err:   # the log file's directory is missing or not writable

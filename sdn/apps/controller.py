@@ -159,6 +159,8 @@ class SdnController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _on_features(self, ev):
         dp = ev.msg.datapath
+        if dp.id is None:    # os-ken's ofp_handler sets it on its own app thread: maybe not yet
+            dp.id = ev.msg.datapath_id
         LOG.info("datapath %016x connected", dp.id)
         old = self.units.get(dp.id)
         if old is not None:      # a new connection of the same datapath replaces the old one

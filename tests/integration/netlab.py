@@ -757,16 +757,18 @@ class SdnEnv:
             return self.controller_log_file.read_text(errors="replace")
         return ""
 
-    def start_controller(self, timeout: float = 30, wait_connected: bool = True) -> subprocess.Popen:
-        """Start ``sdn --config-file F controller`` (own process group, log in workdir), point the
-        bridge at it once it listens, and wait until it has synced the bridge (its table-0
-        default flow carries a new generation). Fails fast if the process exits."""
+    def start_controller(self, timeout: float = 30, wait_connected: bool = True,
+                         global_args: tuple[str, ...] = ()) -> subprocess.Popen:
+        """Start ``sdn --config-file F [global_args] controller`` (own process group, log in
+        workdir), point the bridge at it once it listens, and wait until it has synced the
+        bridge (its table-0 default flow carries a new generation). Fails fast if the process
+        exits. ``global_args``: e.g. ``("--debug", "--log-file", path)``."""
         if self._controller is not None and self._controller.poll() is None:
             raise RuntimeError("controller already running")
         before = self.pipeline_cookie()
         self.controller_log_file = self.workdir / "controller.log"
         self._ctl_log = open(self.controller_log_file, "ab")
-        argv = [self.sdn_exe, "--config-file", str(self.config_file), "controller"]
+        argv = [self.sdn_exe, "--config-file", str(self.config_file), *global_args, "controller"]
         self._controller = subprocess.Popen(argv, stdout=self._ctl_log, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=self._env())
         if wait_connected:
