@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+import textwrap
 
 from sdn import exception
 from sdn.flows import explain
@@ -201,7 +202,8 @@ def resolve_packet(args, view: StateView, ports: dict[str, int], conf) -> tuple[
         raise exception.Invalid(f"cannot build the packet: {err}") from None
     to = f" to {args.dst}" + (f" ({dst_ip})" if dst_ip != args.dst else "") if args.dst else ""
     what = f"{proto}/{args.dport}" if args.dport else proto
-    return spec, f"{what} from {who}, {src_mac} {src_ip or '0.0.0.0'}{to}"
+    shown_ip = "0.0.0.0" if proto == "dhcp" else src_ip
+    return spec, f"{what} from {who}, {src_mac} {shown_ip}{to}"
 
 
 def _source(args, view: StateView, ports: dict[str, int], dst_vifs):
@@ -222,8 +224,9 @@ def _source(args, view: StateView, ports: dict[str, int], dst_vifs):
     if name.isdigit():
         by_number = {n: p for p, n in ports.items()}
         if int(name) not in by_number:
+            listed = ", ".join(f"{n} {p}" for n, p in sorted(by_number.items()))
             raise exception.Invalid(f"bridge {args.bridge} has no port {name} "
-                                    f"(ports: {', '.join(f'{n} {p}' for p, n in sorted(ports.items(), key=lambda x: x[1]))})")
+                                    f"(ports: {listed or 'none'})")
         name = by_number[int(name)]
     elif name not in ports:
         raise exception.Invalid(f"bridge {args.bridge} has no port {name} "
@@ -328,8 +331,8 @@ def cmd_flows(args, conf) -> int:
     for name, g in groups.items():
         origin = f"sdn/flows/{MODULES[name]}" if name in MODULES else "not sdn's cookie"
         print(f"{name} ({origin}): {g['count']} flows")
-        for table, count in g["tables"].items():
-            print(f"  {table:<20} {count}")
+        print(textwrap.fill(", ".join(f"{table} {count}" for table, count in g["tables"].items()),
+                            width=100, initial_indent="  ", subsequent_indent="  "))
         if args.feature:
             for f in g["flows"]:
                 print(f"    {explain.table_label(f.table):<18} priority={f.priority} "

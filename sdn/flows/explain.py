@@ -401,7 +401,9 @@ def _verdict(passes: list[Pass], ctx: Context) -> tuple[str, str]:
                           + f" {port.name}")
         elif port.kind == "trunk":
             vlan = _vlan_pushed(step)
-            places.append(f"out of trunk {port.name}" + (f" tagged VLAN {vlan}" if vlan else ""))
+            owner = ctx.macs.get(p.fields.get("dl_dst", ""))
+            places.append(f"out of trunk {port.name}" + (f" tagged VLAN {vlan}" if vlan else "")
+                          + (f" toward {owner[0]} (on another switch)" if owner else ""))
         else:
             places.append(f"out of {port.title}")
     places = list(dict.fromkeys(places))
@@ -617,6 +619,12 @@ def _note(step: Step, ctx: Context) -> str:
             return f"new connection{then}"
         if "ct_label" in step.match and goto:
             return f"established, admitted by {ctx.rule(_field(step.match, 'ct_label'))}{then}"
+    outs = [a.split(":", 1)[1] for a in acts if a.startswith("output:")]
+    if t == Table.L2_LOOKUP and outs and not any(a.startswith("group:") for a in acts):
+        mac = _field(step.match, "dl_dst") or "MAC"
+        owner = ctx.macs.get(mac)
+        whose = f"{owner[0]}'s, " if owner else ""
+        return f"{mac} is {whose}behind " + ", ".join(ctx.port(o).title for o in outs)
     if t == Table.L2_LOOKUP and "reg7" in sets:
         port = ctx.port(sets["reg7"])
         return f"{_field(step.match, 'dl_dst') or 'MAC'} is {port.instance or port.name}'s: reg7 := {port.number}{then}"
@@ -631,7 +639,6 @@ def _note(step: Step, ctx: Context) -> str:
         return f"to the controller ({f.name.lower() if f else 'foreign'})"
     if any(a == "IN_PORT" for a in acts):
         return "answered on the port it came from"
-    outs = [a.split(":", 1)[1] for a in acts if a.startswith("output:")]
     if outs:
         return "out of " + ", ".join(ctx.port(o).title for o in outs)
     if step.drops:

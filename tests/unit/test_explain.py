@@ -9,12 +9,15 @@ admits nothing inbound). ``CTX`` is that state as ``sdn trace`` builds it.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
+from sdn import exception, tracecmd
 from sdn.flows import explain as ex
 from sdn.flows.model import Table
+from sdn.view import FloatingView, NetworkView, RuleView, SecurityGroupView, StateView, VifView
 
 TRACES = Path(__file__).parent / "traces"
 A1, A2, B1 = "tap23a70839-7e", "tapb23c1ba3-9b", "tapf0ac1156-8d"
@@ -66,6 +69,18 @@ def explained(name: str, ctx: ex.Context = CTX) -> ex.Explanation:
 def test_verdicts_of_recorded_traces(name, outcome, verdict):
     result = explained(name)
     assert (result.outcome, result.verdict) == (outcome, verdict)
+
+
+def test_frame_for_another_switch_leaves_tagged_on_the_trunk():
+    # recorded on the demo's s1 (topology/demo.toml): a1 -> a2, which is on s2
+    ctx = ex.Context(ports={1: ex.Port(1, "s1-trunk", "trunk"),
+                            2: ex.Port(2, "tapbe25ab85-d5", "vif", "a1", "fa:16:3e:40:04:ba",
+                                       ("10.10.0.3",), groups=("default",), segment=100)},
+                     segments={100: "VLAN 100"}, macs={"fa:16:3e:66:4a:b0": ("a2", 100)})
+    result = explained("trunk", ctx)
+    assert (result.outcome, result.verdict) == (
+        "output", "out of trunk s1-trunk tagged VLAN 100 toward a2 (on another switch)")
+    assert result.steps[-1]["note"] == "fa:16:3e:66:4a:b0 is a2's, behind trunk s1-trunk"
 
 
 def test_steps_name_table_feature_and_state():
@@ -199,3 +214,88 @@ def test_dump_flows_grouped_by_feature_with_table_names():
     assert groups["l2"]["count"] == 2
     assert groups["l2"]["tables"] == {"l2_lookup": 1, "output": 1}   # pipeline order
     assert groups["foreign"]["tables"] == {"classify": 1}
+
+
+# --------------------------------------------------------------------------- state -> packet
+# (sdn.tracecmd's resolution of --from/--in-port/--dst against a StateView; no switch)
+
+NET_A = NetworkView(1, "tenants_0", "10.34.0.0/26", "255.255.255.192", "10.34.0.1",
+                    "10.34.0.63", vlan=400, project_id="alpha")
+NET_B = NetworkView(2, "tenants_1", "10.34.0.64/26", "255.255.255.192", "10.34.0.65",
+                    "10.34.0.127", vlan=401, project_id="beta")
+VA1 = VifView("23a70839-7ebc", "fa:16:3e:47:00:6d", 1, "a1", "a1", ("10.34.0.3",), "alpha",
+              id=1, security_groups=(1,))
+VA2 = VifView("b23c1ba3-9ba2", "fa:16:3e:1d:31:c1", 1, "a2", "a2", ("10.34.0.4",), "alpha", id=2)
+VB1 = VifView("f0ac1156-8d9b", "fa:16:3e:27:80:8b", 2, "b1", "b1", ("10.34.0.67",), "beta", id=3)
+VIEW = StateView(1, {1: NET_A, 2: NET_B}, (VA1, VA2, VB1),
+                 (FloatingView("172.30.0.65", "10.34.0.3", 1, "alpha"),),
+                 security_groups={1: SecurityGroupView(1, "default", "alpha", rules=(
+                     RuleView(4, "ingress", "IPv4", 6, 22, 22, "0.0.0.0/0"),))})
+PORTS = {"sdnpub": 1, VA1.port_name: 2, VA2.port_name: 3, VB1.port_name: 4}
+
+
+class Conf:
+    public_interface = "sdnpub"
+    routing_source_ip = "172.30.0.2"
+    external_gateway = "172.30.0.1"
+
+
+def resolve(**kw):
+    args = argparse.Namespace(**{"bridge": "br", "from_instance": None, "in_port": None,
+                                 "dst": None, "proto": None, "dport": None, "src_ip": None,
+                                 "src_mac": None, **kw})
+    return tracecmd.resolve_packet(args, VIEW, PORTS, Conf)[0]
+
+
+def test_neighbour_gets_its_own_mac_and_a_routed_destination_the_gateway_mac():
+    assert "dl_dst=fa:16:3e:1d:31:c1,nw_src=10.34.0.3,nw_dst=10.34.0.4" in resolve(
+        from_instance="a1", dst="a2")
+    assert f"dl_dst={NET_A.gateway_mac},nw_src=10.34.0.3,nw_dst=10.34.0.67" in resolve(
+        from_instance="a1", dst="b1")
+    assert f"dl_dst={NET_A.gateway_mac}" in resolve(from_instance="a1", dst="172.30.0.10",
+                                                     proto="udp", dport=53)
+    spoof = resolve(from_instance="a1", dst="a2", src_ip="10.34.0.9", src_mac="fa:16:3e:00:00:09")
+    assert "dl_src=fa:16:3e:00:00:09" in spoof and "nw_src=10.34.0.9" in spoof
+    assert "arp_tpa=10.34.0.1" in resolve(from_instance="a1", proto="arp")
+
+
+def test_from_the_public_port_to_a_floating_ip_goes_to_the_router_mac():
+    spec = resolve(in_port="sdnpub", dst="172.30.0.65", proto="tcp", dport=22)
+    assert spec.startswith("in_port=sdnpub,tcp,dl_src=02:00:00:00:00:01,dl_dst=0a:58:ac:1e:00:02,"
+                           "nw_src=172.30.0.1,nw_dst=172.30.0.65")
+    assert resolve(in_port="2", dst="a2").startswith(f"in_port={VA1.port_name},icmp,"
+                                                     "dl_src=fa:16:3e:47:00:6d")
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"from_instance": "zz", "dst": "a1"}, "no instance named zz"),
+    ({"from_instance": "a1", "dst": "10.34.0.9"}, "no VIF of network tenants_0 (10.34.0.0/26) "
+                                                  "holds 10.34.0.9"),
+    ({"from_instance": "a1", "dst": "nonsense"}, "--dst 'nonsense' is neither an instance nor"),
+    ({"from_instance": "a1"}, "give --dst (or --proto dhcp/arp)"),
+    ({"from_instance": "a1", "dst": "a2", "proto": "udp"}, "--proto udp needs --dport"),
+    ({"from_instance": "a1", "dst": "a2", "dport": 22}, "--dport applies to tcp and udp"),
+    ({"in_port": "9", "dst": "a2"}, "bridge br has no port 9"),
+    ({"in_port": "nope", "dst": "a2"}, "bridge br has no port nope"),
+])
+def test_packets_that_cannot_be_built_are_one_line_errors(kw, error):
+    with pytest.raises(exception.SdnError) as err:
+        resolve(**kw)
+    assert str(err.value).startswith(error) and "\n" not in str(err.value)
+
+
+def test_instance_not_on_this_bridge():
+    with pytest.raises(exception.SdnError, match="instance a1 is not on bridge br: none of its "
+                                                 r"ports \(tap23a70839-7e\) is there"):
+        tracecmd.resolve_packet(argparse.Namespace(
+            bridge="br", from_instance="a1", in_port=None, dst="a2", proto=None, dport=None,
+            src_ip=None, src_mac=None), VIEW, {"other": 1}, Conf)
+
+
+def test_context_from_state():
+    ctx = tracecmd.build_context(VIEW, PORTS, public="sdnpub")
+    assert ctx.ports[1] == ex.Port(1, "sdnpub", "public")
+    assert ctx.ports[2].instance == "a1" and ctx.ports[2].groups == ("default",)
+    assert ctx.ports[2].segment == 400 and ctx.segments == {400: "VLAN 400", 401: "VLAN 401"}
+    assert ctx.rules == {4: "rule 4 of default: ingress IPv4 tcp 22-22 from 0.0.0.0/0"}
+    assert ctx.macs["fa:16:3e:27:80:8b"] == ("b1", 401)
