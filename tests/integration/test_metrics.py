@@ -187,3 +187,55 @@ def test_cli_debug_keeps_stdout_the_answer_and_a_bad_log_file_is_one_line(lab):
     assert positive.returncode == 2
     assert positive.stderr.startswith("sdn: error: cannot open log file /nonexistent/dir/x.log")
     assert "Traceback" not in positive.stderr
+
+
+# --------------------------------------------------------------------------- the Linux agent
+
+FETCH = r"""
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
+    sys.stdout.write(r.read().decode())
+"""
+AGENT_PORT = 9303    # the default; the agent listens in its own hypervisor namespace
+
+
+def scrape_agent(env) -> Scrape:
+    """GET the agent's /metrics inside the hypervisor namespace it runs in."""
+    import sys
+
+    text = env.hv.run([sys.executable, "-c", FETCH,
+                       f"http://127.0.0.1:{AGENT_PORT}/metrics"]).stdout
+    scrape = Scrape.__new__(Scrape)
+    scrape.samples = [s for family in text_string_to_metric_families(text)
+                      for s in family.samples]
+    return scrape
+
+
+def test_agent_metrics_on_the_linux_backend(make_sdn_env, netns_host, tmp_path):
+    from tests.integration.backends import LinuxBackend
+
+    linux = LinuxBackend(make_sdn_env, netns_host, tmp_path, dhcp_driver="scapy")
+    try:
+        env = linux.env(config={"DEFAULT": {"network_manager": "flatdhcp"},
+                                "metrics": {"agent_port": AGENT_PORT}})
+        bridge = linux.flat_bridge(env)
+        env.cli("network", "create", "--label", "flat", "--fixed_range_v4", "10.39.0.0/26",
+                "--network_size", "64", "--bridge", bridge)
+        alloc, host = linux.launch(env, "m1", "p")
+        linux.start(env)
+        wait_for(lambda: "agent metrics on http://127.0.0.1:9303/metrics" in env.hv.log(),
+                 timeout=10, what="the agent to serve its metrics")
+        first = scrape_agent(env)
+        assert first.value("sdn_agent_reconciles_total", outcome="changed") >= 1
+        assert first.value("sdn_agent_reconcile_duration_seconds_count") >= 1
+        assert first.value("sdn_agent_rules", type="ipv4") > 0
+        assert first.value("sdn_agent_rules", type="eb") > 0          # the VIF's anti-spoofing
+        assert first.value("sdn_agent_table_restores_total") >= 1
+        assert first.value("sdn_agent_dhcp_lease_events_total") == 0
+        host.dhclient()
+        assert host.ips() == [alloc["address"]]
+        wait_for(lambda: scrape_agent(env).value("sdn_agent_dhcp_lease_events_total",
+                                                 type="lease", outcome="recorded") >= 1,
+                 timeout=10, what="the raw-socket lease counted by the agent")
+    finally:
+        linux.close()
