@@ -179,6 +179,6 @@ def test_vlan_mode_uplink_needs_8021q(linux, netns_host):
     if vlan.returncode != 0:
         errors = [line for line in env.hv.log().splitlines() if "8021q" in line]
         assert errors, env.hv.log()[-2000:]
-        pytest.skip("VLAN interface step: " + errors[0].split("ERROR sdn.linux.agent: ", 1)[-1])
+        pytest.skip("VLAN interface step: " + errors[0].split(" [-] ", 1)[-1])
     assert "vlan protocol 802.1Q id 600" in vlan.stdout
     assert env.hv.master_of("vlan600") == "br600"
