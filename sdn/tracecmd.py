@@ -30,7 +30,6 @@ OUTSIDE_MAC = "02:00:00:00:00:01"
 REPLY_CT_STATE = "trk,est,rpl"
 _CT_NEXT_MAX = 8   # more conntrack passes than any sdn path has (a hairpin has 6)
 PROTOS = ("tcp", "udp", "icmp", "arp", "dhcp")
-_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 #: where a feature's flows come from
 MODULES = {"pipeline": "pipeline.py", "classifier": "classifier.py",
            "port_security": "port_security.py", "dhcp": "dhcp.py",
@@ -83,17 +82,18 @@ def segment_title(net) -> str:
     return f"VLAN {net.vlan}" if net.vlan else f"flat network {net.label or net.id}"
 
 
-def _describe_rule(group: str, rule) -> str:
-    proto = _PROTO_NAMES.get(rule.protocol, str(rule.protocol)) if rule.protocol is not None \
-        else "any"
-    ports = ""
-    if rule.port_min is not None or rule.port_max is not None:
-        ports = (f" type {rule.port_min}" + (f" code {rule.port_max}" if rule.port_max is not None
-                                              else "")) if proto.startswith("icmp") else \
-            f" {rule.port_min}-{rule.port_max}"
-    side = "from" if rule.direction == "ingress" else "to"
-    remote = f"group {rule.remote_group}" if rule.remote_group else (rule.remote_cidr or "anywhere")
-    return f"rule {rule.id} of {group}: {rule.direction} {rule.ethertype} {proto}{ports} {side} {remote}"
+def _describe_rule(groups: dict, group: str, rule) -> str:
+    """``rule 4 of default: ingress IPv4 tcp 22-22 from 0.0.0.0/0`` (``sdn secgroup show``'s
+    words, ``sdn.secgroups.describe_rule``)."""
+    from sdn.secgroups import describe_rule, protocol_name   # the database layer: only here
+
+    remote = groups.get(rule.remote_group)
+    text = describe_rule({
+        "direction": rule.direction, "ethertype": rule.ethertype,
+        "protocol": protocol_name(rule.protocol), "port_min": rule.port_min,
+        "port_max": rule.port_max, "remote_group": remote.name if remote else None,
+        "remote_cidr": rule.remote_cidr or ("0.0.0.0/0" if rule.ethertype == "IPv4" else "::/0")})
+    return f"rule {rule.id} of {group}: {text}"
 
 
 def build_context(view: StateView, ports: dict[str, int], *, trunks=frozenset(),
@@ -121,7 +121,7 @@ def build_context(view: StateView, ports: dict[str, int], *, trunks=frozenset(),
         segments={n.key: segment_title(n) for n in view.networks.values()},
         macs={v.mac: (v.instance, view.networks[v.network_id].key) for v in view.vifs
               if v.network_id in view.networks},
-        rules={r.id: _describe_rule(g.name, r) for g in groups.values() for r in g.rules},
+        rules={r.id: _describe_rule(groups, g.name, r) for g in groups.values() for r in g.rules},
         floating={f.address: f.fixed_address for f in view.floating_ips})
 
 

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass, field
 
 from sdn.flows.model import Feature, Table, feature_of
+from sdn.flows.router import METADATA_IP
+from sdn.flows.security_groups import LABEL_SAME_NET, PRIO_PROVIDER
 
 # --------------------------------------------------------------------------- state
 
@@ -84,8 +86,8 @@ class Context:
         return self.rules.get(label) or f"rule {label}"
 
 
-#: ct_label of a connection admitted as same-network traffic (``sdn.flows.security_groups``)
-LABEL_SAME_NET = 1 << 32
+#: the router's isolation drop in l3_snat (fixed -> fixed without DNAT; ``sdn.flows.router``)
+PRIO_ISOLATION = 150
 
 
 def _int(value) -> int:
@@ -384,8 +386,9 @@ def _verdict(passes: list[Pass], ctx: Context) -> tuple[str, str]:
     if dnat:
         public = next((p.nat[0] for p in passes if p.nat), "")
         orig = _field(public, "nw_dst") or first.get("nw_dst", "?")
-        owner = _owner_of(dnat[0][1], ctx)
+        owner = "the metadata host" if orig == METADATA_IP else _owner_of(dnat[0][1], ctx)
         prefix = f"DNAT {orig} to {dnat[0][1]}{f' ({owner})' if owner else ''}, then "
+    snat = [n for n in nats if n[0] == "src"]
     places = []
     for step, action, p in sends:
         if action.startswith("CONTROLLER"):
@@ -393,10 +396,10 @@ def _verdict(passes: list[Pass], ctx: Context) -> tuple[str, str]:
             continue
         number = p.flow.get("in_port") if action.startswith("IN_PORT") else action.split(":", 1)[1]
         port = ctx.port(number)
-        if port.kind == "vif":
-            places.append(f"delivered to {port.instance} on {port.name}")
+        if port.kind == "vif":   # SNATed on the way in: a hairpin through a floating IP
+            places.append((f"SNAT to {snat[-1][1]}, " if snat else "")
+                          + f"delivered to {port.instance} on {port.name}")
         elif port.kind == "public":
-            snat = [n for n in nats if n[0] == "src"]
             places.append((f"SNAT to {snat[-1][1]} and " if snat else "") + "out of the public port"
                           + f" {port.name}")
         elif port.kind == "trunk":
@@ -407,7 +410,7 @@ def _verdict(passes: list[Pass], ctx: Context) -> tuple[str, str]:
         else:
             places.append(f"out of {port.title}")
     places = list(dict.fromkeys(places))
-    outcome = "delivered" if all(pl.startswith("delivered") for pl in places) else "output"
+    outcome = "delivered" if all("delivered to" in pl for pl in places) else "output"
     flooded = any(a.startswith("group:") for p in passes for s in p.steps for a in s.actions)
     if len(places) > 1 or flooded:
         seg = ctx.segment(passes[-1].fields.get("reg6", "0"))
@@ -475,7 +478,7 @@ def _why_dropped(passes: list[Pass], ctx: Context) -> str:
         return _port_security(src_port, first, step)
     if table in (Table.EGRESS_ACL_DROP, Table.INGRESS_ACL_DROP):
         return _acl_drop(last, passes, ctx)
-    if table == Table.L3_SNAT and step.priority == 150:
+    if table == Table.L3_SNAT and step.priority == PRIO_ISOLATION:
         return _cross(src_port, ctx, fields)
     if table == Table.L2_LOOKUP:
         mac = fields.get("dl_dst", "?")
@@ -549,10 +552,11 @@ def _acl_drop(last: Pass, passes: list[Pass], ctx: Context) -> str:
                     f"applies to {who}; on the switch it passes while it does")
         return (f"dropped by security group: the connection's admitting rule no longer applies "
                 f"to {who} (groups {groups}); it is marked blocked")
-    if via and via[-1].priority == 400:
-        return (f"dropped by a provider rule: {via[-1].match} may not open connections to "
-                f"instances")
     what = _what(fields)
+    if ingress and via and via[-1].priority == PRIO_PROVIDER:
+        return (f"dropped by a provider rule (sdn provider-rule list): {what} from "
+                f"{fields.get('nw_src') or fields.get('ipv6_src', '?')} matches "
+                f"{via[-1].match}")
     if ingress:
         return (f"dropped by security group: no ingress rule of {who}'s groups ({groups}) "
                 f"admits {what} from {fields.get('nw_src') or fields.get('ipv6_src', '?')}")
@@ -614,6 +618,8 @@ def _note(step: Step, ctx: Context) -> str:
     if commit and nat:
         kind = "SNAT to" if nat[1] == "src" else "DNAT to"
         return f"new connection: {kind} {nat[2]}, committed"
+    if t == Table.INGRESS_ACL_RULES and step.priority == PRIO_PROVIDER and goto:
+        return f"a provider rule drops it ({_short(step.match)}){then}"
     if t in (Table.EGRESS_ACL_STATE, Table.INGRESS_ACL_STATE):
         if "+new" in step.match:
             return f"new connection{then}"

@@ -23,6 +23,7 @@ started; with ``SDN_REQUIRE_INTEGRATION=1`` (set by .ci/run) that is an error in
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -145,6 +146,23 @@ class SdnEnvFactory:
     def close_all(self) -> None:
         for env in reversed(self.envs):
             env.close()
+
+
+@contextlib.contextmanager
+def module_factories(tmp: Path):
+    """(bridges, envs, hosts) factories for a module-scoped lab (``tmp`` from
+    ``tmp_path_factory``); on exit every host, env and bridge they made is closed, hosts first."""
+    bridges = BridgeFactory()
+    envs = SdnEnvFactory(tmp, bridges)
+    hosts = NetnsFactory(tmp / "netns")
+    try:
+        yield bridges, envs, hosts
+    finally:
+        try:
+            hosts.close_all()
+        finally:
+            envs.close_all()
+            bridges.close_all()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration import netlab
 from tests.integration.backends import OvsBackend
-from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactory
+from tests.integration.conftest import module_factories
 from tests.integration.netlab import wait_for
 from tests.integration.peers import probe, serve
 from tests.integration.test_l3 import GATEWAY, INTERNET, RSIP, L3Lab
@@ -24,22 +24,12 @@ from tests.integration.test_l3 import GATEWAY, INTERNET, RSIP, L3Lab
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, integration_ready):
-    tmp = tmp_path_factory.mktemp("trace")
-    bridges = BridgeFactory()
-    envs = SdnEnvFactory(tmp, bridges)
-    hosts = NetnsFactory(tmp / "netns")
-    try:
+    with module_factories(tmp_path_factory.mktemp("trace")) as (bridges, envs, hosts):
         lab = L3Lab(OvsBackend(envs, hosts), hosts)
-        lab.g1 = lab.floating("beta", "b1")
+        lab.g1 = lab.floating("beta", "b1")   # b1's group admits nothing inbound
         lab.bridges = bridges
         lab.backend.wait_synced(lab.env)
         yield lab
-    finally:
-        try:
-            hosts.close_all()
-        finally:
-            envs.close_all()
-            bridges.close_all()
 
 
 def trace(lab, *args) -> dict:

@@ -4,7 +4,9 @@ The traces in ``tests/unit/traces/`` were recorded on the L3 set-up of
 tests/integration/test_l3.py (VLAN manager; alpha: a1 10.34.0.3 port 2 and a2 10.34.0.4
 port 3 on VLAN 400; beta: b1 10.34.0.67 port 4 on VLAN 401; the public port 1; floating IPs
 172.30.0.65 -> a1 and 172.30.0.66 -> b1; alpha's default group open to icmp/tcp/udp, beta's
-admits nothing inbound). ``CTX`` is that state as ``sdn trace`` builds it.
+admits nothing inbound; for egress_drop/provider_drop beta's egress IPv4 rule was deleted and a
+provider rule dropped tcp 2222 from 172.30.0.0/24). ``CTX`` is that state as ``sdn trace``
+builds it; trunk.txt comes from the demo (see its test).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ def explained(name: str, ctx: ex.Context = CTX) -> ex.Explanation:
                                 "to fixed IP 10.34.0.3 (only to a floating IP)"),
     ("rogue_dhcp", "dropped", f"dropped by port security: port {A1} (instance a1) may not "
                               "answer DHCP (it sends from a DHCP server port)"),
+    ("egress_drop", "dropped", "dropped by security group: no egress rule of b1's groups "
+                               "(default) admits tcp/80 to 172.30.0.10"),
+    ("provider_drop", "dropped", "dropped by a provider rule (sdn provider-rule list): tcp/2222 "
+                                 "from 172.30.0.1 matches tcp,nw_src=172.30.0.0/24,tp_dst=2222"),
+    ("hairpin", "delivered", "DNAT 172.30.0.65 to 10.34.0.3 (a1's fixed IP), then SNAT to "
+                             f"172.30.0.2, delivered to a1 on {A1}"),
+    ("metadata", "output", "DNAT 169.254.169.254 to 172.30.0.1 (the metadata host), then out of "
+                           "the public port sdnpbd1164b"),
     ("tagged", "dropped", f"dropped at classify: port {A1} (instance a1) takes untagged frames "
                           "only; this frame is tagged VLAN 5"),
 ])
