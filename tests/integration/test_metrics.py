@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration import netlab
-from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactory
+from tests.integration.conftest import module_factories
 from tests.integration.netlab import wait_for
 from tests.integration.test_attacks import send_frames
 
@@ -86,20 +86,10 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, integration_ready):
-    tmp = tmp_path_factory.mktemp("metrics")
-    bridges = BridgeFactory()
-    envs = SdnEnvFactory(tmp, bridges)
-    hosts = NetnsFactory(tmp / "netns")
-    try:
+    with module_factories(tmp_path_factory.mktemp("metrics")) as (_bridges, envs, hosts):
         lab = Lab(envs, hosts)
         yield lab
         assert "Traceback" not in lab.log(), lab.log()[-4000:]
-    finally:
-        try:
-            hosts.close_all()
-        finally:
-            envs.close_all()
-            bridges.close_all()
 
 
 def test_datapath_and_flows_per_feature_gauges_match_the_switch(lab):
