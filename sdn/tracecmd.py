@@ -164,6 +164,7 @@ def resolve_packet(args, view: StateView, ports: dict[str, int], conf) -> tuple[
                 raise exception.Invalid(f"--dst {args.dst!r} is neither an instance nor an "
                                         f"IPv4 address; see 'sdn fixed list'") from None
     src_vif, in_port = _source(args, view, ports, dst_vifs)
+    vlan = None
     net = view.networks[src_vif.network_id] if src_vif else None
     if dst_vifs:
         dst_vif = next((v for v in dst_vifs if net and v.network_id == net.id), dst_vifs[0])
@@ -188,16 +189,19 @@ def resolve_packet(args, view: StateView, ports: dict[str, int], conf) -> tuple[
             if in_port == conf.public_interface and conf.routing_source_ip:
                 dst_mac = RouterSettings(routing_source_ip=conf.routing_source_ip).mac
             else:
-                holder = next((v for v in view.vifs if dst_ip in v.addresses), None)
+                holder = next((v for v in view.vifs if dst_ip in v.addresses
+                               and v.network_id in view.networks), None)
                 if holder is None:
                     raise exception.Invalid(f"no VIF holds {dst_ip}; from port {in_port} only a "
                                             f"fixed IP (or, on the public port, a floating IP) "
                                             f"can be traced")
                 dst_mac = holder.mac
+                if in_port in conf.ovs.trunk_interfaces:   # a trunk carries tagged frames
+                    vlan = view.networks[holder.network_id].vlan
         who = f"port {in_port}"
     try:
         spec = explain.packet_spec(in_port, proto, src_mac=src_mac, src_ip=src_ip,
-                                   dst_mac=dst_mac, dst_ip=dst_ip, dport=args.dport)
+                                   dst_mac=dst_mac, dst_ip=dst_ip, dport=args.dport, vlan=vlan)
     except ValueError as err:
         raise exception.Invalid(f"cannot build the packet: {err}") from None
     to = f" to {args.dst}" + (f" ({dst_ip})" if dst_ip != args.dst else "") if args.dst else ""

@@ -471,6 +471,10 @@ def _why_dropped(passes: list[Pass], ctx: Context) -> str:
     if table == Table.CLASSIFY and src_port.kind == "vif" and "dl_vlan" in first:
         return (f"dropped at classify: {src_port.title} takes untagged frames only; this frame "
                 f"is tagged VLAN {first['dl_vlan']}")
+    if table == Table.CLASSIFY and src_port.kind == "trunk":
+        tag = f"VLAN {first['dl_vlan']}" if "dl_vlan" in first else "none: untagged"
+        return (f"dropped at classify: {src_port.title} takes no segment with this frame's tag "
+                f"({tag}) on this bridge")
     if table == Table.CLASSIFY:
         return (f"dropped at classify: {src_port.title} is no VIF, trunk or public port sdn knows "
                 f"on this bridge (or the frame is tagged where only untagged frames are taken)")
@@ -663,11 +667,12 @@ def _short(match: str, limit: int = 60) -> str:
 
 def packet_spec(in_port: str, proto: str, *, src_mac: str, src_ip: str | None,
                 dst_mac: str | None = None, dst_ip: str | None = None,
-                dport: int | None = None, sport: int = 40000) -> str:
+                dport: int | None = None, sport: int = 40000, vlan: int | None = None) -> str:
     """The ``ofproto/trace`` flow (ovs-ofctl syntax) of one packet: ``proto`` one of tcp
     (a SYN), udp, icmp (echo request), arp (request for ``dst_ip``), dhcp (DISCOVER:
-    0.0.0.0:68 -> 255.255.255.255:67, broadcast). ValueError names a missing piece."""
-    spec = [f"in_port={in_port}"]
+    0.0.0.0:68 -> 255.255.255.255:67, broadcast); tagged with ``vlan`` (a trunk's frame).
+    ValueError names a missing piece."""
+    spec = [f"in_port={in_port}"] + ([f"dl_vlan={vlan}"] if vlan else [])
     if proto == "dhcp":
         return ",".join(spec + ["udp", f"dl_src={src_mac}", "dl_dst=ff:ff:ff:ff:ff:ff",
                                 "nw_src=0.0.0.0", "nw_dst=255.255.255.255", "nw_ttl=64",

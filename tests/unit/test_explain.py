@@ -241,13 +241,16 @@ VIEW = StateView(1, {1: NET_A, 2: NET_B}, (VA1, VA2, VB1),
                  (FloatingView("172.30.0.65", "10.34.0.3", 1, "alpha"),),
                  security_groups={1: SecurityGroupView(1, "default", "alpha", rules=(
                      RuleView(4, "ingress", "IPv4", 6, 22, 22, "0.0.0.0/0"),))})
-PORTS = {"sdnpub": 1, VA1.port_name: 2, VA2.port_name: 3, VB1.port_name: 4}
+PORTS = {"sdnpub": 1, VA1.port_name: 2, VA2.port_name: 3, VB1.port_name: 4, "sdntrunk": 5}
 
 
 class Conf:
     public_interface = "sdnpub"
     routing_source_ip = "172.30.0.2"
     external_gateway = "172.30.0.1"
+
+    class ovs:
+        trunk_interfaces = ["sdntrunk"]
 
 
 def resolve(**kw):
@@ -273,6 +276,9 @@ def test_from_the_public_port_to_a_floating_ip_goes_to_the_router_mac():
     spec = resolve(in_port="sdnpub", dst="172.30.0.65", proto="tcp", dport=22)
     assert spec.startswith("in_port=sdnpub,tcp,dl_src=02:00:00:00:00:01,dl_dst=0a:58:ac:1e:00:02,"
                            "nw_src=172.30.0.1,nw_dst=172.30.0.65")
+    # a trunk's frame carries the destination network's tag
+    assert resolve(in_port="sdntrunk", dst="b1", src_ip="10.34.0.70").startswith(
+        "in_port=sdntrunk,dl_vlan=401,icmp,dl_src=02:00:00:00:00:01,dl_dst=fa:16:3e:27:80:8b")
     assert resolve(in_port="2", dst="a2").startswith(f"in_port={VA1.port_name},icmp,"
                                                      "dl_src=fa:16:3e:47:00:6d")
 
