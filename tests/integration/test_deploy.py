@@ -1,8 +1,7 @@
 """Deployment: OpenFlow over TLS between a real OVS switch and the controller, and
 ``pip install`` of the repository into a fresh venv used from another directory.
 
-TLS: certificates are made with openssl in tmp (one CA signs the controller's and the switch's
-certificate, as ``ovs-pki`` would with two). ``ovs-vsctl set-ssl`` is global to the shared
+TLS: certificates are made with openssl in tmp (tests/pki.py). ``ovs-vsctl set-ssl`` is global to the shared
 ovs-vswitchd: the test records the SSL row it found and puts it back (or removes its own).
 """
 
@@ -23,27 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.netlab import free_tcp_port, sh, wait_for
+from tests.pki import make_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFPT_HELLO = 0
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_pki(directory: Path) -> dict[str, Path]:
-    """A CA and two certificates it signed (controller, switch): RSA 2048 PEM files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=sdn-test-ca",
-             "-keyout", "ca-key.pem", "-out", "ca-cert.pem", cwd=directory)
-    for who in ("controller", "switch"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=sdn-test-{who}",
-                 "-keyout", f"{who}-key.pem", "-out", f"{who}-req.pem", cwd=directory)
-        _openssl("x509", "-req", "-in", f"{who}-req.pem", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
-                 "-CAcreateserial", "-days", "2", "-out", f"{who}-cert.pem", cwd=directory)
-    return {name: directory / f"{name}.pem" for name in
-            ("ca-cert", "controller-key", "controller-cert", "switch-key", "switch-cert")}
 
 
 @pytest.fixture

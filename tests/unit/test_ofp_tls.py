@@ -4,31 +4,21 @@ checks that turn a wrong key/certificate/CA into one clear error.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from sdn import cli, config, exception
 from sdn.apps import ofp_tls
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+from tests.pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """A self-signed CA and a controller key/certificate it signed, plus a second key."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=ca",
-             "-keyout", "ca-key.pem", "-out", "ca-cert.pem", cwd=d)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=controller",
-             "-keyout", "key.pem", "-out", "req.pem", cwd=d)
-    _openssl("x509", "-req", "-in", "req.pem", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
-             "-CAcreateserial", "-days", "2", "-out", "cert.pem", cwd=d)
-    _openssl("genrsa", "-out", "other-key.pem", "2048", cwd=d)
-    return {n: str(d / f"{n}.pem") for n in ("ca-cert", "key", "cert", "other-key")}
+    """The controller's key and certificate, their CA, and a key of no certificate (as str)."""
+    files = make_pki(tmp_path_factory.mktemp("pki"))
+    return {"ca-cert": str(files["ca-cert"]), "key": str(files["controller-key"]),
+            "cert": str(files["controller-cert"]), "other-key": str(files["other-key"])}
 
 
 def _ovs(tmp_path: Path, **ssl) -> object:
