@@ -54,7 +54,7 @@ def _limits(args, conf) -> tuple[int | None, int | None]:
 
 
 #: programs that log through oslo.log always (sdn.log.setup); other commands only with
-#: --debug/--log-file, and then to stderr (their stdout is their output)
+#: --debug/--log-file (without a log file, to stderr: their stdout is their output)
 DAEMONS = {"controller": "sdn-controller", "agent": "sdn-agent", "metadata": "sdn-metadata",
            "api": "sdn-api"}
 
@@ -66,7 +66,7 @@ def _logging_args(parser) -> None:
                         help="log DEBUG lines too (default: the config's debug, else INFO)")
     parser.add_argument("--log-file", dest="log_file", metavar="FILE",
                         help="append log lines to FILE (default: the config's log_file, else "
-                             "stdout for the services, stderr for other commands)")
+                             "stderr)")
 
 
 def _setup_logging(args, conf) -> None:
@@ -76,7 +76,6 @@ def _setup_logging(args, conf) -> None:
     if program is None:
         if not args.debug and not args.log_file:
             return
-        conf.set_override("use_stderr", not (args.log_file or conf.log_file))
     log.setup(conf, program or f"sdn-{args.category}", debug=args.debug, log_file=args.log_file)
 
 

@@ -5,7 +5,8 @@
 so sdn.conf's ``[DEFAULT]`` may set them; ``sdn --debug`` and ``sdn --log-file F`` override
 the file. ``setup(conf, program)`` is called once per process by the program's entry point
 (``sdn controller``, ``sdn agent``, ``sdn metadata``, ``sdn api``): without a log file, lines
-go to stdout, as oslo.log does for every OpenStack service.
+go to stderr (oslo.log's ``use_stderr``; its own fallback is stdout, which is a command's output
+and was never sdn's log), unless the config sets ``use_stderr`` itself.
 
 ``RateLimiter`` keeps a per-key INFO line (one DHCP outcome per MAC) from flooding the log.
 """
@@ -40,6 +41,8 @@ def setup(conf, program: str, debug: bool | None = None, log_file: str | None = 
         conf.set_override("debug", debug)
     if log_file is not None:
         conf.set_override("log_file", log_file)
+    if not (conf.log_file or conf.log_dir):
+        conf.set_default("use_stderr", True)
     levels = [lvl for lvl in conf.default_log_levels
               if lvl.split("=", 1)[0] not in {x.split("=", 1)[0] for x in DEFAULT_LOG_LEVELS}]
     conf.set_default("default_log_levels", levels + DEFAULT_LOG_LEVELS)
