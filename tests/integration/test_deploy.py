@@ -47,15 +47,15 @@ def switch_ssl(tmp_path):
         sh(["ovs-vsctl", "--timeout=10", "del-ssl"], check=False)
 
 
-def _tls_hello(port: int, cert: Path | None, key: Path | None, ca: Path) -> bytes:
-    """Connect over TLS to 127.0.0.1:port (with a client certificate when given) and return the
+def _tls_hello(host: str, port: int, cert: Path | None, key: Path | None, ca: Path) -> bytes:
+    """Connect over TLS to host:port (with a client certificate when given) and return the
     first OpenFlow header the controller sends (its HELLO)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.load_verify_locations(ca)
     if cert:
         ctx.load_cert_chain(cert, key)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+    with socket.create_connection((host, port), timeout=5) as raw:
         with ctx.wrap_socket(raw) as tls:
             # TLS 1.3: the server's verdict on our certificate arrives with its first record
             tls.sendall(struct.pack("!BBHI", 4, OFPT_HELLO, 8, 1))
@@ -63,23 +63,39 @@ def _tls_hello(port: int, cert: Path | None, key: Path | None, ca: Path) -> byte
 
 
 def test_switch_connects_over_tls_and_plain_or_unauthenticated_peers_are_refused(
-        make_sdn_env, switch_ssl):
+        make_sdn_env, netns_host, switch_ssl, tmp_path):
+    """The controller on its own "host" (a network namespace reached over a veth, listening on
+    its address only), OpenFlow over TLS with client certificates; the switch syncs and a real
+    dhclient gets its lease through the TLS channel (packet-in, packet-out)."""
     pki = switch_ssl
-    env = make_sdn_env(config={"ovs": {"ssl_key_file": str(pki["controller-key"]),
+    ctl_host = netns_host()
+    net = f"198.19.{int.from_bytes(os.urandom(1), 'big')}"
+    sh(["ip", "addr", "add", f"{net}.1/30", "dev", ctl_host.port_name])
+    ctl_host.set_ip(f"{net}.2/30")
+    env = make_sdn_env(config={"ovs": {"ofp_listen_host": f"{net}.2",
+                                       "ssl_key_file": str(pki["controller-key"]),
                                        "ssl_cert_file": str(pki["controller-cert"]),
                                        "ssl_ca_cert_file": str(pki["ca-cert"])}})
+    env.cli("network", "create", "--label", "tls", "--fixed_range_v4", "10.36.0.0/24", "--vlan", "210",
+            "--project_id", "p")
+    in_ctl_host = tmp_path / "sdn-on-controller-host"
+    in_ctl_host.write_text(f'#!/bin/sh\nexec ip netns exec {ctl_host.name} {env.sdn_exe} "$@"\n')
+    in_ctl_host.chmod(0o755)
+    env.sdn_exe, sdn_exe = str(in_ctl_host), env.sdn_exe
     env.start_controller(wait_connected=False)
-    wait_for(lambda: env._alive() and env.listening(), 30, what="the controller to listen")
-    wait_for(lambda: "(TLS)" in env.controller_log(), 5, what="the controller to log TLS")
+    env.sdn_exe = sdn_exe
+    wait_for(lambda: env._alive() and ctl_host.run(["ss", "-tlnH", f"( sport = :{env.port} )"]).stdout.strip(),
+             30, what="the controller to listen on the controller host")
+    wait_for(lambda: f"{net}.2:{env.port} (TLS)" in env.controller_log(), 5, what="the controller to log TLS")
 
     # a client with a certificate from the CA gets the controller's OpenFlow HELLO ...
-    header = _tls_hello(env.port, pki["switch-cert"], pki["switch-key"], pki["ca-cert"])
+    header = _tls_hello(f"{net}.2", env.port, pki["switch-cert"], pki["switch-key"], pki["ca-cert"])
     assert header[:2] == bytes([4, OFPT_HELLO])
     # ... one without a certificate is refused in the handshake
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        assert not _tls_hello(env.port, None, None, pki["ca-cert"])
+        assert not _tls_hello(f"{net}.2", env.port, None, None, pki["ca-cert"])
     # ... and a plain TCP OpenFlow client never gets a HELLO
-    with socket.create_connection(("127.0.0.1", env.port), timeout=5) as plain:
+    with socket.create_connection((f"{net}.2", env.port), timeout=5) as plain:
         plain.sendall(struct.pack("!BBHI", 4, OFPT_HELLO, 8, 1))
         try:
             reply = plain.recv(8)
@@ -89,14 +105,17 @@ def test_switch_connects_over_tls_and_plain_or_unauthenticated_peers_are_refused
 
     # the real switch: controller target ssl:, its SSL row from set-ssl; the controller syncs it
     sh(["ovs-vsctl", "--timeout=30", "--", "--id=@c", "create", "Controller",
-        f'target="ssl:127.0.0.1:{env.port}"', "max_backoff=1000", "--", "set", "Bridge",
+        f'target="ssl:{net}.2:{env.port}"', "max_backoff=1000", "--", "set", "Bridge",
         env.bridge.name, "controller=@c"])
     wait_for(lambda: env._alive() and env.pipeline_cookie() is not None, 30,
              what=f"the controller to sync {env.bridge.name} over TLS")
     wait_for(env.bridge.controller_connected, 15, what="OVSDB to report the TLS controller connected")
+    alloc = env.cli_json("instance", "launch", "t1", "--project", "p")
+    guest = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+    env.cli("instance", "plug", "t1", "--bridge", env.bridge.name)
+    assert guest.dhclient(wait=False).wait_bound()["new_ip_address"] == alloc["address"]
     log = env.controller_log()
     assert "Traceback" not in log, log[-3000:]
-
 
 
 def _installed_files_missing(site: Path) -> list[str]:
