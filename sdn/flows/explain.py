@@ -121,7 +121,10 @@ class Step:
 
     @property
     def drops(self) -> bool:
-        return not self.actions or self.actions[-1] == "drop" and not any(
+        """No actions, or only a ``drop`` (a ct() that recirculates also prints ``drop``)."""
+        if not self.actions:
+            return True
+        return self.actions[-1] == "drop" and not any(
             a.startswith(("ct(", "output", "CONTROLLER", "IN_PORT", "group")) for a in self.actions)
 
 
