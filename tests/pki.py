@@ -25,3 +25,18 @@ def make_pki(directory: Path) -> dict[str, Path]:
     _openssl("genrsa", "-out", "other-key.pem", "2048", cwd=directory)
     return {name: directory / f"{name}.pem" for name in
             ("ca-cert", "controller-key", "controller-cert", "switch-key", "switch-cert", "other-key")}
+
+
+def make_ovs_pki(directory: Path) -> dict[str, Path]:
+    """Open vSwitch's own PKI, as docs/DEPLOYMENT.md sets it up: ``ovs-pki init`` (a controller
+    CA and a switch CA under ``directory/pki``), ``req+sign ctl controller`` and ``req+sign sc
+    switch``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = directory / "pki"
+    for args in (["init"], ["req+sign", "ctl", "controller"], ["req+sign", "sc", "switch"]):
+        subprocess.run(["ovs-pki", f"--dir={pki}", *args], cwd=directory, check=True,
+                       capture_output=True, timeout=120)
+    return {"ctl-privkey": directory / "ctl-privkey.pem", "ctl-cert": directory / "ctl-cert.pem",
+            "sc-privkey": directory / "sc-privkey.pem", "sc-cert": directory / "sc-cert.pem",
+            "controllerca": pki / "controllerca" / "cacert.pem",
+            "switchca": pki / "switchca" / "cacert.pem"}

@@ -1,7 +1,7 @@
 """Deployment: OpenFlow over TLS between a real OVS switch and the controller, and
 ``pip install`` of the repository into a fresh venv used from another directory.
 
-TLS: certificates are made with openssl in tmp (tests/pki.py). ``ovs-vsctl set-ssl`` is global to the shared
+TLS: certificates are made with ``ovs-pki`` in tmp as docs/DEPLOYMENT.md does (tests/pki.py). ``ovs-vsctl set-ssl`` is global to the shared
 ovs-vswitchd: the test records the SSL row it found and puts it back (or removes its own).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.netlab import free_tcp_port, sh, wait_for
-from tests.pki import make_pki
+from tests.pki import make_ovs_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFPT_HELLO = 0
@@ -31,14 +31,14 @@ OFPT_HELLO = 0
 @pytest.fixture
 def switch_ssl(tmp_path):
     """ovs-vswitchd's SSL row set to the test's switch key/cert/CA; the previous row restored."""
-    pki = make_pki(tmp_path / "pki")
+    pki = make_ovs_pki(tmp_path / "ovs-pki")
     before = sh(["ovs-vsctl", "--timeout=5", "get-ssl"]).stdout.strip()
     previous = {}
     for line in before.splitlines():
         key, _, value = line.partition(":")
         previous[key.strip()] = value.strip()
-    sh(["ovs-vsctl", "--timeout=10", "set-ssl", str(pki["switch-key"]), str(pki["switch-cert"]),
-        str(pki["ca-cert"])])
+    sh(["ovs-vsctl", "--timeout=10", "set-ssl", str(pki["sc-privkey"]), str(pki["sc-cert"]),
+        str(pki["controllerca"])])
     yield pki
     if previous.get("Private key"):
         sh(["ovs-vsctl", "--timeout=10", "set-ssl", previous["Private key"], previous["Certificate"],
@@ -73,9 +73,9 @@ def test_switch_connects_over_tls_and_plain_or_unauthenticated_peers_are_refused
     sh(["ip", "addr", "add", f"{net}.1/30", "dev", ctl_host.port_name])
     ctl_host.set_ip(f"{net}.2/30")
     env = make_sdn_env(config={"ovs": {"ofp_listen_host": f"{net}.2",
-                                       "ssl_key_file": str(pki["controller-key"]),
-                                       "ssl_cert_file": str(pki["controller-cert"]),
-                                       "ssl_ca_cert_file": str(pki["ca-cert"])}})
+                                       "ssl_key_file": str(pki["ctl-privkey"]),
+                                       "ssl_cert_file": str(pki["ctl-cert"]),
+                                       "ssl_ca_cert_file": str(pki["switchca"])}})
     env.cli("network", "create", "--label", "tls", "--fixed_range_v4", "10.36.0.0/24", "--vlan", "210",
             "--project_id", "p")
     in_ctl_host = tmp_path / "sdn-on-controller-host"
@@ -89,11 +89,14 @@ def test_switch_connects_over_tls_and_plain_or_unauthenticated_peers_are_refused
     wait_for(lambda: f"{net}.2:{env.port} (TLS)" in env.controller_log(), 5, what="the controller to log TLS")
 
     # a client with a certificate from the CA gets the controller's OpenFlow HELLO ...
-    header = _tls_hello(f"{net}.2", env.port, pki["switch-cert"], pki["switch-key"], pki["ca-cert"])
+    header = _tls_hello(f"{net}.2", env.port, pki["sc-cert"], pki["sc-privkey"], pki["controllerca"])
     assert header[:2] == bytes([4, OFPT_HELLO])
     # ... one without a certificate is refused in the handshake
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        assert not _tls_hello(f"{net}.2", env.port, None, None, pki["ca-cert"])
+        assert not _tls_hello(f"{net}.2", env.port, None, None, pki["controllerca"])
+    # ... and so is one whose certificate the switch CA did not sign (the controller's own)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        assert not _tls_hello(f"{net}.2", env.port, pki["ctl-cert"], pki["ctl-privkey"], pki["controllerca"])
     # ... and a plain TCP OpenFlow client never gets a HELLO
     with socket.create_connection((f"{net}.2", env.port), timeout=5) as plain:
         plain.sendall(struct.pack("!BBHI", 4, OFPT_HELLO, 8, 1))
