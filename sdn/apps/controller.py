@@ -334,6 +334,8 @@ def main(conf) -> int:
     LOG.info("listening for OpenFlow 1.3 on %s:%d%s", conf.ovs.ofp_listen_host,
              conf.ovs.ofp_tcp_listen_port, " (TLS)" if ofp_tls.tls_enabled(conf.ovs) else "")
     fastdp.install(deps.packet_in.fast)
+    if ofp_tls.tls_enabled(conf.ovs):
+        ofp_tls.install()
     from sdn import metrics as sdn_metrics
 
     sdn_metrics.serve(metrics, conf.metrics.listen, conf.metrics.controller_port, "controller")

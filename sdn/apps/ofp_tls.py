@@ -6,13 +6,29 @@ every switch for a certificate signed by ``ca_certs`` when that is set (``CERT_R
 Its ``ciphers`` option is passed to ``SSLContext.wrap_socket``, which has no such argument,
 so it is not offered here. The files are checked at start so a wrong path or a key that does
 not match its certificate is one clear error, not a refusal at every switch's handshake.
+
+os-ken reads a datapath's socket on one thread and writes it on another; an OpenSSL connection
+must not be used by two threads at once (seen: the connection dropped with "EOF occurred in
+violation of protocol" after a few hundred echo replies). ``single_owner_tls`` therefore gives
+os-ken a plain socket and moves bytes between it and the TLS socket on one thread of its own.
 """
 
 from __future__ import annotations
 
+import logging
+import select
+import socket
 import ssl
+import threading
+from collections.abc import Callable
 
 from sdn import exception
+
+LOG = logging.getLogger("sdn.ofp_tls")
+
+#: bytes read or written per call, and the most buffered per direction before reading pauses
+_CHUNK = 1 << 16
+_BUFFER_LIMIT = 1 << 22
 
 
 def tls_enabled(ovs_conf) -> bool:
@@ -78,3 +94,93 @@ def osken_listen_args(ovs_conf) -> list[str]:
     if ovs_conf.ssl_ca_cert_file:
         args += ["--ca-certs", ovs_conf.ssl_ca_cert_file]
     return args
+
+
+class _PlainEnd(socket.socket):
+    """os-ken's side of the socket pair: it sets TCP_NODELAY on a datapath's socket, which a
+    Unix socket refuses; the TLS socket's TCP connection has it instead."""
+
+    def setsockopt(self, level, option, value, *args):
+        if level == socket.IPPROTO_TCP:
+            return None
+        return super().setsockopt(level, option, value, *args)
+
+
+def single_owner_tls(handle: Callable[[socket.socket, tuple], None]) -> Callable[[ssl.SSLSocket, tuple], None]:
+    """Wrap os-ken's connection factory ``handle(sock, address)`` so that it gets a plain socket
+    while one pump thread owns the TLS socket (see the module docstring)."""
+
+    def factory(tls_sock: ssl.SSLSocket, address: tuple) -> None:
+        tls_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        left, right = socket.socketpair()
+        inner = _PlainEnd(fileno=left.detach())
+        pump = threading.Thread(target=_pump, args=(tls_sock, right, address), daemon=True,
+                                name=f"ofp-tls-{address[0]}:{address[1]}")
+        pump.start()
+        try:
+            handle(inner, address)
+        finally:
+            inner.close()
+
+    return factory
+
+
+def _pump(tls: ssl.SSLSocket, plain: socket.socket, address: tuple) -> None:
+    """Copy bytes both ways until either side closes, then close both. Decrypted bytes that
+    OpenSSL already holds (``pending()``) are read without waiting for the socket."""
+    tls.setblocking(False)
+    plain.setblocking(False)
+    to_tls, to_plain = bytearray(), bytearray()
+    tls_open = plain_open = True
+    try:
+        while (tls_open or to_plain) and (plain_open or to_tls):
+            readers = []
+            if tls_open and len(to_plain) < _BUFFER_LIMIT:
+                readers.append(tls)
+            if plain_open and len(to_tls) < _BUFFER_LIMIT:
+                readers.append(plain)
+            writers = ([tls] if to_tls else []) + ([plain] if to_plain else [])
+            ready = tls in readers and tls.pending() > 0
+            readable, writable, _ = select.select(readers, writers, [], 0 if ready else 5.0)
+            if tls in readers and (ready or tls in readable):
+                try:
+                    data = tls.recv(_CHUNK)
+                    if data:
+                        to_plain += data
+                    else:
+                        tls_open = False
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+            if plain in readable:
+                data = plain.recv(_CHUNK)
+                if data:
+                    to_tls += data
+                else:
+                    plain_open = False
+            if tls in writable and to_tls:
+                try:
+                    # a retried write passes at least the bytes of the one that wanted a retry
+                    del to_tls[:tls.send(bytes(to_tls[:_CHUNK]))]
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+            if plain in writable and to_plain:
+                del to_plain[:plain.send(to_plain[:_CHUNK])]
+    except (OSError, ValueError) as err:      # ssl.SSLError is an OSError: reset, bad record
+        LOG.info("OpenFlow TLS connection from %s:%s closed: %s", address[0], address[1], err)
+    finally:
+        for sock in (plain, tls):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def install() -> None:
+    """Route every TLS connection os-ken accepts through ``single_owner_tls``. Call after
+    ``fastdp.install`` (it wraps whatever connection factory is in place) and before os-ken
+    starts listening."""
+    from os_ken.base import app_manager  # noqa: F401  (os-ken's import order: app_manager first)
+    from os_ken.controller import controller as osken_controller
+
+    osken_controller.datapath_connection_factory = single_owner_tls(
+        osken_controller.datapath_connection_factory)
