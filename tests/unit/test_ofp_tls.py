@@ -4,6 +4,11 @@ checks that turn a wrong key/certificate/CA into one clear error.
 
 from __future__ import annotations
 
+import os
+import queue
+import socket
+import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +107,77 @@ def test_controller_command_refuses_half_tls_in_one_line(tmp_path, pki, capsys):
     err = capsys.readouterr().err
     assert rc != 0
     assert err.strip().splitlines() == [err.strip()] and "ssl_cert_file is not set" in err
+
+
+def _tls_server(pki, handler):
+    """A TLS listener on 127.0.0.1 whose one accepted connection goes through
+    ``single_owner_tls(handler)`` on a thread; returns (port, thread)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["cert"], pki["key"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    factory = ofp_tls.single_owner_tls(handler)
+
+    def accept():
+        with listener:
+            raw, address = listener.accept()
+            factory(ctx.wrap_socket(raw, server_side=True), address)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+def _tls_client(pki, port):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(pki["ca-cert"])
+    return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+
+def test_single_owner_pump_carries_both_ways_to_a_two_thread_reader_writer(pki):
+    """The handler gets a plain socket and uses it as os-ken does (TCP_NODELAY, one thread
+    reading, another writing); 4 MiB echoed through TLS arrive intact, and the client's close
+    reaches the handler as end of file."""
+
+    seen = {}
+
+    def echo_handler(sock, address):
+        seen["plain"] = not isinstance(sock, ssl.SSLSocket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        chunks = queue.Queue()
+
+        def writer():
+            while (data := chunks.get()) is not None:
+                sock.sendall(data)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        while data := sock.recv(65536):
+            chunks.put(data)
+        chunks.put(None)
+        thread.join()
+        seen["eof"] = True
+
+    port, server = _tls_server(pki, echo_handler)
+    blob = os.urandom(4 << 20)
+    echoed = bytearray()
+    with _tls_client(pki, port) as client:
+        for off in range(0, len(blob), 1 << 16):
+            client.sendall(blob[off:off + (1 << 16)])
+            while len(echoed) < off + min(1 << 16, len(blob) - off):
+                echoed += client.recv(1 << 16)
+    server.join(timeout=10)
+    assert bytes(echoed) == blob
+    assert seen == {"plain": True, "eof": True}
+
+
+def test_single_owner_pump_closes_tls_when_the_handler_returns(pki):
+    port, server = _tls_server(pki, lambda sock, address: sock.sendall(b"bye"))
+    with _tls_client(pki, port) as client:
+        received = b""
+        try:
+            while chunk := client.recv(100):
+                received += chunk
+        except (ConnectionError, OSError):
+            pass
+    server.join(timeout=10)
+    assert received == b"bye"
