@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     cats.add_parser("controller", help="run the OpenFlow controller")
     cats.add_parser("metadata", help="run the metadata service on metadata_host:metadata_port "
                     "(network_data.json, EC2 meta-data) in the foreground")
+    cats.add_parser("api", help="run the REST API on [api] listen:port (nova's os-networks, "
+                    "os-floating-ips, os-security-groups; docs/API.md) in the foreground")
     agent = cats.add_parser("agent", help="run the Linux backend's host agent (network_driver = linux)")
     agent.add_argument("--once", action="store_true", help="reconcile once and exit")
     bridge = cats.add_parser("dhcp-bridge", help="dnsmasq --dhcp-script: add|old|del MAC IP [HOSTNAME], init")
@@ -217,7 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("mac", nargs="?")
     bridge.add_argument("ip", nargs="?")
     bridge.add_argument("hostname", nargs="?")
+    _trace_parsers(cats)
     return parser
+
+
+def _trace_parsers(cats) -> None:
+    """``sdn trace`` and ``sdn flows`` (sdn/tracecmd.py)."""
+    from sdn import tracecmd
+
+    tracecmd.add_parsers(cats)
 
 
 def _rule_options(parser, provider: bool = False) -> None:
@@ -324,9 +334,6 @@ def cmd_db(args, conf) -> None:
 def cmd_network(args, conf) -> None:
     mgr = _manager(conf)
     if args.action == "create":
-        if not mgr.vlan_mode and (args.vlan is not None or args.vpn is not None):
-            raise exception.Invalid(f"--vlan/--vpn apply only to network_manager=vlan, "
-                                    f"not {conf.network_manager}")
         nets = mgr.create_networks(
             label=args.label, cidr=args.fixed_range_v4, num_networks=args.num_networks,
             network_size=args.network_size, vlan_start=args.vlan, vpn_start=args.vpn, bridge=args.bridge,
@@ -447,6 +454,12 @@ def cmd_controller(args, conf) -> int | None:
 
 def cmd_metadata(args, conf) -> int:
     from sdn.metadata import server
+
+    return server.main(conf)
+
+
+def cmd_api(args, conf) -> int:
+    from sdn.api import server
 
     return server.main(conf)
 
@@ -628,10 +641,23 @@ def cmd_dhcp(args, conf) -> None:
            ["network", "IP address", "MAC address", "instance", "lease ends (UTC)"])
 
 
+def cmd_trace(args, conf) -> int:
+    from sdn import tracecmd
+
+    return tracecmd.cmd_trace(args, conf)
+
+
+def cmd_flows(args, conf) -> int:
+    from sdn import tracecmd
+
+    return tracecmd.cmd_flows(args, conf)
+
+
 COMMANDS = {"dhcp": cmd_dhcp, "db": cmd_db, "network": cmd_network, "fixed": cmd_fixed, "instance": cmd_instance,
             "floating": cmd_floating, "vpn": cmd_vpn, "controller": cmd_controller, "agent": cmd_agent,
             "dhcp-bridge": cmd_dhcp_bridge, "secgroup": cmd_secgroup, "metadata": cmd_metadata,
-            "secgroup-rule": cmd_secgroup_rule, "provider-rule": cmd_provider_rule}
+            "secgroup-rule": cmd_secgroup_rule, "provider-rule": cmd_provider_rule, "api": cmd_api}
+COMMANDS.update({"trace": cmd_trace, "flows": cmd_flows})
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -63,7 +63,8 @@ default_opts = [
                "dnsmasq; run 'sdn agent' on each host)."),
     cfg.StrOpt("my_ip", default="127.0.0.1", help="This host's IP address; default of vpn_ip, "
                "routing_source_ip and metadata_host."),
-    cfg.StrOpt("host", default=socket.gethostname(), help="Name of this host."),
+    cfg.StrOpt("host", default=socket.gethostname(), sample_default="<this host's name>",
+               help="Name of this host."),
     cfg.Opt("fixed_range", type=_cidr_type(4), default="10.0.0.0/8", help="Fixed range for instances."),
     cfg.IntOpt("num_networks", default=1, min=1, help="Number of networks to create."),
     cfg.IntOpt("network_size", default=256, min=4, help="Number of addresses in each network."),
@@ -163,6 +164,35 @@ ovs_opts = [
                     "relay speaks for many clients."),
 ]
 
+#: OpenFlow over TLS (the switch side: ``ovs-vsctl set-ssl`` and an ``ssl:HOST:PORT`` controller
+#: target). Neutron's [OVS] names; os-ken's ctl_privkey, ctl_cert and ca_certs underneath.
+ovs_ssl_opts = [
+    cfg.StrOpt("ssl_key_file", help="PEM private key of the controller's OpenFlow TLS "
+               "certificate. With ssl_cert_file set, the controller accepts only TLS on "
+               "ofp_listen_host:ofp_tcp_listen_port (switches connect to ssl:HOST:PORT)."),
+    cfg.StrOpt("ssl_cert_file", help="PEM certificate the controller presents to switches "
+               "(needs ssl_key_file)."),
+    cfg.StrOpt("ssl_ca_cert_file", help="PEM CA certificate(s) that switch certificates must "
+               "be signed by; a switch without one is refused. Unset: any switch may connect "
+               "(the connection is encrypted but switches are not authenticated)."),
+]
+ovs_opts += ovs_ssl_opts
+
+#: ``sdn api`` (the REST API, docs/API.md): where it listens, who may call it, TLS.
+api_opts = [
+    cfg.HostAddressOpt("listen", default="127.0.0.1",
+                       help="Address the REST API listens on (nova's osapi_compute_listen). "
+                       "Keep 127.0.0.1 unless cert_file is set or a TLS proxy is in front."),
+    cfg.Opt("port", type=_port, default=8774, help="TCP port of the REST API (nova's "
+            "osapi_compute_listen_port)."),
+    cfg.StrOpt("token_file", default="/etc/sdn/api-tokens",
+               help="Bearer tokens, one 'TOKEN SCOPE' per line (SCOPE: admin or "
+               "project:<id>; '#' starts a comment). Must not be readable by group or others."),
+    cfg.StrOpt("cert_file", help="PEM certificate of the API's TLS listener; with key_file "
+               "set the API speaks only HTTPS."),
+    cfg.StrOpt("key_file", help="PEM private key of cert_file."),
+]
+
 #: Prometheus endpoints (sdn.metrics, docs/OPERATIONS.md): GET http://listen:port/metrics
 metrics_opts = [
     cfg.HostAddressOpt("listen", default="127.0.0.1",
@@ -174,7 +204,7 @@ metrics_opts = [
                help="Port of the Linux agent's metrics (0: not served)."),
 ]
 
-GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts,
+GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts, "api": api_opts,
           "metrics": metrics_opts}
 
 
@@ -184,6 +214,7 @@ def make_conf() -> cfg.ConfigOpts:
     conf.register_opts(default_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(ovs_opts, group="ovs")
+    conf.register_opts(api_opts, group="api")
     conf.register_opts(metrics_opts, group="metrics")
     from sdn import log   # oslo.log's debug, log_file, use_syslog, ... in [DEFAULT]
 
@@ -267,3 +298,10 @@ def load(argv: list[str] | None = None, config_files: list[str] | None = None,
         raise exception.ConfigError(f"cannot parse config file {err.config_file}: {err.msg}") from None
     validate(conf)
     return conf
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Every sdn option by group, for oslo-config-generator (entry point ``oslo.config.opts``:
+    ``sdn``; etc/oslo-config-generator/sdn.conf). Read from ``GROUPS``, so a group added there
+    appears in the sample config without further wiring."""
+    return [(group, list(opts)) for group, opts in GROUPS.items()]
