@@ -90,7 +90,7 @@ MODES = (SLAAC, DHCPV6_STATELESS, DHCPV6_STATEFUL)
 ALL_NODES = "ff02::1"
 ALL_NODES_MAC = "33:33:00:00:00:01"
 UNSPECIFIED = bytes(16)
-_SOLICITED_NODE_PREFIX = bytes.fromhex("ff020000000000000000000001ff")
+_SOLICITED_NODE_PREFIX = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
 
 _ETH = struct.Struct("!6s6sH")
 _IPV6 = struct.Struct("!IHBB16s16s")
