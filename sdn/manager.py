@@ -118,7 +118,9 @@ class NetworkManager:
                     cidr=str(subnet), netmask=str(subnet.netmask), gateway=str(subnet[1]),
                     broadcast=str(subnet.broadcast), dhcp_start=str(subnet[2]), dns1=dns1, dns2=dns2,
                     bridge=bridge, bridge_interface=bridge_interface, project_id=project_id,
-                    host=conf.host, cidr_v6=str(subnet_v6) if subnet_v6 else None)
+                    host=conf.host)
+                if subnet_v6 is not None:
+                    _set_v6(net, subnet_v6, conf.gateway_v6, conf.ipv6_address_mode, conf.dns_v6)
                 if self.vlan_mode:
                     net.vlan = vlan_start + index
                     net.bridge = f"br{net.vlan}"
@@ -707,17 +709,30 @@ def _instance_by_name(session: Session, name: str) -> models.Instance:
     return inst
 
 
+def _set_v6(net: models.Network, subnet: netaddr.IPNetwork, gateway: str | None, mode: str,
+            dns: list[str]) -> None:
+    """Give ``net`` the /64 ``subnet``: gateway ``gateway`` or the prefix's ::1 (nova's
+    default), prefix length, both Neutron modes ``mode`` (sdn is always the router), DNS."""
+    net.cidr_v6 = str(subnet)
+    net.gateway_v6 = gateway or str(subnet[1])
+    net.netmask_v6 = str(subnet.prefixlen)
+    net.ipv6_ra_mode = net.ipv6_address_mode = mode
+    net.dns_v6 = ",".join(dns) or None
+
+
 def _iso(when: datetime.datetime | None) -> str | None:
     return when.isoformat(sep=" ", timespec="seconds") if when else None
 
 
 def network_dict(net: models.Network) -> dict:
     """{id, label, cidr, netmask, gateway, broadcast, dhcp_start, dns1, dns2, vlan, bridge,
-    bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address}."""
+    bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address,
+    cidr_v6, gateway_v6, ipv6_ra_mode, ipv6_address_mode, dns_v6 (list)}; the IPv6 keys are
+    None ([] for dns_v6) on a network without a /64."""
     keys = ("id", "label", "cidr", "netmask", "gateway", "broadcast", "dhcp_start", "dns1", "dns2", "vlan",
             "bridge", "bridge_interface", "project_id", "vpn_public_address", "vpn_public_port",
-            "vpn_private_address")
-    return {k: getattr(net, k) for k in keys}
+            "vpn_private_address", "cidr_v6", "gateway_v6", "ipv6_ra_mode", "ipv6_address_mode")
+    return {**{k: getattr(net, k) for k in keys}, "dns_v6": list(db.split_list(net.dns_v6))}
 
 
 _VIF_KEYS = ("network_id", "cidr", "vlan", "vif_uuid", "mac", "address", "port_name", "gateway")

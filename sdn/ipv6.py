@@ -1,0 +1,101 @@
+"""Instances' IPv6 addresses, derived from their MAC (never allocated), as nova-network did.
+
+nova's two ``ipv6_backend`` algorithms, bit for bit (nova/ipv6/rfc2462.py and
+nova/ipv6/account_identifier.py, removed with nova-network in Ussuri):
+
+* ``rfc2462``: prefix | modified EUI-64 of the MAC (RFC 4291 App. A): the address a guest's
+  kernel forms itself by SLAAC (RFC 4862), so SLAAC networks need nothing else.
+* ``account_identifier``: prefix | (first 32 bits of SHA-1(project id) << 32) ^ 0xff000000 ^
+  the MAC's last 24 bits: the project is readable from the address; a kernel cannot form it,
+  so only DHCPv6 (stateful) hands it out.
+
+Pure functions on strings; a bad MAC or prefix raises ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import netaddr
+
+BACKENDS = ("rfc2462", "account_identifier")
+#: link-local prefix (RFC 4291 §2.5.6)
+LINK_LOCAL_PREFIX = "fe80::/64"
+
+
+def _mac(mac: str) -> netaddr.EUI:
+    try:
+        eui = netaddr.EUI(str(mac))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        eui = None
+    if eui is None or eui.version != 48:
+        raise ValueError(f"Bad mac for to_global_ipv6: {mac} (expected a 48-bit MAC such as "
+                         "fa:16:3e:00:00:01)")
+    return eui
+
+
+def _prefix_ip(prefix: str) -> netaddr.IPAddress:
+    try:
+        net = netaddr.IPNetwork(str(prefix))
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        net = None
+    if net is None or net.version != 6:
+        raise ValueError(f"Bad prefix for to_global_ipv6: {prefix} (expected an IPv6 prefix such "
+                         "as fd00:0:0:1::/64)")
+    return net.ip
+
+
+def _rfc2462(prefix: str, mac: str, project_id: str | None) -> str:
+    interface_id = netaddr.IPAddress(_mac(mac).modified_eui64().value, 6)
+    return str(interface_id | _prefix_ip(prefix))
+
+
+def _account_identifier(prefix: str, mac: str, project_id: str | None) -> str:
+    if project_id is None:
+        raise ValueError("account_identifier addresses need the instance's project id")
+    digest = hashlib.sha1(str(project_id).encode("utf-8")).hexdigest()
+    project_hash = netaddr.IPAddress(int(digest[:8], 16) << 32, 6)
+    static_num = netaddr.IPAddress(0xFF << 24, 6)
+    mac_addr = netaddr.IPAddress(_mac(mac).value & 0xFFFFFF, 6)
+    return str(project_hash ^ static_num ^ mac_addr | _prefix_ip(prefix))
+
+
+_TO_GLOBAL = {"rfc2462": _rfc2462, "account_identifier": _account_identifier}
+
+
+def to_global(prefix: str, mac: str, project_id: str | None, backend: str = "rfc2462") -> str:
+    """The global IPv6 address of the VIF with ``mac`` on ``prefix`` (a /64 such as
+    "fd00:0:0:1::/64"; host bits of the prefix are kept, as nova did), compressed text.
+
+    ``backend`` is config ipv6_backend (``BACKENDS``); ``project_id`` is used by
+    account_identifier only. Raises ValueError for a bad MAC, prefix or backend.
+    """
+    try:
+        derive = _TO_GLOBAL[backend]
+    except KeyError:
+        raise ValueError(f"unknown ipv6_backend {backend!r}; allowed values are "
+                         f"{', '.join(BACKENDS)}") from None
+    return derive(prefix, mac, project_id)
+
+
+def to_mac(address: str, backend: str = "rfc2462") -> str:
+    """The MAC an address was derived from (nova's ``to_mac``): rfc2462 inverts the modified
+    EUI-64; account_identifier keeps only the MAC's last 24 bits, and nova assumed the
+    ``02:16:3e`` OUI for the rest. Raises ValueError for a bad address or backend."""
+    try:
+        addr = netaddr.IPAddress(str(address), 6)
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ValueError(f"bad IPv6 address {address!r}") from None
+    if backend == "rfc2462":
+        words = netaddr.EUI(int(addr) & 0xFFFFFFFFFFFFFFFF ^ (0x02 << 56), version=64).words
+        return ":".join(f"{w:02x}" for w in words[0:3] + words[5:8])
+    if backend == "account_identifier":
+        low = int(addr) & 0xFFFFFF
+        return ":".join(["02", "16", "3e"] + [f"{(low >> s) & 0xFF:02x}" for s in (16, 8, 0)])
+    raise ValueError(f"unknown ipv6_backend {backend!r}; allowed values are {', '.join(BACKENDS)}")
+
+
+def link_local(mac: str) -> str:
+    """fe80::/64 + the modified EUI-64 of ``mac`` (RFC 4291 App. A, RFC 4862 §5.3): the
+    link-local address a kernel forms on an interface with that MAC. Raises ValueError."""
+    return _rfc2462(LINK_LOCAL_PREFIX, mac, None)
