@@ -1,4 +1,4 @@
-"""Router advertisements, RS -> RA and NS -> NA (sdn.dhcp.ra) against Scapy, the protocol definition.
+"""Router advertisements, RS -> RA and NS -> NA (sdn.dhcp.ra); Scapy is the validator.
 
 Every frame the codec builds is parsed by Scapy and rebuilt with Scapy's own checksum and
 lengths (same bytes or the test fails); solicitations are crafted with Scapy as the Linux kernel
