@@ -29,6 +29,7 @@ Never an exception out: undecodable or unwanted input is ``None`` with its reaso
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -219,18 +220,15 @@ class _Link(NamedTuple):
     config: bytes                  # encoded DNS (23) and domain list (24) options
 
 
-def _link(net: NetworkView, vif: VifView, server_duid: bytes | None) -> _Link:
-    address = socket.inet_pton(socket.AF_INET6, vif.addresses_v6[0]) if vif.addresses_v6 else None
-    config = b""
-    if net.dns_v6:
-        config += option(OPT_DNS_SERVERS, b"".join(socket.inet_pton(socket.AF_INET6, a)
-                                                   for a in net.dns_v6))
-    domains = ra.domain_names(net.domain) if net.domain else b""
-    if domains:
-        config += option(OPT_DOMAIN_LIST, domains)
+@functools.lru_cache(maxsize=4096)
+def _network(net: NetworkView) -> tuple[ra.Gateway, int, bytes, bytes]:
+    """(gateway, address lifetime, default server DUID, DNS and domain options) of ``net``."""
+    gw = ra.gateway(net)
+    config = option(OPT_DNS_SERVERS, gw.dns) if gw.dns else b""
+    if gw.domains:
+        config += option(OPT_DOMAIN_LIST, gw.domains)
     lifetime = max(MIN_LIFETIME, min(int(net.lease_time), 0xFFFFFFFE))
-    return _Link(ra.address_mode(net), ipaddress.IPv6Network(net.cidr_v6, strict=False), address,
-                 lifetime, server_duid or duid_ll(net.gateway_mac), config)
+    return gw, lifetime, duid_ll(net.gateway_mac), config
 
 
 def _ia_na(iaid: bytes, body: bytes, t1: int = 0, t2: int = 0) -> bytes:
@@ -306,20 +304,16 @@ def _answer(frame: bytes, net: NetworkView, vif: VifView,
         return None, f"ignored: {name}: network {net.label!r} has no IPv6 prefix for this VIF"
     if packet.src == ra.UNSPECIFIED or packet.src[0] == 0xFF:
         return None, f"ignored: {name} from source {socket.inet_ntop(socket.AF_INET6, packet.src)}"
-    ours = {ALL_DHCP_RELAY_AGENTS_AND_SERVERS, ALL_DHCP_SERVERS,
-            socket.inet_pton(socket.AF_INET6, net.gateway_lla)}
-    if net.gateway_v6:
-        ours.add(socket.inet_pton(socket.AF_INET6, net.gateway_v6))
-    if packet.dst not in ours:
+    gw, lifetime, default_duid, config = _network(net)
+    if packet.dst not in (ALL_DHCP_RELAY_AGENTS_AND_SERVERS, ALL_DHCP_SERVERS, gw.lla, gw.address):
         return None, f"ignored: {name} to {socket.inet_ntop(socket.AF_INET6, packet.dst)}, not us"
-    link = _link(net, vif, server_duid)
+    address = socket.inet_pton(socket.AF_INET6, vif.addresses_v6[0]) if vif.addresses_v6 else None
+    link = _Link(gw.mode, gw.prefix, address, lifetime, server_duid or default_duid, config)
     body, reason = _decide(message, ias, link, name)
     if body is None:
         return None, reason
-    gateway_mac = mac_bytes(net.gateway_mac)
     udp = _UDP.pack(SERVER_PORT, CLIENT_PORT, 8 + len(body), 0) + body
-    return ra.ipv6_frame(eth_dst=packet.eth_src, eth_src=gateway_mac,
-                         src=socket.inet_pton(socket.AF_INET6, net.gateway_lla), dst=packet.src,
+    return ra.ipv6_frame(eth_dst=packet.eth_src, eth_src=gw.mac, src=gw.lla, dst=packet.src,
                          next_header=ra.IPPROTO_UDP, message=udp, checksum_at=6), reason
 
 

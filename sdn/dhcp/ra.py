@@ -27,6 +27,7 @@ Scapy is the validator in the tests (tests/unit/test_ra.py), never used here: ~1
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import struct
@@ -90,6 +91,8 @@ MODES = (SLAAC, DHCPV6_STATELESS, DHCPV6_STATEFUL)
 ALL_NODES = "ff02::1"
 ALL_NODES_MAC = "33:33:00:00:00:01"
 UNSPECIFIED = bytes(16)
+_ALL_NODES = socket.inet_pton(socket.AF_INET6, ALL_NODES)
+_ALL_NODES_MAC = bytes.fromhex(ALL_NODES_MAC.replace(":", ""))
 _SOLICITED_NODE_PREFIX = bytes.fromhex("ff02" + "00" * 9 + "01ff")  # ff02::1:ff00:0/104
 
 _ETH = struct.Struct("!6s6sH")
@@ -224,29 +227,50 @@ def _nd_option(kind: int, body: bytes) -> bytes:
     return bytes((kind, size // 8)) + body + bytes(size - 2 - len(body))
 
 
-def _ra_message(net: NetworkView) -> bytes:
-    """The ICMPv6 router advertisement (checksum zero) of ``net`` (RFC 4861 §4.2)."""
+class Gateway(NamedTuple):
+    """A network's IPv6 router in wire form (16-byte addresses, 6-byte MAC), computed once per
+    NetworkView by :func:`gateway`."""
+
+    mac: bytes                    #: gateway_mac
+    lla: bytes                    #: gateway_lla
+    address: bytes | None         #: gateway_v6
+    prefix: ipaddress.IPv6Network  #: cidr_v6
+    mode: str                     #: address_mode(net)
+    dns: bytes                    #: dns_v6, packed back to back
+    domains: bytes                #: domain in RFC 1035 wire form (b"" when none or unusable)
+    ra_message: bytes             #: the ICMPv6 router advertisement, checksum field zero
+
+
+@functools.lru_cache(maxsize=4096)
+def gateway(net: NetworkView) -> Gateway:
+    """``net``'s gateway in wire form, its router advertisement message built (RFC 4861 §4.2).
+    Cached per NetworkView (frozen: a changed network is another key). Raises ValueError when
+    ``net`` has no ``cidr_v6`` or an address or MAC does not parse (controller data)."""
+    if not net.cidr_v6:
+        raise ValueError(f"network {net.label!r} has no IPv6 prefix (cidr_v6)")
     prefix = ipaddress.IPv6Network(net.cidr_v6, strict=False)
     mode = address_mode(net)
+    mac = mac_bytes(net.gateway_mac)
+    dns = b"".join(_packed(a) for a in net.dns_v6)
+    domains = domain_names(net.domain) if net.domain else b""
     flags = {SLAAC: 0, DHCPV6_STATELESS: RA_OTHER,
              DHCPV6_STATEFUL: RA_MANAGED | RA_OTHER}.get(mode, 0)
     prefix_flags = PREFIX_ON_LINK | (0 if mode == DHCPV6_STATEFUL else PREFIX_AUTONOMOUS)
     lifetime = router_lifetime(net)
-    options = [_nd_option(OPT_SOURCE_LLADDR, mac_bytes(net.gateway_mac))]
+    options = [_nd_option(OPT_SOURCE_LLADDR, mac)]
     if net.mtu and IPV6_MIN_MTU <= int(net.mtu) <= 0xFFFFFFFF:
         options.append(_nd_option(OPT_MTU, b"\0\0" + _U32.pack(int(net.mtu))))
     options.append(_nd_option(OPT_PREFIX_INFORMATION, struct.pack(
         "!BBII4x16s", prefix.prefixlen, prefix_flags, PREFIX_VALID_LIFETIME,
         PREFIX_PREFERRED_LIFETIME, prefix.network_address.packed)))
-    servers = b"".join(_packed(a) for a in net.dns_v6)
-    if servers:
-        options.append(_nd_option(OPT_RDNSS, b"\0\0" + _U32.pack(lifetime) + servers))
-    domains = domain_names(net.domain) if net.domain else b""
+    if dns:
+        options.append(_nd_option(OPT_RDNSS, b"\0\0" + _U32.pack(lifetime) + dns))
     if domains:
         options.append(_nd_option(OPT_DNSSL, b"\0\0" + _U32.pack(lifetime) + domains))
     head = struct.pack("!BBHBBHII", ROUTER_ADVERTISEMENT, 0, 0, CUR_HOP_LIMIT, flags, lifetime,
                        0, 0)  # reachable time and retrans timer 0: unspecified by this router
-    return head + b"".join(options)
+    return Gateway(mac, _packed(net.gateway_lla), _packed(net.gateway_v6), prefix, mode, dns,
+                   domains, head + b"".join(options))
 
 
 def router_advertisement(net: NetworkView, *, dst_mac: str = ALL_NODES_MAC,
@@ -257,11 +281,12 @@ def router_advertisement(net: NetworkView, *, dst_mac: str = ALL_NODES_MAC,
 
     Raises ValueError when ``net`` has no ``cidr_v6`` or an unusable address (controller data,
     never a guest's); :func:`answer` never raises."""
-    if not net.cidr_v6:
-        raise ValueError(f"network {net.label!r} has no IPv6 prefix (cidr_v6)")
-    return ipv6_frame(eth_dst=mac_bytes(dst_mac), eth_src=mac_bytes(net.gateway_mac),
-                      src=_packed(net.gateway_lla), dst=_packed(dst_ip),
-                      next_header=IPPROTO_ICMPV6, message=_ra_message(net), checksum_at=2)
+    return _ra_frame(gateway(net), mac_bytes(dst_mac), _packed(dst_ip))
+
+
+def _ra_frame(gw: Gateway, eth_dst: bytes, dst: bytes) -> bytes:
+    return ipv6_frame(eth_dst=eth_dst, eth_src=gw.mac, src=gw.lla, dst=dst,
+                      next_header=IPPROTO_ICMPV6, message=gw.ra_message, checksum_at=2)
 
 
 # ------------------------------------------------------------------------------ ND decoding
@@ -315,11 +340,10 @@ def answer(frame: bytes, net: NetworkView) -> bytes | None:
         if not net.cidr_v6 or _valid_nd(packet, ROUTER_SOLICITATION, 8) is None:
             return None
         if packet.src == UNSPECIFIED:
-            return router_advertisement(net)
+            return _ra_frame(gateway(net), _ALL_NODES_MAC, _ALL_NODES)
         if packet.src[0] == 0xFF:
             return None  # a multicast source is invalid (RFC 4291 §2.7)
-        return router_advertisement(net, dst_mac=packet.eth_src.hex(":"),
-                                    dst_ip=socket.inet_ntop(socket.AF_INET6, packet.src))
+        return _ra_frame(gateway(net), packet.eth_src, packet.src)
     except Exception:  # controller data we cannot encode must cost one answer, not the caller
         return None
 
@@ -336,21 +360,20 @@ def neighbor_advertisement(frame: bytes, net: NetworkView) -> bytes | None:
         if not net.cidr_v6 or _valid_nd(packet, NEIGHBOR_SOLICITATION, 24) is None:
             return None
         target = packet.payload[8:24]
-        if target not in (_packed(net.gateway_v6), _packed(net.gateway_lla)):
+        gw = gateway(net)
+        if target != gw.lla and target != gw.address:
             return None
         if packet.src == UNSPECIFIED:
             if packet.dst != solicited_node(target):
                 return None  # §7.1.1: DAD is sent to the target's solicited-node address
-            dst, flags = _packed(ALL_NODES), NA_ROUTER | NA_OVERRIDE
-            eth_dst = mac_bytes(ALL_NODES_MAC)
+            dst, eth_dst, flags = _ALL_NODES, _ALL_NODES_MAC, NA_ROUTER | NA_OVERRIDE
         elif packet.src[0] == 0xFF:
             return None
         else:
             dst, eth_dst, flags = packet.src, packet.eth_src, NA_ROUTER | NA_SOLICITED | NA_OVERRIDE
-        gateway_mac = mac_bytes(net.gateway_mac)
         message = (struct.pack("!BBHB3x16s", NEIGHBOR_ADVERTISEMENT, 0, 0, flags, target)
-                   + _nd_option(OPT_TARGET_LLADDR, gateway_mac))
-        return ipv6_frame(eth_dst=eth_dst, eth_src=gateway_mac, src=target, dst=dst,
+                   + _nd_option(OPT_TARGET_LLADDR, gw.mac))
+        return ipv6_frame(eth_dst=eth_dst, eth_src=gw.mac, src=target, dst=dst,
                           next_header=IPPROTO_ICMPV6, message=message, checksum_at=2)
     except Exception:  # controller data we cannot encode must cost one answer, not the caller
         return None
