@@ -13,7 +13,7 @@ import socket
 import netaddr
 from oslo_config import cfg, types
 
-from sdn import exception
+from sdn import exception, ipv6
 
 DEFAULT_CONFIG_FILE = "/etc/sdn/sdn.conf"
 
@@ -54,12 +54,6 @@ def _cidr_type(version: int):
 
 
 _port = types.Integer(min=1, max=65535)
-
-#: nova's ipv6_backend values (sdn.ipv6.BACKENDS)
-IPV6_BACKENDS = ("rfc2462", "account_identifier")
-#: Neutron's ipv6_ra_mode / ipv6_address_mode values
-IPV6_MODES = ("slaac", "dhcpv6-stateless", "dhcpv6-stateful")
-
 
 def _address_type(version: int):
     """oslo type: one IPv{version} address, normalised (``fd00:0::1`` -> ``fd00::1``)."""
@@ -161,11 +155,11 @@ default_opts = [
     # address-mode names, the router's public IPv6 side like the IPv4 external_gateway options
     cfg.Opt("gateway_v6", type=_address_type(6),
             help="Default IPv6 gateway of new networks (nova's flag); unset: the /64's ::1."),
-    cfg.StrOpt("ipv6_backend", default="rfc2462", choices=IPV6_BACKENDS,
+    cfg.StrOpt("ipv6_backend", default="rfc2462", choices=ipv6.BACKENDS,
                help="How an instance's IPv6 address is derived from its MAC (nova's backends): "
                "rfc2462 (modified EUI-64, what SLAAC forms) or account_identifier (project hash + "
                "MAC; needs dhcpv6-stateful networks)."),
-    cfg.StrOpt("ipv6_address_mode", default="slaac", choices=IPV6_MODES,
+    cfg.StrOpt("ipv6_address_mode", default="slaac", choices=ipv6.MODES,
                help="Address mode of new networks (Neutron's ipv6_address_mode/ipv6_ra_mode)."),
     cfg.IntOpt("ipv6_ra_interval", default=10, min=4, max=1800,
                help="Seconds between unsolicited router advertisements (MaxRtrAdvInterval, "

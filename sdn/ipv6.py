@@ -19,6 +19,9 @@ import hashlib
 import netaddr
 
 BACKENDS = ("rfc2462", "account_identifier")
+#: Neutron's ipv6_ra_mode / ipv6_address_mode values: SLAAC (RA A flag), SLAAC + stateless
+#: DHCPv6 for DNS (A + O flags), addresses from DHCPv6 (M + O flags)
+MODES = ("slaac", "dhcpv6-stateless", "dhcpv6-stateful")
 #: link-local prefix (RFC 4291 §2.5.6)
 LINK_LOCAL_PREFIX = "fe80::/64"
 
@@ -76,6 +79,13 @@ def to_global(prefix: str, mac: str, project_id: str | None, backend: str = "rfc
         raise ValueError(f"unknown ipv6_backend {backend!r}; allowed values are "
                          f"{', '.join(BACKENDS)}") from None
     return derive(prefix, mac, project_id)
+
+
+def vif_address(cidr_v6: str | None, mac: str | None, project_id: str | None,
+                backend: str = "rfc2462") -> str | None:
+    """A VIF's derived global address on its network's /64 (``to_global``); None when the
+    network has no /64 (or the VIF no MAC)."""
+    return to_global(cidr_v6, mac, project_id, backend) if cidr_v6 and mac else None
 
 
 def to_mac(address: str, backend: str = "rfc2462") -> str:

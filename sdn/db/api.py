@@ -236,8 +236,8 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                          allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
                          security_groups=tuple(groups_of.get(inst_uuid, ())),
                          rx_kbps=rx_kbps, tx_kbps=tx_kbps,
-                         addresses_v6=vif_addresses_v6(networks.get(network_id), mac, project_id,
-                                                       ipv6_backend))
+                         addresses_v6=_addresses_v6(networks.get(network_id), mac, project_id,
+                                                    ipv6_backend))
             for (vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid,
                  rx_kbps, tx_kbps)
             in session.execute(
@@ -259,13 +259,10 @@ def split_list(text: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (text or "").split(",") if item.strip())
 
 
-def vif_addresses_v6(net: view.NetworkView | None, mac: str, project_id: str | None,
-                     backend: str = "rfc2462") -> tuple[str, ...]:
-    """The derived global IPv6 address of a VIF (``sdn.ipv6.to_global``), () when its network
-    has no cidr_v6."""
-    if net is None or not net.cidr_v6:
-        return ()
-    return (ipv6.to_global(net.cidr_v6, mac, project_id, backend),)
+def _addresses_v6(net: view.NetworkView | None, mac: str, project_id: str | None,
+                  backend: str) -> tuple[str, ...]:
+    address = ipv6.vif_address(net.cidr_v6 if net else None, mac, project_id, backend)
+    return (address,) if address else ()
 
 
 def _security_groups(session: Session) -> dict[int, view.SecurityGroupView]:
