@@ -53,6 +53,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from sdn.dhcp import dhcpv6
 from sdn.ipv6 import link_local, to_global
 from sdn.view import NetworkView, VifView
+from tests.unit.test_ra import mutate
 
 MAC = "fa:16:3e:12:34:56"
 LLA = link_local(MAC)
@@ -418,14 +419,6 @@ def test_is_server_message():
 
 # ------------------------------------------------------------------------------ properties
 
-def _mutate(data, frame: bytes) -> bytes:
-    frame = bytearray(frame)
-    for _ in range(data.draw(st.integers(0, 8))):
-        frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.one_of(st.none(), st.integers(0, len(frame))))
-    return bytes(frame[:cut]) + data.draw(st.binary(max_size=32))
-
-
 addresses = st.sampled_from([ADDRESS, "fd00:0:0:1::99", "fd00:0:0:2::5", "::", "ff02::1"])
 some_ia = st.one_of(
     st.builds(lambda a, i: ia(*a, iaid=i), st.lists(addresses, max_size=3), st.integers(0, 5)),
@@ -488,7 +481,7 @@ def test_generated_messages_get_valid_replies_or_none(frame, net, vif):
 @SETTINGS
 @given(messages(), networks, st.data())
 def test_mutated_messages_never_raise(frame, net, data):
-    frame = _mutate(data, frame)
+    frame = mutate(data, frame)
     reply, reason = dhcpv6.answer(frame, net, VIF)
     assert not reason.startswith("error"), reason
     if reply is not None:

@@ -319,9 +319,11 @@ def test_ns_on_a_network_without_ipv6_or_gateway_v6():
 
 # ------------------------------------------------------------------------------ properties
 
-def _mutate(data, frame: bytes) -> bytes:
+def mutate(data, frame: bytes) -> bytes:
+    """``frame`` with up to 8 bytes overwritten, maybe cut short, maybe with bytes appended
+    (drawn from Hypothesis ``data``); shared with test_dhcpv6."""
     frame = bytearray(frame)
-    for _ in range(data.draw(st.integers(0, 6))):
+    for _ in range(data.draw(st.integers(0, 8))):
         frame[data.draw(st.integers(0, len(frame) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.one_of(st.none(), st.integers(0, len(frame))))
     return bytes(frame[:cut]) + data.draw(st.binary(max_size=32))
@@ -354,7 +356,7 @@ def test_any_bytes_never_raise(frame, net):
 @SETTINGS
 @given(solicitations, st.data())
 def test_mutated_solicitations_never_raise_and_replies_are_valid(frame, data):
-    for candidate in (frame, _mutate(data, frame)):
+    for candidate in (frame, mutate(data, frame)):
         _check_reply(ra.answer(candidate, NET))
         _check_reply(ra.neighbor_advertisement(candidate, NET))
 
