@@ -63,3 +63,43 @@ def test_unknown_backend_lists_allowed():
 def test_account_identifier_needs_project():
     with pytest.raises(ValueError, match="project"):
         ipv6.to_global("fd00::/64", MAC, None, "account_identifier")
+
+
+# -- the same results as nova's code, for any MAC, prefix and project ------------------------------
+
+def _nova_rfc2462(prefix, mac, project_id):
+    """nova/ipv6/rfc2462.py to_global, verbatim but for the i18n wrapper."""
+    import netaddr
+    mac64 = netaddr.EUI(mac).modified_eui64().value
+    return (netaddr.IPAddress(mac64) | netaddr.IPNetwork(prefix).ip).format()
+
+
+def _nova_account_identifier(prefix, mac, project_id):
+    """nova/ipv6/account_identifier.py to_global, verbatim but for six/i18n."""
+    import hashlib
+    import netaddr
+    addr = int(hashlib.sha1(project_id.encode("utf-8")).hexdigest()[:8], 16) << 32
+    project_hash = netaddr.IPAddress(addr)
+    static_num = netaddr.IPAddress(0xff << 24)
+    mac_addr = netaddr.IPAddress(netaddr.EUI(mac).value & 0xffffff)
+    return (project_hash ^ static_num ^ mac_addr | netaddr.IPNetwork(prefix).ip).format()
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_macs = st.integers(0, 2**48 - 1).flatmap(lambda v: st.sampled_from([
+    ":".join(f"{b:02x}" for b in v.to_bytes(6, "big")),
+    ":".join(f"{b:02X}" for b in v.to_bytes(6, "big")),
+    "-".join(f"{b:02x}" for b in v.to_bytes(6, "big")),
+    f"{v:012x}"[:4] + "." + f"{v:012x}"[4:8] + "." + f"{v:012x}"[8:]]))
+_prefixes = st.one_of(
+    st.integers(0, 2**64 - 1).map(lambda hi: f"{__import__('ipaddress').IPv6Address(hi << 64)}/64"),
+    st.sampled_from(["::/64", "2001:db8::", "fd00::/48", "::ffff:0:0/96"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(prefix=_prefixes, mac=_macs, project=st.text(min_size=1, max_size=40))
+def test_same_addresses_as_novas_code(prefix, mac, project):
+    assert ipv6.to_global(prefix, mac, project) == _nova_rfc2462(prefix, mac, project)
+    assert ipv6.to_global(prefix, mac, project, "account_identifier") == \
+        _nova_account_identifier(prefix, mac, project)
