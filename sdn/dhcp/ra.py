@@ -33,6 +33,7 @@ import socket
 import struct
 from typing import NamedTuple
 
+from sdn import ipv6
 from sdn.dhcp.packet import inet_checksum
 from sdn.dhcp.server import mac_bytes
 from sdn.view import NetworkView
@@ -86,7 +87,7 @@ IPV6_MIN_MTU = 1280
 SLAAC = "slaac"
 DHCPV6_STATELESS = "dhcpv6-stateless"
 DHCPV6_STATEFUL = "dhcpv6-stateful"
-MODES = (SLAAC, DHCPV6_STATELESS, DHCPV6_STATEFUL)
+MODES = ipv6.MODES  # (SLAAC, DHCPV6_STATELESS, DHCPV6_STATEFUL)
 
 ALL_NODES = "ff02::1"
 ALL_NODES_MAC = "33:33:00:00:00:01"

@@ -371,3 +371,7 @@ def test_mutated_solicitations_never_raise_and_replies_are_valid(frame, data):
 def test_any_network_settings_give_an_ra_scapy_accepts(net):
     pkt = dissect(ra.router_advertisement(net), ICMPv6ND_RA)
     assert pkt[ICMPv6ND_RA].routerlifetime == 3 * net.ra_interval
+
+
+def test_mode_names_are_the_configs():
+    assert ra.MODES == (ra.SLAAC, ra.DHCPV6_STATELESS, ra.DHCPV6_STATEFUL)
