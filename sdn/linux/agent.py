@@ -8,7 +8,11 @@ ip6tables chains, remote-group ipsets, conntrack zones; connections a rule no lo
 deleted after the apply: ``sdn.linux.iptables_firewall``), floating addresses on
 public_interface, and DHCP (dnsmasq per network, or with ``dhcp_driver = scapy`` sdn's
 responder per bridge, on a raw socket per VIF tap port: see ``sdn.dhcp.rawsocket``; a server
-that stopped is restarted at the next poll). Each step is idempotent: a reconcile that finds the host
+that stopped is restarted at the next poll). IPv6 (networks with a /64): gateway_v6 and the
+gateway's link-local address on the bridge, forwarding, public_ip_v6 and the default route via
+external_gateway_v6 on public_interface, ebtables/ip6tables anti-spoof, and router
+advertisements + DHCPv6 from sdn's codec on a raw socket per VIF tap (``sdn.linux.ipv6_router``,
+whatever the dhcp_driver). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
 """
 

@@ -267,12 +267,14 @@ def ensure_v6_public(ipr: IPRoute, interface: str, address: str | None, gateway:
     external_gateway_v6_mac): ``address`` (ADDRESS/PREFIXLEN) on ``interface``, the default
     route via ``gateway`` there, and a permanent neighbour entry for it when its MAC is
     configured (else neighbour discovery learns it). Nothing is removed; a missing interface
-    is reported, not raised (the operator's public port may appear later)."""
+    is logged, not raised (the operator's public port may appear later: the agent reconciles
+    again when links change)."""
     if not (address or gateway):
         return []
     idx = _index(ipr, interface)
     if idx is None:
-        return [f"public interface {interface} missing (IPv6 public side not set up)"]
+        LOG.warning("public interface %s missing: IPv6 public side not set up", interface)
+        return []
     changed = ensure_v6_address(ipr, idx, interface, address) if address else []
     if gateway:
         routes = ipr.get_routes(family=socket.AF_INET6, table=254, dst_len=0)
