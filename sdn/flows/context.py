@@ -62,6 +62,11 @@ class RouterSettings:
     external_gateway_v6_mac: str | None = None
 
     @property
+    def public_address_v6(self) -> str | None:
+        """The router's own public IPv6 address (``public_ip_v6`` without its prefix length)."""
+        return str(ipaddress.ip_interface(self.public_ip_v6).ip) if self.public_ip_v6 else None
+
+    @property
     def mac(self) -> str:
         """The router's MAC on the public side: ``0a:58:`` + routing_source_ip bytes."""
         return "0a:58:" + ":".join(f"{b:02x}" for b in

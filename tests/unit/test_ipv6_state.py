@@ -274,3 +274,9 @@ def test_firewall_same_net_and_members_include_ipv6(make_manager, engine):
     members = firewall.member_addresses(sv)[gid]
     assert set(members["IPv6"]) == {a1["address_v6"], a2["address_v6"]}
     assert set(members["IPv4"]) == {a1["address"], a2["address"]}
+
+
+def test_router_settings_public_address_v6():
+    from sdn.flows.context import RouterSettings
+    assert RouterSettings("192.0.2.2", public_ip_v6="2001:db8:5d::2/64").public_address_v6 == "2001:db8:5d::2"
+    assert RouterSettings("192.0.2.2").public_address_v6 is None
