@@ -32,7 +32,7 @@ reopened while its port is wanted, never ending the thread.
 from __future__ import annotations
 
 import logging
-import select
+import selectors
 import time
 from collections.abc import Callable, Mapping
 
@@ -107,6 +107,8 @@ class Ipv6RouterServer:
                  clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.served: dict[str, _Served] = {}
+        # epoll, not select(): a host may serve more VIF ports than select's 1,024 descriptors
+        self._selector = selectors.DefaultSelector()
         self._given = dict(sockets or {})
         self._wanted = dict(ports)
         self._changed = True
@@ -133,7 +135,7 @@ class Ipv6RouterServer:
         self._changed = False
         wanted = self._wanted
         for name in [n for n in self.served if n not in wanted]:
-            self.served.pop(name).sock.close()
+            self._close(self.served.pop(name))
         missing = False
         for name, port in wanted.items():
             served = self.served.get(name)
@@ -145,13 +147,21 @@ class Ipv6RouterServer:
                     missing = True
                     continue
                 served = self.served[name] = _Served(name, sock, filtered, port, now)
+                self._selector.register(sock, selectors.EVENT_READ, served)
             served.port = port
         self._retry_at = now + self.RETRY_S if missing else float("inf")
+
+    def _close(self, served: _Served) -> None:
+        try:
+            self._selector.unregister(served.sock)
+        except (KeyError, ValueError):
+            pass
+        served.sock.close()
 
     def _drop(self, served: _Served, err: OSError) -> None:
         LOG.warning("IPv6 socket on %s failed (%s); reopening while it is wanted", served.name, err)
         self.served.pop(served.name, None)
-        served.sock.close()
+        self._close(served)
         self._retry_at = min(self._retry_at, self.clock() + self.RETRY_S)
 
     def _send(self, served: _Served, frame: bytes) -> bool:
@@ -199,20 +209,23 @@ class Ipv6RouterServer:
         self._sync()
         now = self.clock()
         self._advertise(now)
-        served = list(self.served.values())
-        if served:
-            timeout = max(0.0, min([timeout] + [s.next_ra - now for s in served]))
-        if not served:
+        if not self.served:
             time.sleep(timeout)
             return 0
+        timeout = max(0.0, min([timeout] + [s.next_ra - now for s in self.served.values()]))
         try:
-            ready = set(select.select([s.sock for s in served], [], [], timeout)[0])
-        except (OSError, ValueError):       # a socket closed under us: the next sync finds it
+            ready = [key.data for key, _ in self._selector.select(timeout)]
+        except OSError as err:              # EINTR aside, a broken selector: rebuild it
+            LOG.warning("IPv6 selector failed (%s); reopening every socket", err)
+            for served in list(self.served.values()):
+                self._drop(served, err)
+            self._selector.close()
+            self._selector = selectors.DefaultSelector()
             self._changed = True
             return 0
         total = 0
-        for s in served:
-            if s.sock not in ready:
+        for s in ready:
+            if self.served.get(s.name) is not s:
                 continue
             frames = self._read(s)
             total += len(frames)
@@ -233,5 +246,6 @@ class Ipv6RouterServer:
 
     def close(self) -> None:
         for served in list(self.served.values()):
-            served.sock.close()
+            self._close(served)
         self.served.clear()
+        self._selector.close()
