@@ -39,13 +39,13 @@ class V6Lab:
     the outside on the public side. ``mode`` is the networks' ipv6_address_mode."""
 
     def __init__(self, backend, netns_host, mode="slaac", instances=("a1", "a2", "b1"),
-                 outside=True):
+                 outside=True, open_group=False, ra_interval=RA_INTERVAL):
         self.backend = backend
         pub = "sdnpb" + random_suffix(6)
         self.env = backend.env(config={"DEFAULT": {
             "network_manager": "vlan", "public_interface": pub, "routing_source_ip": RSIP,
             "external_gateway": GATEWAY, "use_ipv6": True, "fixed_range_v6": FIXED_RANGE_V6,
-            "ipv6_address_mode": mode, "ipv6_ra_interval": RA_INTERVAL, "dns_v6": DNS_V6,
+            "ipv6_address_mode": mode, "ipv6_ra_interval": ra_interval, "dns_v6": DNS_V6,
             "network_device_mtu": MTU, "public_ip_v6": f"{PUBLIC_V6}/64",
             "external_gateway_v6": OUTSIDE_V6}})
         self.env.cli("network", "create", "--label", "tenants", "--fixed_range_v4", FIXED_RANGE,
@@ -59,9 +59,17 @@ class V6Lab:
                               "nodad"])
             self.outside.run(["ip", "-6", "route", "add", FIXED_RANGE_V6, "via", PUBLIC_V6])
         self.alloc, self.host = {}, {}
+        groups = []
+        if open_group:   # a stateless group admitting everything: only port security filters
+            groups = ["--security-group", "open"]
+            for project in ("alpha", "beta"):
+                self.env.cli("secgroup", "create", "open", "--project", project, "--stateless")
+                for ether in ("IPv4", "IPv6"):
+                    self.env.cli("secgroup-rule", "add", "open", "--project", project,
+                                 "--direction", "ingress", "--ethertype", ether)
         for name in instances:
             project = "alpha" if name.startswith("a") else "beta"
-            alloc = self.env.cli_json("instance", "launch", name, "--project", project)
+            alloc = self.env.cli_json("instance", "launch", name, "--project", project, *groups)
             self.alloc[name], self.host[name] = backend.plug(self.env, alloc)
         self.v6 = {name: self.derived_address(a) for name, a in self.alloc.items()}
         backend.start(self.env)
@@ -156,6 +164,20 @@ def test_rdisc6_sees_prefix_mtu_and_rdnss(backend, netns_host):
         assert re.search(pattern, report), f"{pattern!r} not in:\n{report}"
 
 
+@pytest.mark.parametrize("backend", ["ovs"], indirect=True)
+def test_a_newly_plugged_port_gets_a_router_advertisement_promptly(backend, netns_host):
+    """With RAs 30 minutes apart and the guest's own solicitations off, only the controller's
+    RA to a port it has not advertised to yet can configure the guest within seconds."""
+    lab = V6Lab(backend, netns_host, instances=(), outside=False, ra_interval=1800)
+    alloc = lab.env.cli_json("instance", "launch", "a1", "--project", "alpha")
+    lab.v6["a1"] = lab.derived_address(alloc)
+    host = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+    host.run(["sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0"])
+    lab.alloc["a1"], lab.host["a1"] = alloc, host
+    lab.env.cli("instance", "plug", "a1", "--bridge", lab.env.bridge.name)
+    lab.wait_slaac("a1", timeout=10)
+
+
 # ---- DHCPv6 --------------------------------------------------------------------------------
 
 DHCLIENT6_SCRIPT = """#!/bin/sh
@@ -240,6 +262,8 @@ def test_outside_reaches_an_instance_over_ipv6_through_the_router_and_back(backe
 
 
 # ---- spoofing: crafted packets from a1, observed at a2 ------------------------------------
+# The instances are in a stateless group admitting everything, so what stops a spoof is port
+# security alone (with the default group, conntrack or same-net rules would hide some).
 
 SCAPY_SEND = r"""
 import sys
@@ -273,58 +297,50 @@ def _link_local(mac: str) -> str:
     return link_local(mac)
 
 
-@pytest.fixture
-def spoof_lab(backend, netns_host):
-    lab = V6Lab(backend, netns_host, instances=("a1", "a2", "b1"), outside=False)
-    for name in lab.host:
-        lab.wait_slaac(name)
-    assert lab.ping6_eventually("a1", lab.v6["a2"])
-    return lab
-
-
-def _seen(cap, predicate, wait: float = 2.0) -> list:
+def _seen(cap, sender, predicate, wait: float = 2.0) -> list:
+    """Packets ``cap`` saw from ``sender``'s MAC (not the capturing host's own) that match."""
     time.sleep(wait)
-    return [p for p in cap.packets() if predicate(p)]
+    return [p for p in cap.packets() if p.haslayer("Ether") and p["Ether"].src == sender.mac
+            and predicate(p)]
 
 
-def test_global_source_of_another_never_arrives(spoof_lab):
-    lab = spoof_lab
+def _global_source_of_another_never_arrives(lab):
     a2 = lab.host["a2"]
     cap = a2.capture("icmp6 and ip6[40] == 128")
     dst = lab.v6["a2"]
     _send(lab, "a1", "echo", lab.v6["b1"], dst, a2.mac)          # another's address
     _send(lab, "a1", "echo", "fd00:5d:37:0:dead::1", dst, a2.mac)  # nobody's address
     _send(lab, "a1", "echo", lab.v6["a1"], dst, a2.mac)          # its own: control
-    seen = {p["IPv6"].src for p in _seen(cap, lambda p: p.haslayer("IPv6"))}
+    seen = {p["IPv6"].src for p in _seen(cap, lab.host["a1"], lambda p: p.haslayer("IPv6"))}
     assert lab.v6["a1"] in seen, "the positive control (a1's own address) did not arrive"
     assert seen == {lab.v6["a1"]}, seen
 
 
-def test_neighbor_advertisement_for_another_address_never_arrives(spoof_lab):
-    lab = spoof_lab
+def _neighbor_advertisement_for_another_address_never_arrives(lab):
     a2 = lab.host["a2"]
     cap = a2.capture("icmp6 and ip6[40] == 136")
     src = _link_local(lab.host["a1"].mac)
     _send(lab, "a1", "na", src, "ff02::1", lab.v6["b1"])
     _send(lab, "a1", "na", src, "ff02::1", lab.v6["a2"])
     _send(lab, "a1", "na", src, "ff02::1", lab.v6["a1"])          # its own: control
-    targets = {p["ICMPv6ND_NA"].tgt for p in _seen(cap, lambda p: p.haslayer("ICMPv6ND_NA"))}
+    targets = {p["ICMPv6ND_NA"].tgt for p in _seen(cap, lab.host["a1"],
+                                                           lambda p: p.haslayer("ICMPv6ND_NA"))}
     assert lab.v6["a1"] in targets, "the positive control (NA for a1's own address) did not arrive"
-    assert targets == {lab.v6["a1"]}, targets
+    assert not targets & {lab.v6["b1"], lab.v6["a2"]}, targets
     # a2 still reaches a1 ... and b1's address was not taken over by a1's MAC at a2
     neigh = a2.run(["ip", "-6", "neigh", "show", "dev", "eth0"]).stdout
     assert not any(lab.v6["b1"] in line and lab.host["a1"].mac in line
                    for line in neigh.splitlines()), neigh
 
 
-def test_router_advertisement_from_an_instance_never_arrives(spoof_lab):
-    lab = spoof_lab
+def _router_advertisement_from_an_instance_never_arrives(lab):
     a2 = lab.host["a2"]
     cap = a2.capture("icmp6 and (ip6[40] == 134 or ip6[40] == 128)")
     src = _link_local(lab.host["a1"].mac)
     _send(lab, "a1", "ra", src, "ff02::1")
     _send(lab, "a1", "echo", src, "ff02::1")                      # control: a1 reaches a2
-    packets = _seen(cap, lambda p: p.haslayer("IPv6"), wait=RA_INTERVAL + 1.0)
+    time.sleep(RA_INTERVAL + 1.0)
+    packets = [p for p in cap.packets() if p.haslayer("IPv6")]
     from_a1 = [p for p in packets if p["IPv6"].src == src]
     assert any(p.haslayer("ICMPv6EchoRequest") for p in from_a1), "control echo did not arrive"
     assert not any(p.haslayer("ICMPv6ND_RA") for p in from_a1), "a1's RA arrived at a2"
@@ -334,13 +350,25 @@ def test_router_advertisement_from_an_instance_never_arrives(spoof_lab):
                    for a in lab.global_addresses("a2"))
 
 
-def test_dhcpv6_advertise_from_an_instance_never_arrives(spoof_lab):
-    lab = spoof_lab
+def _dhcpv6_advertise_from_an_instance_never_arrives(lab):
     a2 = lab.host["a2"]
     cap = a2.capture("udp and dst port 546")
     src, dst = _link_local(lab.host["a1"].mac), _link_local(a2.mac)
     _send(lab, "a1", "advertise", src, dst, f"{a2.mac}|547")      # a DHCPv6 server message
     _send(lab, "a1", "advertise", src, dst, f"{a2.mac}|5470")     # same bytes, not port 547
-    sports = {p["UDP"].sport for p in _seen(cap, lambda p: p.haslayer("UDP"))}
+    sports = {p["UDP"].sport for p in _seen(cap, lab.host["a1"], lambda p: p.haslayer("UDP"))}
     assert 5470 in sports, "the positive control (udp 5470 -> 546) did not arrive"
     assert 547 not in sports, sports
+
+
+def test_ipv6_spoofs_never_arrive(backend, netns_host):
+    """One lab, four attacks from a1 observed at a2, each next to its positive control."""
+    lab = V6Lab(backend, netns_host, instances=("a1", "a2", "b1"), outside=False,
+                open_group=True)
+    for name in lab.host:
+        lab.wait_slaac(name)
+    assert lab.ping6_eventually("a1", lab.v6["a2"])
+    _global_source_of_another_never_arrives(lab)
+    _neighbor_advertisement_for_another_address_never_arrives(lab)
+    _router_advertisement_from_an_instance_never_arrives(lab)
+    _dhcpv6_advertise_from_an_instance_never_arrives(lab)
