@@ -21,7 +21,6 @@ from types import SimpleNamespace
 from sdn.apps import ofmsgs
 from sdn.dhcp import ra
 from sdn.flows.context import RouterSettings
-from sdn.flows.router import public_address_v6
 from sdn.ipv6 import link_local
 
 LOG = logging.getLogger("sdn.gateway")
@@ -95,7 +94,7 @@ class GatewayLearner:
         self._changed = changed
         self._last_arp = float("-inf")
         self._last_ns = float("-inf")
-        self.public_v6 = public_address_v6(base) if base is not None else None
+        self.public_v6 = base.public_address_v6 if base is not None else None
 
     @property
     def needed(self) -> bool:

@@ -224,18 +224,11 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
     return flows
 
 
-def public_address_v6(settings: RouterSettings) -> str | None:
-    """The router's own public IPv6 address (``public_ip_v6`` without its prefix length)."""
-    if not settings.public_ip_v6:
-        return None
-    return str(ipaddress.ip_interface(settings.public_ip_v6).ip)
-
-
 def compile_ipv6(view: StateView, rs: RouterSettings, public_port: int,
                  out_tag: list) -> list[Flow]:
     """IPv6 routing between the public side and the tenants' /64s (no NAT); nothing without
     ``public_ip_v6``."""
-    public_v6 = public_address_v6(rs)
+    public_v6 = rs.public_address_v6
     if public_v6 is None:
         return []
     ip6 = {"eth_type": ETH_IPV6}
