@@ -16,12 +16,10 @@ import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 
-from types import SimpleNamespace
-
 from sdn.apps import ofmsgs
 from sdn.dhcp import ra
 from sdn.flows.context import RouterSettings
-from sdn.ipv6 import link_local
+from sdn.view import NetworkView
 
 LOG = logging.getLogger("sdn.gateway")
 
@@ -95,6 +93,7 @@ class GatewayLearner:
         self._last_arp = float("-inf")
         self._last_ns = float("-inf")
         self.public_v6 = base.public_address_v6 if base is not None else None
+        self._public_net: NetworkView | None = None
 
     @property
     def needed(self) -> bool:
@@ -140,10 +139,16 @@ class GatewayLearner:
         for dp, port in self._public_ports():
             dp.send(ofmsgs.packet_out_bytes(port, frame))
 
-    def _public_side(self) -> SimpleNamespace:
-        """The router's public IPv6 identity, shaped as the ND codec's network argument."""
-        return SimpleNamespace(cidr_v6=self.base.public_ip_v6, gateway_v6=self.public_v6,
-                               gateway_lla=link_local(self.base.mac), gateway_mac=self.base.mac)
+    def _public_side(self) -> NetworkView:
+        """The router's public side as the ND codec's network: its gateway address is
+        ``public_ip_v6`` and its gateway MAC the router's (``0a:58:`` + routing_source_ip)."""
+        if self._public_net is None:
+            b = self.base
+            self._public_net = NetworkView(0, "public", f"{b.routing_source_ip}/32",
+                                           "255.255.255.255", b.routing_source_ip,
+                                           b.routing_source_ip, cidr_v6=b.public_ip_v6,
+                                           gateway_v6=self.public_v6)
+        return self._public_net
 
     def on_packet_in(self, dp, in_port, frame: bytes) -> None:
         if self.public_v6 and frame[12:14] == b"\x86\xdd":

@@ -212,3 +212,131 @@ def test_ipv6_flows_encode_as_os_ken_does():
     assert len(ipv6) > 20
     for f in ipv6:
         assert ofwire.flow_add(f, GEN, XID) == _plain(ofmsgs.flow_add(Dp(), f, GEN)), f
+
+
+# ---- the controller's side (sdn/apps/ipv6.py, sdn/apps/gateway.py) --------------------------
+
+class FakeDp:
+    """A datapath that records what the controller sends (packet-outs, split per message)."""
+
+    def __init__(self, dpid=1):
+        self.id = dpid
+        self.sent: list[tuple[int, bytes]] = []
+
+    def send(self, data: bytes):
+        import struct
+        from sdn.apps.ofmsgs import PACKET_OUT_HEADER_LEN
+        while data:
+            length = struct.unpack_from("!H", data, 2)[0]
+            msg, data = data[:length], data[length:]
+            port = struct.unpack_from("!I", msg, 28)[0]
+            self.sent.append((port, msg[PACKET_OUT_HEADER_LEN:]))
+
+
+def _services(view=VIEW):
+    from sdn.apps.ipv6 import Ipv6Services
+    binding = bind_ports(view, PORTS, frozenset(), "pub")
+    return Ipv6Services(lambda: view, lambda dpid: binding), binding
+
+
+def _packet_out(out: bytes):
+    dp = FakeDp()
+    dp.send(out)
+    return dp.sent[0]
+
+
+def test_unsolicited_ras_every_interval_and_at_once_to_a_new_port():
+    from scapy.layers.inet6 import ICMPv6ND_RA, ICMPv6NDOptPrefixInfo
+    from scapy.layers.l2 import Ether
+    services, binding = _services()
+    dp = FakeDp()
+    assert services.advertise([(dp, binding)], now=100.0) == 3
+    assert sorted(port for port, _ in dp.sent) == [1, 2, 3]       # not the IPv4-only VIF
+    frames = dict(dp.sent)
+    ra = Ether(frames[1])
+    assert ra[ICMPv6ND_RA].routerlifetime == 3 * ALPHA.ra_interval
+    assert ra[ICMPv6NDOptPrefixInfo].prefix == "fd00:0:0:1::"
+    assert Ether(frames[3])[ICMPv6NDOptPrefixInfo].prefix == "fd00:0:0:2::"
+    dp.sent.clear()
+    assert services.advertise([(dp, binding)], now=100.0 + ALPHA.ra_interval - 1) == 0
+    a3 = _vif("aaaa3333-0000", "fa:16:3e:00:00:a3", ALPHA, "a3", "10.36.0.5")
+    grown = dataclasses.replace(binding, vifs={**binding.vifs, 7: a3})
+    assert services.advertise([(dp, grown)], now=100.5) == 1 and dp.sent[0][0] == 7
+    assert services.advertise([(dp, grown)], now=100.0 + ALPHA.ra_interval) == 3
+
+
+def _scapy_frame(pkt) -> bytes:
+    return bytes(pkt)
+
+
+def test_solicitations_from_a_vif_are_answered_out_of_its_port():
+    from scapy.layers.inet6 import (ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6ND_RA, ICMPv6ND_RS,
+                                    ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6)
+    from scapy.layers.l2 import Ether
+    services, _ = _services()
+    dp = FakeDp()
+    lla = link_local(A1.mac)
+    rs = Ether(src=A1.mac, dst="33:33:00:00:00:02") / IPv6(src=lla, dst="ff02::2", hlim=255) / \
+        ICMPv6ND_RS() / ICMPv6NDOptSrcLLAddr(lladdr=A1.mac)
+    port, frame = _packet_out(services.on_nd(dp, 1, bytes(rs)))
+    assert port == 1 and Ether(frame).haslayer(ICMPv6ND_RA) and Ether(frame)[IPv6].dst == lla
+    ns = Ether(src=A1.mac, dst="33:33:ff:00:00:01") / \
+        IPv6(src=lla, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt=ALPHA.gateway_v6) / \
+        ICMPv6NDOptSrcLLAddr(lladdr=A1.mac)
+    port, frame = _packet_out(services.on_nd(dp, 1, bytes(ns)))
+    na = Ether(frame)
+    assert port == 1 and na[ICMPv6ND_NA].tgt == ALPHA.gateway_v6 and na[ICMPv6ND_NA].R == 1
+    assert na[ICMPv6NDOptDstLLAddr].lladdr == ALPHA.gateway_mac
+    # not the gateway, not an IPv6 network's port, an unknown port, garbage: nothing
+    other = ns.copy()
+    other[ICMPv6ND_NS].tgt = A2.addresses_v6[0]
+    assert services.on_nd(dp, 1, bytes(other)) == b""
+    assert services.on_nd(dp, 4, bytes(rs)) == b""
+    assert services.on_nd(dp, 99, bytes(rs)) == b""
+    assert services.on_nd(dp, 1, b"\x00" * 7) == b""
+    assert services.stats["ra_solicited"] == 1 and services.stats["na"] == 1
+
+
+def test_dhcpv6_information_request_is_answered_out_of_its_port():
+    from scapy.layers.dhcp6 import (DHCP6_InfoRequest, DHCP6_Reply, DHCP6OptClientId,
+                                    DHCP6OptOptReq, DUID_LL)
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    net = dataclasses.replace(ALPHA, dns_v6=("2001:db8:53::53",), ipv6_ra_mode="dhcpv6-stateless",
+                              ipv6_address_mode="dhcpv6-stateless")
+    view = open_view(1, {1: net, 2: BETA, 3: V4ONLY}, (A1, A2, B1, G1))
+    services, _ = _services(view)
+    request = Ether(src=A1.mac, dst="33:33:00:01:00:02") / \
+        IPv6(src=link_local(A1.mac), dst="ff02::1:2") / UDP(sport=546, dport=547) / \
+        DHCP6_InfoRequest(trid=7) / DHCP6OptClientId(duid=DUID_LL(lladdr=A1.mac)) / \
+        DHCP6OptOptReq(reqopts=[23, 24])
+    port, frame = _packet_out(services.on_dhcpv6(FakeDp(), 1, bytes(request)))
+    assert port == 1 and Ether(frame).haslayer(DHCP6_Reply)
+    assert services.on_dhcpv6(FakeDp(), 4, bytes(request)) == b""
+
+
+def test_gateway_learner_solicits_the_external_ipv6_gateway_and_answers_for_the_router():
+    from sdn.apps.gateway import GatewayLearner
+    from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, IPv6
+    from scapy.layers.l2 import Ether
+    base = dataclasses.replace(RS, external_gateway_v6_mac=None)
+    dp, changed = FakeDp(), []
+    learner = GatewayLearner(base, lambda: [(dp, PUB)], lambda: changed.append(1))
+    learner.probe(10.0)
+    solicitation = [Ether(f) for port, f in dp.sent if port == PUB and Ether(f).haslayer(ICMPv6ND_NS)]
+    assert solicitation and solicitation[0][ICMPv6ND_NS].tgt == OUTSIDE
+    assert learner.settings().external_gateway_v6_mac is None
+    # the gateway's answer: learned, flows recompiled
+    answer = Ether(src=OUTSIDE_MAC, dst=RS.mac) / IPv6(src=OUTSIDE, dst="2001:db8:ff::2",
+                                                       hlim=255) / \
+        ICMPv6ND_NA(tgt=OUTSIDE, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=OUTSIDE_MAC)
+    learner.on_packet_in(dp, PUB, bytes(answer))
+    assert learner.settings().external_gateway_v6_mac == OUTSIDE_MAC and changed
+    # someone outside asks for the router's public address: answered out of the public port
+    dp.sent.clear()
+    ask = neighbor_solicitation(OUTSIDE_MAC, OUTSIDE, "2001:db8:ff::2")
+    learner.on_packet_in(dp, PUB, ask)
+    (port, frame), = dp.sent
+    assert port == PUB and Ether(frame)[ICMPv6ND_NA].tgt == "2001:db8:ff::2"
+    assert Ether(frame)[ICMPv6NDOptDstLLAddr].lladdr == RS.mac
