@@ -357,3 +357,37 @@ def test_a_port_no_longer_wanted_is_closed_and_garbage_is_ignored():
     srv.set_ports({})
     srv.serve_once(timeout=0)
     assert tap.closed and srv.served == {}
+
+
+def test_the_agent_starts_supervises_and_stops_the_ipv6_router():
+    """The agent's poll sees a dead RA/DHCPv6 thread and the next reconcile replaces it; a host
+    without /64 ports stops it. (The tap does not exist here: the server retries opening it.)"""
+    import threading
+
+    from sdn.linux.agent import Agent
+
+    agent = Agent.__new__(Agent)
+    agent.ipv6_router = None
+    plan = SimpleNamespace(ipv6=desired.Ipv6Router("pub0", ports={
+        VIF.port_name: desired.Ipv6Port(NET, VIF)}))
+    try:
+        assert agent._ipv6_router(plan) == ["IPv6 router advertisements started on 1 ports"]
+        first = agent.ipv6_router
+        assert first.alive() and agent.ipv6_router_alive()
+        assert agent._ipv6_router(plan) == []                     # healthy: ports updated only
+        died = threading.Event()
+
+        def crash(timeout=0.5):
+            died.set()
+            raise RuntimeError("simulated bug in the serving loop")
+        first.server.serve_once = crash
+        assert died.wait(5)
+        first.thread.join(5)
+        assert not agent.ipv6_router_alive()                      # what the poll loop checks
+        assert agent._ipv6_router(plan) == ["IPv6 router advertisements restarted on 1 ports"]
+        assert agent.ipv6_router is not first and agent.ipv6_router_alive()
+        assert agent._ipv6_router(SimpleNamespace(ipv6=None)) == ["IPv6 router advertisements stopped"]
+        assert agent.ipv6_router is None and agent._ipv6_router(SimpleNamespace(ipv6=None)) == []
+    finally:
+        if agent.ipv6_router is not None:
+            agent.ipv6_router.close()
