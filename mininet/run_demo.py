@@ -86,11 +86,12 @@ def prepare_state(spec: dict, state_dir: Path) -> Path:
     return conf
 
 
-def wait_ping(host, ip: str, timeout: float = 15) -> bool:
-    """Ping until a reply or ``timeout``: the router learns the gateway MAC by ARP first."""
+def wait_ping(host, ip: str, timeout: float = 15, probe=None) -> bool:
+    """Ping (``probe``, default :func:`ping`) until a reply or ``timeout``: the router learns
+    the gateway MAC by ARP first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ping(host, ip):
+        if (probe or ping)(host, ip):
             return True
     return False
 
@@ -281,22 +282,20 @@ def ipv6_checks(net, instances: list[dict], allocs: dict, want: dict, failures: 
             exp = want.get(frozenset((src, dst)))
             got = ping6(net.get(src), target)
             if exp and not got:     # the first packets may wait for neighbour discovery
-                got = wait_ping6(net.get(src), target)
-            verdict = "-" if exp is None else ("ok" if exp == got else "FAIL")
-            if verdict == "FAIL":
-                failures.append(f"ping -6 {src} -> {dst} ({target}): expected "
-                                f"{'reply' if exp else 'no reply'}, got {'reply' if got else 'no reply'}")
-            prow.append([src, dst, target, {None: "(any)", True: "reply", False: "no reply"}[exp],
-                         "reply" if got else "no reply", verdict])
+                got = wait_ping(net.get(src), target, timeout=10, probe=ping6)
+            prow.append(ping_row("ping -6", src, dst, target, exp, got, failures))
     return rows, prow
 
 
-def wait_ping6(host, ip: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ping6(host, ip):
-            return True
-    return False
+def ping_row(command: str, src: str, dst: str, target: str, expected: bool | None, got: bool,
+             failures: list[str]) -> list:
+    """One row of a ping matrix; a reply against the expectation (or its absence) is a failure."""
+    verdict = "-" if expected is None else ("ok" if expected == got else "FAIL")
+    if verdict == "FAIL":
+        failures.append(f"{command} {src} -> {dst} ({target}): expected "
+                        f"{'reply' if expected else 'no reply'}, got {'reply' if got else 'no reply'}")
+    return [src, dst, target, {None: "(any)", True: "reply", False: "no reply"}[expected],
+            "reply" if got else "no reply", verdict]
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -426,13 +425,8 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
                     continue
                 target = leased.get(dst) or allocs[dst]["address"]
                 got = ping(net.get(src), target)
-                exp = want.get(frozenset((src, dst)))
-                verdict = "-" if exp is None else ("ok" if exp == got else "FAIL")
-                if verdict == "FAIL":
-                    failures.append(f"ping {src} -> {dst} ({target}): expected "
-                                    f"{'reply' if exp else 'no reply'}, got {'reply' if got else 'no reply'}")
-                prow.append([src, dst, target, {None: "(any)", True: "reply", False: "no reply"}[exp],
-                             "reply" if got else "no reply", verdict])
+                prow.append(ping_row("ping", src, dst, target, want.get(frozenset((src, dst))),
+                                     got, failures))
         print()
         print(table(prow, ["from", "to", "address", "expected", "actual", "result"]))
 

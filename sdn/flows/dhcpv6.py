@@ -9,9 +9,9 @@ destination, so unicast messages to the server are punted too.
 
 from __future__ import annotations
 
+from sdn.flows import nd
 from sdn.flows.context import DatapathContext
-from sdn.flows.model import (Controller, EthType, Feature, Flow, IpProto, Meter, MeterEntry, Reg,
-                             Table, entry_id, flow)
+from sdn.flows.model import EthType, Feature, Flow, IpProto, Reg, Table, entry_id, flow
 
 PRIO_PUNT = 300
 CLIENT_PORT, SERVER_PORT = 546, 547
@@ -24,20 +24,13 @@ def meter_id(ofport: int) -> int:
 
 def compile(dp: DatapathContext) -> list:
     """Feature entry point: punt flows (and meters) of every VIF on an IPv6 network."""
-    rate = dp.settings.dhcp_rate_pps
-    out: list = []
-    for port, vif in dp.vifs:
-        if dp.network_of(vif).cidr_v6:
-            out += compile_vif(port, rate)
-            if rate:
-                out.append(MeterEntry(Feature.DHCPV6, meter_id(port), rate))
-    return out
+    return nd.ipv6_vif_punts(dp, Feature.DHCPV6, lambda port, _net, rate: compile_vif(port, rate))
 
 
 def compile_vif(ofport: int, rate_pps: int | None = None) -> list[Flow]:
     """Send udp 546->547 from VIF ``ofport`` to the controller (through its meter if
     ``rate_pps``)."""
-    actions = ([Meter(meter_id(ofport))] if rate_pps else []) + [Controller()]
     return [flow(Feature.DHCPV6, Table.SERVICES, PRIO_PUNT,
                  {Reg.SRC_PORT: ofport, "eth_type": EthType.IPV6, "ip_proto": IpProto.UDP,
-                  "udp_src": CLIENT_PORT, "udp_dst": SERVER_PORT}, actions)]
+                  "udp_src": CLIENT_PORT, "udp_dst": SERVER_PORT},
+                 nd.punt(meter_id(ofport) if rate_pps else None))]

@@ -18,6 +18,8 @@ Unsolicited router advertisements are sent by the controller (``sdn.apps.ipv6``)
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sdn.flows.context import DatapathContext
 from sdn.flows.model import (Controller, EthType, Feature, Flow, IpProto, Meter, MeterEntry, Reg,
                              Table, entry_id, flow)
@@ -34,6 +36,14 @@ def meter_id(ofport: int) -> int:
 
 def compile(dp: DatapathContext) -> list:
     """Feature entry point: punt flows (and meters) of every VIF on an IPv6 network."""
+    return ipv6_vif_punts(dp, Feature.ND, compile_vif)
+
+
+def ipv6_vif_punts(dp: DatapathContext, feature: Feature,
+                   compile_vif: Callable[[int, NetworkView, int | None], list[Flow]]) -> list:
+    """``compile_vif(ofport, network, rate_pps)`` for every VIF plugged here whose network has
+    an IPv6 prefix, and its ``feature`` packets/s meter (``entry_id(feature, ofport)``, rate
+    ``dhcp_rate_pps``; none when unlimited)."""
     rate = dp.settings.dhcp_rate_pps
     out: list = []
     for port, vif in dp.vifs:
@@ -41,13 +51,18 @@ def compile(dp: DatapathContext) -> list:
         if net.cidr_v6:
             out += compile_vif(port, net, rate)
             if rate:
-                out.append(MeterEntry(Feature.ND, meter_id(port), rate))
+                out.append(MeterEntry(feature, entry_id(feature, port), rate))
     return out
+
+
+def punt(meter: int | None) -> list:
+    """Actions sending a packet to the controller, through ``meter`` first when given."""
+    return ([Meter(meter)] if meter else []) + [Controller()]
 
 
 def compile_vif(ofport: int, net: NetworkView, rate_pps: int | None = None) -> list[Flow]:
     """RS, and NS for ``net``'s gateway addresses, from VIF ``ofport`` to the controller."""
-    actions = ([Meter(meter_id(ofport))] if rate_pps else []) + [Controller()]
+    actions = punt(meter_id(ofport) if rate_pps else None)
     icmp6 = {Reg.SRC_PORT: ofport, "eth_type": EthType.IPV6, "ip_proto": IpProto.ICMPV6}
     flows = [flow(Feature.ND, Table.SERVICES, PRIO_PUNT, {**icmp6, "icmpv6_type": ND_RS}, actions)]
     for target in _gateway_addresses(net):
