@@ -3,10 +3,12 @@
 - switch events (features, port list, port status, disconnect) and replies go to the switch's
   own sync unit (``sdn.apps.datapath.DatapathSync``), which does all OpenFlow work for it;
 - packet-ins go to the feature whose flow punted them (``sdn.apps.packet_in``): DHCP
-  (``sdn.apps.dhcp_punt``), the external gateway's ARP reply (``sdn.apps.gateway``);
+  (``sdn.apps.dhcp_punt``), IPv6 RS/NS-for-the-gateway and DHCPv6 (``sdn.apps.ipv6``), the
+  external gateway's ARP/ND replies and ND for ``public_ip_v6`` (``sdn.apps.gateway``);
 - state changes: a reader thread polls the state revision (it never writes) and asks every
   switch for an incremental sync; a maintenance thread does the periodic writes (fixed-IP
-  disassociation, lease expiry) and the gateway ARP probe, and tolerates a locked database.
+  disassociation, lease expiry), the gateway ARP/ND probes and unsolicited router
+  advertisements, and tolerates a locked database.
 
 What a switch must hold is decided by ``sdn.flows.compiler.compile_datapath``; the controller
 imports no feature module. Dependencies come in through os-ken's ``_CONTEXTS`` (``sdn_deps``),
