@@ -178,6 +178,19 @@ def test_a_newly_plugged_port_gets_a_router_advertisement_promptly(backend, netn
     lab.wait_slaac("a1", timeout=10)
 
 
+@pytest.mark.parametrize("backend", ["linux"], indirect=True)
+def test_a_newly_plugged_port_gets_a_router_advertisement_promptly_linux(backend, netns_host):
+    """The same on the Linux backend: the agent's RA server advertises to a tap as soon as it
+    serves it (``sdn.linux.ipv6_router``)."""
+    lab = V6Lab(backend, netns_host, instances=(), outside=False, ra_interval=1800)
+    alloc = lab.env.cli_json("instance", "launch", "a1", "--project", "alpha")
+    lab.v6["a1"] = lab.derived_address(alloc)
+    host = netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+    host.run(["sysctl", "-qw", "net.ipv6.conf.eth0.router_solicitations=0"])
+    lab.alloc["a1"], lab.host["a1"] = backend.plug_host(lab.env, alloc, host)
+    lab.wait_slaac("a1", timeout=10)
+
+
 # ---- DHCPv6 --------------------------------------------------------------------------------
 
 DHCLIENT6_SCRIPT = """#!/bin/sh
