@@ -16,7 +16,8 @@ PY := $(VENV)/bin/python
 export DEBIAN_FRONTEND := noninteractive
 
 APT_PACKAGES := openvswitch-switch openvswitch-common mininet isc-dhcp-client ethtool tcpdump \
-	iproute2 iputils-ping python3-venv python3-pip iperf3 dnsmasq-base iptables ebtables arptables conntrack ipset
+	iproute2 iputils-ping python3-venv python3-pip iperf3 dnsmasq-base iptables ebtables arptables conntrack ipset \
+	ndisc6
 
 # Stamp: pip install is redone only when pyproject.toml changes (or the venv is new).
 PIP_STAMP := $(VENV)/.sdn-pip-stamp

@@ -86,11 +86,12 @@ def prepare_state(spec: dict, state_dir: Path) -> Path:
     return conf
 
 
-def wait_ping(host, ip: str, timeout: float = 15) -> bool:
-    """Ping until a reply or ``timeout``: the router learns the gateway MAC by ARP first."""
+def wait_ping(host, ip: str, timeout: float = 15, probe=None) -> bool:
+    """Ping (``probe``, default :func:`ping`) until a reply or ``timeout``: the router learns
+    the gateway MAC by ARP first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ping(host, ip):
+        if (probe or ping)(host, ip):
             return True
     return False
 
@@ -233,6 +234,70 @@ def ping(host, ip: str) -> bool:
     return "rc=0" in out
 
 
+def ping6(host, ip: str) -> bool:
+    out = host.cmd(f"ping -6 -n -q -c 2 -i 0.2 -W 1 {ip} >/dev/null 2>&1; echo rc=$?")
+    return out.strip().endswith("rc=0")
+
+
+def global_v6(host) -> list[str]:
+    """Global IPv6 addresses of the host's interface that finished DAD."""
+    import json
+    out = host.cmd(f"ip -j -6 addr show dev {host.defaultIntf().name} scope global")
+    try:
+        links = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return [a["local"] for link in links for a in link.get("addr_info", [])
+            if "local" in a and not a.get("tentative")]
+
+
+def ipv6_checks(net, instances: list[dict], allocs: dict, want: dict, failures: list[str],
+                timeout: float = 30) -> tuple[list[list], list[list]]:
+    """Each instance's kernel autoconfigures its derived address from sdn's router
+    advertisements (SLAAC); then the IPv6 ping matrix against the same expectations as IPv4.
+    Returns (address rows, ping rows)."""
+    names = [i["name"] for i in instances if allocs[i["name"]].get("address_v6")]
+    deadline = time.monotonic() + timeout
+    configured: dict[str, list[str]] = {}
+    for name in names:
+        while True:
+            configured[name] = global_v6(net.get(name))
+            if allocs[name]["address_v6"] in configured[name] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    rows = []
+    for name in names:
+        derived = allocs[name]["address_v6"]
+        ok = derived in configured[name]
+        if not ok:
+            failures.append(f"{name}: SLAAC gave {configured[name] or 'nothing'}, sdn derived {derived}")
+        rows.append([name, allocs[name]["mac"], allocs[name].get("cidr_v6"), derived,
+                     " ".join(configured[name]) or "-", "ok" if ok else "FAIL"])
+    prow = []
+    for src in names:
+        for dst in names:
+            if src == dst:
+                continue
+            target = allocs[dst]["address_v6"]
+            exp = want.get(frozenset((src, dst)))
+            got = ping6(net.get(src), target)
+            if exp and not got:     # the first packets may wait for neighbour discovery
+                got = wait_ping(net.get(src), target, timeout=10, probe=ping6)
+            prow.append(ping_row("ping -6", src, dst, target, exp, got, failures))
+    return rows, prow
+
+
+def ping_row(command: str, src: str, dst: str, target: str, expected: bool | None, got: bool,
+             failures: list[str]) -> list:
+    """One row of a ping matrix; a reply against the expectation (or its absence) is a failure."""
+    verdict = "-" if expected is None else ("ok" if expected == got else "FAIL")
+    if verdict == "FAIL":
+        failures.append(f"{command} {src} -> {dst} ({target}): expected "
+                        f"{'reply' if expected else 'no reply'}, got {'reply' if got else 'no reply'}")
+    return [src, dst, target, {None: "(any)", True: "reply", False: "no reply"}[expected],
+            "reply" if got else "no reply", verdict]
+
+
 def table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [["-" if v is None else str(v) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -360,15 +425,19 @@ def run(spec: dict, state_dir: Path, dhcp_timeout: float) -> int:
                     continue
                 target = leased.get(dst) or allocs[dst]["address"]
                 got = ping(net.get(src), target)
-                exp = want.get(frozenset((src, dst)))
-                verdict = "-" if exp is None else ("ok" if exp == got else "FAIL")
-                if verdict == "FAIL":
-                    failures.append(f"ping {src} -> {dst} ({target}): expected "
-                                    f"{'reply' if exp else 'no reply'}, got {'reply' if got else 'no reply'}")
-                prow.append([src, dst, target, {None: "(any)", True: "reply", False: "no reply"}[exp],
-                             "reply" if got else "no reply", verdict])
+                prow.append(ping_row("ping", src, dst, target, want.get(frozenset((src, dst))),
+                                     got, failures))
         print()
         print(table(prow, ["from", "to", "address", "expected", "actual", "result"]))
+
+        if any(a.get("address_v6") for a in allocs.values()):
+            v6rows, v6pings = ipv6_checks(net, instances, allocs, want, failures)
+            print()
+            print("IPv6 (SLAAC from sdn's router advertisements)")
+            print(table(v6rows, ["instance", "MAC", "network /64", "derived by sdn",
+                                 "configured by the kernel", "slaac"]))
+            print()
+            print(table(v6pings, ["from", "to", "IPv6 address", "expected", "actual", "result"]))
 
         floating: dict[str, str] = {}
         if spec.get("outside"):

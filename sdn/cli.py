@@ -12,7 +12,7 @@ import sys
 
 from sqlalchemy import exc as sa_exc
 
-from sdn import config, exception
+from sdn import config, exception, ipv6
 
 PROG = "sdn"
 
@@ -79,6 +79,19 @@ def _setup_logging(args, conf) -> None:
     log.setup(conf, program or f"sdn-{args.category}", debug=args.debug, log_file=args.log_file)
 
 
+def _ipv6_create_opts(create) -> None:
+    """``network create``'s IPv6 options (nova-manage / Neutron names)."""
+    _opt(create, "fixed_range_v6", metavar="CIDR",
+         help="IPv6 range to carve one /64 per network from (default with use_ipv6: fixed_range_v6)")
+    _opt(create, "gateway_v6", metavar="A", help="router's IPv6 address on the /64 (default gateway_v6, "
+         "else the /64's ::1)")
+    modes = " | ".join(ipv6.MODES)
+    _opt(create, "ipv6_ra_mode", metavar="MODE", help=f"{modes} (default ipv6_address_mode)")
+    _opt(create, "ipv6_address_mode", metavar="MODE", help=f"{modes}; equal to --ipv6-ra-mode if both given")
+    _opt(create, "dns_v6", action="append", metavar="A",
+         help="IPv6 DNS server (repeatable; default dns_v6)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="nova-network tenant networking on Open vSwitch")
     parser.add_argument("--config-file", action="append", dest="config_files", metavar="FILE",
@@ -102,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(create, "dns1", help="first DNS server (default flat_network_dns)")
     _opt(create, "dns2", help="second DNS server")
     _opt(create, "project_id", help="project owning the network(s)")
+    _ipv6_create_opts(create)
     net.add_parser("list", help="list networks").add_argument("--json", action="store_true",
                                                                help="print a JSON list of objects")
     delete = net.add_parser("delete", help="delete a network with no allocated fixed IPs")
@@ -311,10 +325,18 @@ def _ovs(conf):
 def _describe(alloc: dict) -> str:
     vlan = f" vlan {alloc['vlan']}" if alloc["vlan"] else ""
     return (f"{alloc['instance']} (project {alloc['project']}, host {alloc['host']}): {alloc['address']} "
-            f"on {alloc['cidr']}{vlan} gw {alloc['gateway']}, mac {alloc['mac']}, port {alloc['port_name']}"
+            f"on {alloc['cidr']}{vlan} gw {alloc['gateway']}{_v6(alloc)}, mac {alloc['mac']}, "
+            f"port {alloc['port_name']}"
             + "".join(f"; {v['address']} on {v['cidr']}" + (f" vlan {v['vlan']}" if v["vlan"] else "")
-                      + f" gw {v['gateway']}, mac {v['mac']}, port {v['port_name']}"
+                      + f" gw {v['gateway']}{_v6(v)}, mac {v['mac']}, port {v['port_name']}"
                       for v in alloc.get("vifs", [])[1:]))
+
+
+def _v6(vif: dict) -> str:
+    """`` and IPv6 A on P gw G`` of a VIF dict with an IPv6 address, else ""."""
+    if not vif.get("address_v6"):
+        return ""
+    return f" and IPv6 {vif['address_v6']} on {vif['cidr_v6']} gw {vif['gateway_v6']}"
 
 
 def _table(rows: list[list], header: list[str]) -> None:
@@ -337,17 +359,22 @@ def cmd_network(args, conf) -> None:
         nets = mgr.create_networks(
             label=args.label, cidr=args.fixed_range_v4, num_networks=args.num_networks,
             network_size=args.network_size, vlan_start=args.vlan, vpn_start=args.vpn, bridge=args.bridge,
-            bridge_interface=args.bridge_interface, dns1=args.dns1, dns2=args.dns2, project_id=args.project_id)
+            bridge_interface=args.bridge_interface, dns1=args.dns1, dns2=args.dns2, project_id=args.project_id,
+            cidr_v6=args.fixed_range_v6, gateway_v6=args.gateway_v6, ipv6_ra_mode=args.ipv6_ra_mode,
+            ipv6_address_mode=args.ipv6_address_mode, dns_v6=args.dns_v6)
         for n in nets:
             vlan = f" vlan {n['vlan']} bridge {n['bridge']}" if n["vlan"] else ""
-            print(f"created network {n['id']} {n['label']} {n['cidr']} gw {n['gateway']}{vlan}")
+            v6 = f" IPv6 {n['cidr_v6']} gw {n['gateway_v6']} {n['ipv6_address_mode']}" if n["cidr_v6"] else ""
+            print(f"created network {n['id']} {n['label']} {n['cidr']} gw {n['gateway']}{vlan}{v6}")
     elif args.action == "list":
         if args.json:
             print(json.dumps(mgr.list_networks()))
             return
         _table([[n["id"], n["cidr"], n["netmask"], n["gateway"], n["dhcp_start"], n["dns1"], n["dns2"],
-                 n["vlan"], n["project_id"], n["label"]] for n in mgr.list_networks()],
-               ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label"])
+                 n["vlan"], n["project_id"], n["label"], n["cidr_v6"], n["gateway_v6"], n["ipv6_address_mode"]]
+                for n in mgr.list_networks()],
+               ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label",
+                "IPv6", "gateway_v6", "IPv6 mode"])
     elif args.action == "add-to-project":
         n = mgr.add_network_to_project(args.project, args.network)
         print(f"network {n['id']} {n['label']} {n['cidr']} vlan {n['vlan']} bridge {n['bridge']} "
@@ -364,9 +391,9 @@ def cmd_fixed(args, conf) -> None:
         return
     _table([[ip["network"], ip["address"], ip["mac"], ip["hostname"], ip["host"],
              ",".join(f for f in ("allocated", "leased") if ip[f]) or "associated",
-             ip["lease_end"] or "-"] for ip in rows],
+             ip["lease_end"] or "-", ip["address_v6"]] for ip in rows],
            ["network", "IP address", "MAC address", "hostname", "host", "state",
-            "lease ends (UTC)"])
+            "lease ends (UTC)", "IPv6 address"])
 
 
 def cmd_instance(args, conf) -> None:
@@ -435,7 +462,9 @@ def cmd_instance(args, conf) -> None:
               f"allowed address pairs: {pairs}" + (f"; security groups: {groups or 'none'}"
                                                    if groups is not None else "")
               + (f"; receives {_kbps(info['rx_kbps'])}, sends {_kbps(info['tx_kbps'])}"
-                 if "rx_kbps" in info else ""))
+                 if "rx_kbps" in info else "")
+              + "".join(f"; IPv6 {v['address_v6']} (mac {v['mac']})" for v in info.get("vifs", [])
+                        if v["address_v6"]))
 
 
 def _kbps(value: int | None) -> str:

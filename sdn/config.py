@@ -13,7 +13,7 @@ import socket
 import netaddr
 from oslo_config import cfg, types
 
-from sdn import exception
+from sdn import exception, ipv6
 
 DEFAULT_CONFIG_FILE = "/etc/sdn/sdn.conf"
 
@@ -54,6 +54,54 @@ def _cidr_type(version: int):
 
 
 _port = types.Integer(min=1, max=65535)
+
+def _address_type(version: int):
+    """oslo type: one IPv{version} address, normalised (``fd00:0::1`` -> ``fd00::1``)."""
+    def parse(value: str) -> str:
+        try:
+            addr = netaddr.IPAddress(str(value).strip())
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            addr = None
+        if addr is None or addr.version != version or "/" in str(value):
+            raise ValueError(f"expected an IPv{version} address such as "
+                             f"{'192.0.2.1' if version == 4 else '2001:db8::1'}")
+        return str(addr)
+
+    parse.type_name = f"IPv{version} address"
+    return parse
+
+
+def _address_list_type(version: int):
+    """oslo type: comma-separated IPv{version} addresses -> list of normalised addresses."""
+    one = _address_type(version)
+
+    def parse(value) -> list[str]:
+        items = value if isinstance(value, list) else str(value).split(",")
+        try:
+            return [one(item) for item in items if str(item).strip()]
+        except ValueError:
+            raise ValueError(f"expected comma-separated IPv{version} addresses such as "
+                             f"{'192.0.2.1,192.0.2.2' if version == 4 else '2001:db8::1,2001:db8::2'}") from None
+
+    parse.type_name = f"IPv{version} address list"
+    return parse
+
+
+def _interface_type(version: int):
+    """oslo type: an IPv{version} ADDRESS/PREFIXLEN (an interface address, host bits kept)."""
+    def parse(value: str) -> str:
+        text = str(value).strip()
+        try:
+            iface = netaddr.IPNetwork(text)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            iface = None
+        if iface is None or iface.version != version or "/" not in text:
+            raise ValueError(f"expected an IPv{version} ADDRESS/PREFIXLEN such as "
+                             f"{'192.0.2.10/24' if version == 4 else '2001:db8::10/64'}")
+        return f"{iface.ip}/{iface.prefixlen}"
+
+    parse.type_name = f"IPv{version} address/prefixlen"
+    return parse
 
 default_opts = [
     cfg.Opt("network_manager", type=manager_type, default="vlan",
@@ -102,7 +150,30 @@ default_opts = [
     cfg.StrOpt("metadata_host", default="$my_ip", help="Metadata API host."),
     cfg.Opt("metadata_port", type=_port, default=8775, help="Metadata API port."),
     cfg.BoolOpt("use_ipv6", default=False, help="Give instances IPv6 addresses."),
-    cfg.Opt("fixed_range_v6", type=_cidr_type(6), default="fd00::/48", help="Fixed IPv6 range."),
+    cfg.Opt("fixed_range_v6", type=_cidr_type(6), default="fd00::/48",
+            help="Fixed IPv6 range; network create carves one /64 per network out of it."),
+    # IPv6 (issue 12): nova's flags where nova had one (gateway_v6, ipv6_backend), Neutron's
+    # address-mode names, the router's public IPv6 side like the IPv4 external_gateway options
+    cfg.Opt("gateway_v6", type=_address_type(6),
+            help="Default IPv6 gateway of new networks (nova's flag); unset: the /64's ::1."),
+    cfg.StrOpt("ipv6_backend", default="rfc2462", choices=ipv6.BACKENDS,
+               help="How an instance's IPv6 address is derived from its MAC (nova's backends): "
+               "rfc2462 (modified EUI-64, what SLAAC forms) or account_identifier (project hash + "
+               "MAC; needs dhcpv6-stateful networks)."),
+    cfg.StrOpt("ipv6_address_mode", default="slaac", choices=ipv6.MODES,
+               help="Address mode of new networks (Neutron's ipv6_address_mode/ipv6_ra_mode)."),
+    cfg.IntOpt("ipv6_ra_interval", default=10, min=4, max=1800,
+               help="Seconds between unsolicited router advertisements (MaxRtrAdvInterval, "
+               "RFC 4861 6.2.1; nova's radvd used 10)."),
+    cfg.Opt("dns_v6", type=_address_list_type(6), default=[],
+            help="IPv6 DNS servers of new networks, comma-separated (RDNSS, DHCPv6 option 23)."),
+    cfg.Opt("public_ip_v6", type=_interface_type(6),
+            help="The network host's IPv6 address on the public side, ADDRESS/PREFIXLEN; "
+            "projects' /64s are routed to and from it without NAT."),
+    cfg.Opt("external_gateway_v6", type=_address_type(6),
+            help="IPv6 next hop on the public network for destinations outside fixed_range_v6. "
+            "Its MAC is learned by neighbour discovery unless external_gateway_v6_mac is set."),
+    cfg.StrOpt("external_gateway_v6_mac", help="MAC of external_gateway_v6, to skip learning it."),
     cfg.BoolOpt("allow_same_net_traffic", default=True,
                 help="Allow traffic between instances of the same network."),
 ]

@@ -40,6 +40,11 @@ class CidrConflict(SdnError):
     msg_fmt = "requested CIDR {cidr} overlaps existing network {existing} ({label}); choose a range that does not overlap"
 
 
+class Ipv6RangeFull(SdnError):
+    msg_fmt = ("the IPv6 range {range} has {free} free /64s, {count} needed (used by {used}); "
+               "give another --fixed-range-v6 or a larger fixed_range_v6")
+
+
 class VlanInUse(SdnError):
     msg_fmt = "VLAN {vlan} is already used by network {cidr} ({label}); choose another --vlan"
 

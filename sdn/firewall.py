@@ -16,8 +16,8 @@ A VIF with port security on is *filtered*; for it, in this order:
    ``allow_same_net_traffic`` for the same-network admission). When it stops applying, the
    connection is cut at once.
 3. New inbound connections: provider rules (operator drops) first; then, with
-   ``allow_same_net_traffic``, sources in the VIF's own network (its CIDR, and IPv6
-   link-local addresses, which only its own segment can send from); then the ingress rules of its
+   ``allow_same_net_traffic``, sources in the VIF's own network (its CIDR, its IPv6 /64, and
+   IPv6 link-local addresses, which only its own segment can send from); then the ingress rules of its
    groups; otherwise dropped. New outbound connections: the egress rules of its groups;
    otherwise dropped (every new group has egress rules allowing everything).
 4. Stateless (all groups stateless): no conntrack, every packet in both directions must
@@ -25,8 +25,8 @@ A VIF with port security on is *filtered*; for it, in this order:
 
 A rule matches on ethertype, protocol (any: every protocol), destination port range (TCP,
 UDP, SCTP) or ICMP type/code, and the remote: a CIDR (source of inbound traffic, destination
-of outbound), or the addresses of the remote group's members (their fixed IPs and allowed
-address pairs, of that ethertype).
+of outbound), or the addresses of the remote group's members (their fixed IPs, derived IPv6
+addresses and allowed address pairs, of that ethertype).
 """
 
 from __future__ import annotations
@@ -80,13 +80,14 @@ def ethertype_of(address: str) -> str:
 
 
 def member_addresses(view: StateView) -> dict[int, dict[str, tuple[str, ...]]]:
-    """Group id -> ethertype -> the addresses its members send from (fixed IPs, allowed
-    address pairs), sorted; what a remote-group rule admits."""
+    """Group id -> ethertype -> the addresses its members send from (fixed IPs, derived IPv6
+    addresses, allowed address pairs), sorted; what a remote-group rule admits."""
     out: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for vif in view.vifs:
         if not vif.security_groups:
             continue
-        addresses = list(vif.addresses) + [ip for _, ip in vif.allowed_address_pairs]
+        addresses = (list(vif.addresses) + list(vif.addresses_v6)
+                     + [ip for _, ip in vif.allowed_address_pairs])
         for gid in vif.security_groups:
             for a in addresses:
                 out[gid][ethertype_of(a)].add(_canonical(a))
@@ -104,12 +105,13 @@ LINK_LOCAL = "fe80::/64"
 
 
 def same_net_cidrs(view: StateView, vif: VifView) -> tuple[str, ...]:
-    """The sources ``allow_same_net_traffic`` admits for this VIF: its network's CIDR and the
-    IPv6 link-local prefix (empty when the option is off)."""
+    """The sources ``allow_same_net_traffic`` admits for this VIF: its network's CIDR, its
+    IPv6 /64 (cidr_v6) if any, and the IPv6 link-local prefix (empty when the option is off)."""
     if not view.allow_same_net_traffic:
         return ()
     net: NetworkView | None = view.networks.get(vif.network_id)
-    return ((net.cidr,) if net else ()) + (LINK_LOCAL,)
+    own = tuple(c for c in (net.cidr, net.cidr_v6) if c) if net else ()
+    return own + (LINK_LOCAL,)
 
 
 def provider_rules(view: StateView) -> tuple[ProviderRuleView, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import random
 import uuid as uuidlib
+from dataclasses import dataclass
 
 import netaddr
 from sqlalchemy import delete, func, select, update
@@ -27,7 +28,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from sdn import exception, leases, secgroups, validation, view
+from sdn import exception, ipv6, leases, secgroups, validation, view
 from sdn.db import api as db
 from sdn.db import models
 from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
@@ -70,11 +71,19 @@ class NetworkManager:
                         network_size: int | None = None, vlan_start: int | None = None,
                         vpn_start: int | None = None, bridge: str | None = None,
                         bridge_interface: str | None = None, dns1: str | None = None,
-                        dns2: str | None = None, project_id: str | None = None) -> list[dict]:
+                        dns2: str | None = None, project_id: str | None = None,
+                        cidr_v6: str | None = None, gateway_v6: str | None = None,
+                        ipv6_ra_mode: str | None = None, ipv6_address_mode: str | None = None,
+                        dns_v6: list[str] | None = None) -> list[dict]:
         """Carve ``num_networks`` subnets of ``network_size`` addresses (rounded up to a power of
         two) out of ``cidr`` and create them with all their fixed IPs.
 
-        With use_ipv6, each network also gets the next free /64 of fixed_range_v6 (cidr_v6).
+        IPv6: with ``cidr_v6`` (or use_ipv6: fixed_range_v6), each network also gets the next
+        /64 of it that no network (nor public_ip_v6's prefix) uses (nova's create_networks
+        carved /64s the same way, but from the start of the range every time), with
+        ``gateway_v6`` (default: config gateway_v6, else the /64's ::1), both Neutron modes
+        (``ipv6_ra_mode``/``ipv6_address_mode``, equal when both given; default config
+        ipv6_address_mode) and ``dns_v6`` (default config dns_v6); see ``ipv6_settings``.
         Unset arguments take the nova flag defaults (fixed_range, num_networks, vlan_start,
         vpn_start, flat_network_bridge, flat_interface, flat_network_dns); an unset network_size
         is what ``cidr`` holds per network, at most the network_size flag (nova-manage).
@@ -86,6 +95,7 @@ class NetworkManager:
             raise exception.Invalid(f"--vlan/--vpn apply only to network_manager=vlan, "
                                     f"not {self.conf.network_manager}")
         conf = self.conf
+        v6 = ipv6_settings(conf, cidr_v6, gateway_v6, ipv6_ra_mode, ipv6_address_mode, dns_v6)
         cidr = conf.fixed_range if cidr is None else cidr
         num_networks = conf.num_networks if num_networks is None else num_networks
         vlan_start = conf.vlan_start if vlan_start is None else vlan_start
@@ -113,7 +123,7 @@ class NetworkManager:
                     used = session.scalar(select(models.Network).where(models.Network.vlan == vlan))
                     if used is not None:
                         raise exception.VlanInUse(vlan=vlan, cidr=used.cidr, label=used.label)
-            subnets_v6 = self._free_v6_subnets(session, num_networks) if conf.use_ipv6 else [None] * num_networks
+            subnets_v6 = self._free_v6_subnets(session, v6.range, num_networks) if v6 else [None] * num_networks
             created = []
             for index, (subnet, subnet_v6) in enumerate(zip(subnets, subnets_v6)):
                 net = models.Network(
@@ -121,7 +131,9 @@ class NetworkManager:
                     cidr=str(subnet), netmask=str(subnet.netmask), gateway=str(subnet[1]),
                     broadcast=str(subnet.broadcast), dhcp_start=str(subnet[2]), dns1=dns1, dns2=dns2,
                     bridge=bridge, bridge_interface=bridge_interface, project_id=project_id,
-                    host=conf.host, cidr_v6=str(subnet_v6) if subnet_v6 else None)
+                    host=conf.host)
+                if v6:
+                    v6.apply(net, subnet_v6)
                 if self.vlan_mode:
                     net.vlan = vlan_start + index
                     net.bridge = f"br{net.vlan}"
@@ -135,17 +147,30 @@ class NetworkManager:
                 created.append(net)
             return [network_dict(n) for n in created]
 
-    def _free_v6_subnets(self, session: Session, count: int) -> list[netaddr.IPNetwork]:
-        """The first ``count`` /64s of fixed_range_v6 no network uses yet (use_ipv6)."""
-        used = set(session.scalars(select(models.Network.cidr_v6).where(models.Network.cidr_v6.is_not(None))))
-        free = []
-        for subnet in netaddr.IPNetwork(self.conf.fixed_range_v6).subnet(64):
-            if str(subnet) not in used:
+    def _free_v6_subnets(self, session: Session, prefix: netaddr.IPNetwork,
+                         count: int) -> list[netaddr.IPNetwork]:
+        """The first ``count`` /64s of ``prefix`` overlapping no network's cidr_v6 and not the
+        router's public_ip_v6 prefix. Raises Ipv6RangeFull naming who uses the rest."""
+        used = [(netaddr.IPNetwork(cidr), f"network {label} ({cidr})") for cidr, label in session.execute(
+            select(models.Network.cidr_v6, models.Network.label).where(models.Network.cidr_v6.is_not(None)))]
+        if self.conf.public_ip_v6:
+            public = netaddr.IPNetwork(self.conf.public_ip_v6).cidr
+            used.append((public, f"the router's public_ip_v6 ({public})"))
+        exact = {str(net): who for net, who in used if net.prefixlen == 64}
+        wider = [(net, who) for net, who in used if net.prefixlen != 64]
+        free, clashes = [], []
+        for subnet in prefix.subnet(64):   # a generator: stops at the count-th free /64
+            who = exact.get(str(subnet)) or next((w for n, w in wider if subnet in n or n in subnet), None)
+            if who is None:
                 free.append(subnet)
                 if len(free) == count:
                     return free
-        raise exception.Invalid(f"fixed_range_v6 {self.conf.fixed_range_v6} has fewer than {count} free /64s left; "
-                                "use a larger fixed_range_v6")
+            elif who not in clashes:
+                clashes.append(who)
+        raise exception.Ipv6RangeFull(
+            range=str(prefix), free=len(free), count=count,
+            used=", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
+            or "nothing")
 
     @staticmethod
     def _carve(cidr: str, num_networks: int, network_size: int, fit: bool) -> list[netaddr.IPNetwork]:
@@ -196,10 +221,12 @@ class NetworkManager:
     def list_fixed_ips(self) -> list[dict]:
         """Every fixed IP: {network (cidr), address, reserved, allocated, leased, lease_end
         (naive UTC ISO text of the last ACK + dhcp_lease_time, None when not leased),
-        instance, hostname, host, mac}."""
+        instance, hostname, host, mac, address_v6 (the VIF's derived IPv6 address on the
+        network's /64, None without one)}."""
         with db.read_transaction(self.engine) as session:
             rows = session.execute(
-                select(models.FixedIp, models.Network.cidr, models.Instance, models.VirtualInterface.address)
+                select(models.FixedIp, models.Network.cidr, models.Instance, models.VirtualInterface.address,
+                       models.Network.cidr_v6)
                 .join(models.Network, models.FixedIp.network_id == models.Network.id)
                 .outerjoin(models.Instance, models.FixedIp.instance_uuid == models.Instance.uuid)
                 .outerjoin(models.VirtualInterface, models.FixedIp.virtual_interface_id == models.VirtualInterface.id)
@@ -209,8 +236,10 @@ class NetworkManager:
                      "lease_end": _iso(leases.lease_end(ip.updated_at, ip.leased,
                                                         self.conf.dhcp_lease_time)),
                      "instance": inst.name if inst else None,
-                     "hostname": inst.hostname if inst else None, "host": ip.host, "mac": mac}
-                    for ip, cidr, inst, mac in rows]
+                     "hostname": inst.hostname if inst else None, "host": ip.host, "mac": mac,
+                     "address_v6": ipv6.vif_address(cidr_v6, mac, inst.project_id if inst else None,
+                                               self.conf.ipv6_backend)}
+                    for ip, cidr, inst, mac, cidr_v6 in rows]
 
     # -- instances --------------------------------------------------------------------------
 
@@ -256,7 +285,7 @@ class NetworkManager:
             if inst.project_id != project_id:
                 raise exception.InstanceProjectMismatch(name=instance_name, existing=inst.project_id,
                                                         project=project_id)
-            return _allocation(session, inst)
+            return _allocation(session, inst, self.conf.ipv6_backend)
         hostname = hostname_for(instance_name)
         clash = session.scalar(select(models.Instance.name).where(models.Instance.hostname == hostname).limit(1))
         if clash is not None:
@@ -284,7 +313,7 @@ class NetworkManager:
             self._add_vif(session, inst, fixed_ip, host)
         if self.conf.auto_assign_floating_ip and not vpn:
             FloatingIps(self.engine, self.conf).auto_assign(session, fixed_ips[0], project_id)
-        return _allocation(session, inst)
+        return _allocation(session, inst, self.conf.ipv6_backend)
 
     def _add_vif(self, session: Session, inst: models.Instance, fixed_ip: models.FixedIp,
                  host: str | None) -> models.VirtualInterface:
@@ -385,7 +414,7 @@ class NetworkManager:
     def get_allocation(self, instance_name: str) -> dict:
         """The ``allocation`` dict of an existing instance. Raises InstanceNotFound."""
         with db.read_transaction(self.engine) as session:
-            return _allocation(session, _instance_by_name(session, instance_name))
+            return _allocation(session, _instance_by_name(session, instance_name), self.conf.ipv6_backend)
 
     def list_allocations(self, project_id: str | None = None) -> list[dict]:
         """The ``allocation`` dict of every instance (of ``project_id`` only, when given), by name."""
@@ -393,7 +422,7 @@ class NetworkManager:
             query = select(models.Instance).order_by(models.Instance.name)
             if project_id is not None:
                 query = query.where(models.Instance.project_id == project_id)
-            return [_allocation(session, inst) for inst in session.scalars(query)]
+            return [_allocation(session, inst, self.conf.ipv6_backend) for inst in session.scalars(query)]
 
     def show_port_security(self, instance_name: str) -> dict:
         """{instance, port_security, allowed_address_pairs: [{mac, ip}]} of the instance's VIF.
@@ -468,7 +497,7 @@ class NetworkManager:
         """
         with db.transaction(self.engine) as session:
             inst = _instance_by_name(session, instance_name)
-            result = _allocation(session, inst)
+            result = _allocation(session, inst, self.conf.ipv6_backend)
             now = models.utcnow()
             for ip in session.scalars(select(models.FixedIp).where(models.FixedIp.instance_uuid == inst.uuid)):
                 self._deallocate_fixed_ip(session, ip, now)
@@ -510,7 +539,7 @@ class NetworkManager:
                 raise exception.InstanceHasVifOnNetwork(name=instance_name, network=f"{net.label} ({net.cidr})",
                                                         address=held or "none")
             self._add_vif(session, inst, self._free_ip_on(session, net), inst.host)
-            return _allocation(session, inst)
+            return _allocation(session, inst, self.conf.ipv6_backend)
 
     def remove_fixed_ip_from_instance(self, instance_name: str, address: str) -> dict:
         """nova's remove_fixed_ip_from_instance: deallocate ``address`` (as deallocation does:
@@ -543,7 +572,7 @@ class NetworkManager:
             session.flush()
             session.delete(vif)
             session.flush()
-            return {"allocation": _allocation(session, inst), "removed": removed}
+            return {"allocation": _allocation(session, inst, self.conf.ipv6_backend), "removed": removed}
 
     def add_network_to_project(self, project_id: str, network: str | None = None) -> dict:
         """nova's add_network_to_project (VLAN mode): give ``project_id`` one more network, the
@@ -739,6 +768,80 @@ def _instance_by_name(session: Session, name: str) -> models.Instance:
     return inst
 
 
+#: most IPv6 DNS servers of a network (Neutron's max_dns_nameservers default is 5)
+MAX_DNS_V6 = 5
+
+
+@dataclass(frozen=True)
+class Ipv6Settings:
+    """What ``network create`` gives each new network on the IPv6 side (checked input)."""
+
+    range: netaddr.IPNetwork
+    gateway: str | None          # None: each /64's ::1
+    gateway_source: str          # how to name it in a message
+    mode: str                    # ipv6_ra_mode == ipv6_address_mode
+    dns: tuple[str, ...]
+
+    def apply(self, net: models.Network, subnet: netaddr.IPNetwork) -> None:
+        """Give ``net`` the /64 ``subnet``. Raises Invalid when the gateway is not on it."""
+        if self.gateway is not None:
+            gw = netaddr.IPAddress(self.gateway)
+            if gw not in subnet or gw == subnet.network:
+                raise exception.Invalid(
+                    f"{self.gateway_source} {self.gateway} is not a host address of network "
+                    f"{net.label}'s /64 {subnet}; give an address inside it (one network per "
+                    "command), or none for the /64's ::1")
+        net.cidr_v6 = str(subnet)
+        net.gateway_v6 = self.gateway or str(subnet[1])
+        net.netmask_v6 = str(subnet.prefixlen)
+        net.ipv6_ra_mode = net.ipv6_address_mode = self.mode
+        net.dns_v6 = ",".join(self.dns) or None
+
+
+def ipv6_settings(conf, cidr_v6: str | None = None, gateway_v6: str | None = None,
+                  ipv6_ra_mode: str | None = None, ipv6_address_mode: str | None = None,
+                  dns_v6: list[str] | None = None) -> Ipv6Settings | None:
+    """Checked IPv6 options of ``network create`` with the config defaults filled in; None when
+    the new networks get no IPv6 (no ``cidr_v6`` and use_ipv6 off). Raises Invalid /
+    InvalidCidr / InvalidAddress naming the option and what is allowed: an IPv6 option without
+    IPv6, a mode outside slaac | dhcpv6-stateless | dhcpv6-stateful, two different modes, and
+    ipv6_backend account_identifier with a mode where guests form their own address (SLAAC)."""
+    if cidr_v6 is None and conf.use_ipv6:
+        cidr_v6 = conf.fixed_range_v6
+    if cidr_v6 is None:
+        given = [opt for opt, value in (("--gateway-v6", gateway_v6), ("--ipv6-ra-mode", ipv6_ra_mode),
+                                         ("--ipv6-address-mode", ipv6_address_mode), ("--dns-v6", dns_v6))
+                 if value is not None]
+        if given:
+            raise exception.Invalid(f"{', '.join(given)} need IPv6 on the new networks: give "
+                                    "--fixed-range-v6 or set use_ipv6 = true")
+        return None
+    prefix = validation.ipv6_network(cidr_v6, "the IPv6 range (--fixed-range-v6)")
+    for option, value in (("--ipv6-ra-mode", ipv6_ra_mode), ("--ipv6-address-mode", ipv6_address_mode)):
+        if value is not None and value not in ipv6.MODES:
+            raise exception.Invalid(f"{option} {value!r} is not an IPv6 mode; allowed values are "
+                                    f"{', '.join(ipv6.MODES)}")
+    if ipv6_ra_mode and ipv6_address_mode and ipv6_ra_mode != ipv6_address_mode:
+        raise exception.Invalid(f"--ipv6-ra-mode {ipv6_ra_mode} and --ipv6-address-mode {ipv6_address_mode} "
+                                "differ; sdn is always the router, give one of them or the same value")
+    mode = ipv6_ra_mode or ipv6_address_mode or conf.ipv6_address_mode
+    if conf.ipv6_backend == "account_identifier" and mode != "dhcpv6-stateful":
+        raise exception.Invalid(f"ipv6_backend account_identifier addresses cannot be formed by SLAAC "
+                                f"(guests form EUI-64 ones), so mode {mode} cannot hand them out; use "
+                                "--ipv6-address-mode dhcpv6-stateful (or ipv6_backend rfc2462)")
+    if gateway_v6 is not None:
+        gateway, source = validation.ipv6_address(gateway_v6, "IPv6 gateway (--gateway-v6)"), "--gateway-v6"
+    else:
+        gateway, source = conf.gateway_v6, "gateway_v6 (config)"
+    if dns_v6 is None:
+        dns = tuple(conf.dns_v6)
+    else:
+        dns = tuple(dict.fromkeys(validation.ipv6_address(d, "IPv6 DNS server (--dns-v6)") for d in dns_v6))
+    if len(dns) > MAX_DNS_V6:
+        raise exception.Invalid(f"{len(dns)} IPv6 DNS servers given; at most {MAX_DNS_V6}")
+    return Ipv6Settings(range=prefix, gateway=gateway, gateway_source=source, mode=mode, dns=dns)
+
+
 def _iso(when: datetime.datetime | None) -> str | None:
     return when.isoformat(sep=" ", timespec="seconds") if when else None
 
@@ -746,22 +849,27 @@ def _iso(when: datetime.datetime | None) -> str | None:
 def network_dict(net: models.Network) -> dict:
     """{id, label, cidr, netmask, gateway, broadcast, dhcp_start, dns1, dns2, vlan, bridge,
     bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address,
-    cidr_v6, host, created_at, updated_at (naive UTC ISO 8601 text or None)}."""
+    cidr_v6, gateway_v6, ipv6_ra_mode, ipv6_address_mode, dns_v6 (list), host, created_at,
+    updated_at (naive UTC ISO 8601 text or None)}; the IPv6 keys are None ([] for dns_v6) on a
+    network without a /64."""
     keys = ("id", "label", "cidr", "netmask", "gateway", "broadcast", "dhcp_start", "dns1", "dns2", "vlan",
             "bridge", "bridge_interface", "project_id", "vpn_public_address", "vpn_public_port",
-            "vpn_private_address", "cidr_v6", "host")
-    return {**{k: getattr(net, k) for k in keys},
+            "vpn_private_address", "cidr_v6", "gateway_v6", "ipv6_ra_mode", "ipv6_address_mode", "host")
+    return {**{k: getattr(net, k) for k in keys}, "dns_v6": list(db.split_list(net.dns_v6)),
             **{k: getattr(net, k).isoformat() if getattr(net, k) else None
                for k in ("created_at", "updated_at")}}
 
 
-_VIF_KEYS = ("network_id", "cidr", "vlan", "vif_uuid", "mac", "address", "port_name", "gateway")
+_VIF_KEYS = ("network_id", "cidr", "vlan", "vif_uuid", "mac", "address", "port_name", "gateway",
+             "address_v6", "cidr_v6", "gateway_v6")
 
 
-def _allocation(session: Session, inst: models.Instance) -> dict:
+def _allocation(session: Session, inst: models.Instance, ipv6_backend: str = "rfc2462") -> dict:
     """{instance, instance_uuid, project, host, network_id, cidr, vlan, vif_uuid, mac, address,
-    port_name, gateway, vifs}: the VIF keys are the first VIF's (None if the instance has none);
-    ``vifs`` lists every VIF, by id, with those keys and ``label``."""
+    port_name, gateway, address_v6, cidr_v6, gateway_v6, vifs}: the VIF keys are the first
+    VIF's (None if the instance has none); ``vifs`` lists every VIF, by id, with those keys and
+    ``label``. ``address_v6`` is derived from the MAC (``sdn.ipv6.to_global`` with
+    ``ipv6_backend``), None on a network without IPv6."""
     vifs = []
     for vif in session.scalars(select(models.VirtualInterface).where(
             models.VirtualInterface.instance_uuid == inst.uuid).order_by(models.VirtualInterface.id)):
@@ -770,7 +878,9 @@ def _allocation(session: Session, inst: models.Instance) -> dict:
         net = session.get(models.Network, vif.network_id)
         vifs.append({"network_id": net.id, "cidr": net.cidr, "vlan": net.vlan, "vif_uuid": vif.uuid,
                      "mac": vif.address, "address": ip.address if ip else None,
-                     "port_name": view.vif_port_name(vif.uuid), "gateway": net.gateway, "label": net.label})
+                     "port_name": view.vif_port_name(vif.uuid), "gateway": net.gateway, "label": net.label,
+                     "address_v6": ipv6.vif_address(net.cidr_v6, vif.address, inst.project_id, ipv6_backend),
+                     "cidr_v6": net.cidr_v6, "gateway_v6": net.gateway_v6})
     first = vifs[0] if vifs else dict.fromkeys(_VIF_KEYS)
     return {"instance": inst.name, "instance_uuid": inst.uuid, "project": inst.project_id, "host": inst.host,
             **{k: first[k] for k in _VIF_KEYS}, "vifs": vifs}

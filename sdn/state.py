@@ -16,12 +16,14 @@ class StateSource:
     """Wraps the engine and network manager; every call is one transaction."""
 
     def __init__(self, engine, manager, *, domain: str, lease_time: int, mtu: int | None,
-                 metadata_route: bool = False, allow_same_net_traffic: bool = True):
+                 metadata_route: bool = False, allow_same_net_traffic: bool = True,
+                 ipv6_backend: str = "rfc2462", ra_interval: int = 10):
         self.engine = engine
         self.manager = manager
         self._view_opts = dict(domain=domain, lease_time=lease_time, mtu=mtu,
                                metadata_route=metadata_route,
-                               allow_same_net_traffic=allow_same_net_traffic)
+                               allow_same_net_traffic=allow_same_net_traffic,
+                               ipv6_backend=ipv6_backend, ra_interval=ra_interval)
 
     @classmethod
     def from_conf(cls, conf) -> StateSource:
@@ -29,7 +31,8 @@ class StateSource:
         return cls(engine, managers.get_manager(engine, conf), domain=conf.dhcp_domain,
                    lease_time=conf.dhcp_lease_time, mtu=conf.network_device_mtu,
                    metadata_route=bool(conf.metadata_host),
-                   allow_same_net_traffic=conf.allow_same_net_traffic)
+                   allow_same_net_traffic=conf.allow_same_net_traffic,
+                   ipv6_backend=conf.ipv6_backend, ra_interval=conf.ipv6_ra_interval)
 
     def revision(self) -> int:
         return db.current_revision(self.engine)

@@ -86,6 +86,27 @@ def ipv4_address(value, what: str) -> str:
     return str(netaddr.IPAddress(value.strip()))
 
 
+def ipv6_network(value, what: str) -> netaddr.IPNetwork:
+    """An IPv6 prefix without host bits, /64 or shorter (an IPv6 link is a /64: SLAAC needs
+    64-bit interface identifiers, RFC 4291 §2.5.1, RFC 4862 §5.5.3)."""
+    example = "an IPv6 CIDR such as fd00:0:0:1::/64 or fd00::/48"
+    net = _parse_network(value, what, example)
+    if net.version != 6:
+        raise exception.InvalidCidr(cidr=value, reason=f"{what} must be {example}")
+    _no_host_bits(net, value)
+    if net.prefixlen > 64:
+        raise exception.InvalidCidr(cidr=value, reason=f"{what} must be a /64 or shorter (one /64 per "
+                                    "network, which SLAAC needs)")
+    return net
+
+
+def ipv6_address(value, what: str) -> str:
+    """One IPv6 address, compressed text (``what`` names it in the message)."""
+    if not isinstance(value, str) or not netaddr.valid_ipv6(value.strip(), netaddr.INET_PTON):
+        raise exception.InvalidAddress(what=what, value=value, allowed="an IPv6 address such as 2001:db8::1")
+    return str(netaddr.IPAddress(value.strip()))
+
+
 def unicast_mac(value) -> str:
     """A unicast Ethernet MAC, canonical ``aa:bb:cc:dd:ee:ff``."""
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from sdn.ipv6 import link_local
+
 #: reg6 value of a flat (untagged) network is FLAT_KEY_BASE | network id; VLAN networks use the VLAN id
 #: (1-4094), so the two ranges never collide.
 FLAT_KEY_BASE = 0x10000
@@ -45,6 +47,16 @@ class NetworkView:
     #: extra routes (destination CIDR, next hop) sent as DHCP option 121 to clients asking for
     #: classless static routes (RFC 3442); e.g. the metadata address via the gateway.
     host_routes: tuple[tuple[str, str], ...] = ()
+    #: IPv6 (None/() when the network has no /64): its prefix ("fd00:0:0:1::/64"), the router's
+    #: global address on it, Neutron's ipv6_ra_mode / ipv6_address_mode ("slaac",
+    #: "dhcpv6-stateless", "dhcpv6-stateful"), RDNSS / DHCPv6 DNS servers, and the seconds
+    #: between unsolicited router advertisements (config ipv6_ra_interval)
+    cidr_v6: str | None = None
+    gateway_v6: str | None = None
+    ipv6_ra_mode: str | None = None
+    ipv6_address_mode: str | None = None
+    dns_v6: tuple[str, ...] = ()
+    ra_interval: int = 10
 
     @property
     def key(self) -> int:
@@ -59,6 +71,12 @@ class NetworkView:
         deterministic (every controller and restart agrees), and readable in a flow dump.
         """
         return "0a:58:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(self.gateway).packed)
+
+    @property
+    def gateway_lla(self) -> str:
+        """The gateway's IPv6 link-local address: fe80::/64 + modified EUI-64 of gateway_mac
+        (RFC 4291 App. A); source of router advertisements and the guests' default route."""
+        return link_local(self.gateway_mac)
 
     @property
     def server_address(self) -> str:
@@ -91,6 +109,9 @@ class VifView:
     #: bandwidth limits in kbit/s (None: unlimited): what the VIF receives / sends (``sdn.flows.qos``)
     rx_kbps: int | None = None
     tx_kbps: int | None = None
+    #: global IPv6 address(es) derived from the MAC (``sdn.ipv6.to_global``, config
+    #: ipv6_backend) on its network's cidr_v6; () when the network has none
+    addresses_v6: tuple[str, ...] = ()
 
     @property
     def port_name(self) -> str:

@@ -3,10 +3,12 @@
 - switch events (features, port list, port status, disconnect) and replies go to the switch's
   own sync unit (``sdn.apps.datapath.DatapathSync``), which does all OpenFlow work for it;
 - packet-ins go to the feature whose flow punted them (``sdn.apps.packet_in``): DHCP
-  (``sdn.apps.dhcp_punt``), the external gateway's ARP reply (``sdn.apps.gateway``);
+  (``sdn.apps.dhcp_punt``), IPv6 RS/NS-for-the-gateway and DHCPv6 (``sdn.apps.ipv6``), the
+  external gateway's ARP/ND replies and ND for ``public_ip_v6`` (``sdn.apps.gateway``);
 - state changes: a reader thread polls the state revision (it never writes) and asks every
   switch for an incremental sync; a maintenance thread does the periodic writes (fixed-IP
-  disassociation, lease expiry) and the gateway ARP probe, and tolerates a locked database.
+  disassociation, lease expiry), the gateway ARP/ND probes and unsolicited router
+  advertisements, and tolerates a locked database.
 
 What a switch must hold is decided by ``sdn.flows.compiler.compile_datapath``; the controller
 imports no feature module. Dependencies come in through os-ken's ``_CONTEXTS`` (``sdn_deps``),
@@ -37,6 +39,7 @@ from sdn.apps import fastdp, ofp_tls
 from sdn.apps.datapath import FULL, INCREMENTAL, DatapathSync
 from sdn.apps.dhcp_punt import DhcpLog, DhcpPunt, LeaseCommitter
 from sdn.apps.gateway import GatewayLearner
+from sdn.apps.ipv6 import Ipv6Services
 from sdn.apps.acl_log import AclLog
 from sdn.apps.packet_in import PacketInDispatch
 from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
@@ -105,6 +108,9 @@ class SdnController(app_manager.OSKenApp):
         self.dhcp = DhcpPunt(lambda: self.view, self.bindings.get, self.committer)
         deps.packet_in.on_fast(Feature.DHCP, self.dhcp.on_packet_in)
         deps.packet_in.on_slow(Feature.ROUTER, self.gateway.on_packet_in)
+        self.ipv6 = Ipv6Services(lambda: self.view, self.bindings.get)
+        deps.packet_in.on_fast(Feature.ND, self.ipv6.on_nd)
+        deps.packet_in.on_fast(Feature.DHCPV6, self.ipv6.on_dhcpv6)
         self.acl_log = AclLog(self._port_owner)
         deps.packet_in.on_slow(Feature.SECURITY_GROUPS, self.acl_log.on_packet_in)
         for target in (self._poll_loop, self._maintenance_loop):
@@ -275,6 +281,12 @@ class SdnController(app_manager.OSKenApp):
                 self.gateway.probe(now)
             except Exception as err:
                 LOG.warning("external gateway probe failed: %s", err)
+            try:
+                self.ipv6.advertise([(unit.dp, self.bindings.get(dpid))
+                                     for dpid, unit in list(self.units.items())],
+                                    time.monotonic())
+            except Exception as err:
+                LOG.warning("router advertisements failed: %s", err)
             if now - last_write < self.deps.maintenance_interval:
                 continue
             last_write = now
@@ -306,7 +318,9 @@ def main(conf) -> int:
             routing_source_ip=conf.routing_source_ip, external_gateway=conf.external_gateway,
             external_gateway_mac=conf.external_gateway_mac, public_vlan=conf.public_vlan,
             metadata_host=conf.metadata_host, metadata_port=conf.metadata_port,
-            dmz_cidrs=tuple(conf.dmz_cidr))
+            dmz_cidrs=tuple(conf.dmz_cidr), public_ip_v6=conf.public_ip_v6,
+            external_gateway_v6=conf.external_gateway_v6,
+            external_gateway_v6_mac=conf.external_gateway_v6_mac)
     metrics = ControllerMetrics()
     deps = ControllerDeps(
         metrics=metrics, packet_in=PacketInDispatch(metrics),

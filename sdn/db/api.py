@@ -20,7 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
-from sdn import exception, view
+from sdn import exception, ipv6, view
 from sdn.db import models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
@@ -169,7 +169,8 @@ def current_revision(engine: Engine) -> int:
 
 def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 120,
                mtu: int | None = None, metadata_route: bool = False,
-               allow_same_net_traffic: bool = True) -> view.StateView:
+               allow_same_net_traffic: bool = True, ipv6_backend: str = "rfc2462",
+               ra_interval: int = 10) -> view.StateView:
     """Every network and VIF as a StateView, read in one transaction.
 
     ``domain``/``lease_time``/``mtu`` are the dhcp_domain, dhcp_lease_time (s) and
@@ -177,6 +178,9 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
     ``metadata_route`` gives every network a host route 169.254.169.254/32 via its gateway
     (DHCP option 121), where sdn's router forwards metadata requests. Security groups with
     their rules, each VIF's groups and the provider rules come along (``sdn.firewall``).
+    IPv6: a network's cidr_v6/gateway_v6/modes/dns_v6 with ``ra_interval`` (s, config
+    ipv6_ra_interval); a VIF's ``addresses_v6`` is derived from its MAC, its network's cidr_v6
+    and its instance's project by ``sdn.ipv6.to_global`` with ``ipv6_backend``.
     """
     with read_transaction(engine) as session:
         revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
@@ -194,7 +198,10 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                 vpn_private_address=net.vpn_private_address,
                 vpn_running=net.vpn_private_address in vpn_running,
                 host_routes=(("169.254.169.254/32", net.gateway),) if metadata_route and net.gateway
-                else ())
+                else (),
+                cidr_v6=net.cidr_v6, gateway_v6=net.gateway_v6, ipv6_ra_mode=net.ipv6_ra_mode,
+                ipv6_address_mode=net.ipv6_address_mode, dns_v6=split_list(net.dns_v6),
+                ra_interval=ra_interval)
         floating_ips = tuple(
             view.FloatingView(address=address, fixed_address=fixed, network_id=network_id,
                               project_id=project_id)
@@ -228,7 +235,9 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                          port_security=port_security,
                          allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
                          security_groups=tuple(groups_of.get(inst_uuid, ())),
-                         rx_kbps=rx_kbps, tx_kbps=tx_kbps)
+                         rx_kbps=rx_kbps, tx_kbps=tx_kbps,
+                         addresses_v6=_addresses_v6(networks.get(network_id), mac, project_id,
+                                                    ipv6_backend))
             for (vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid,
                  rx_kbps, tx_kbps)
             in session.execute(
@@ -243,6 +252,17 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                                   for r in session.scalars(select(models.ProviderFirewallRule)
                                                            .order_by(models.ProviderFirewallRule.id))),
                               allow_same_net_traffic=allow_same_net_traffic)
+
+
+def split_list(text: str | None) -> tuple[str, ...]:
+    """A comma-separated column (``networks.dns_v6``) as a tuple; NULL or "" -> ()."""
+    return tuple(item.strip() for item in (text or "").split(",") if item.strip())
+
+
+def _addresses_v6(net: view.NetworkView | None, mac: str, project_id: str | None,
+                  backend: str) -> tuple[str, ...]:
+    address = ipv6.vif_address(net.cidr_v6 if net else None, mac, project_id, backend)
+    return (address,) if address else ()
 
 
 def _security_groups(session: Session) -> dict[int, view.SecurityGroupView]:

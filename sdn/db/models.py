@@ -40,6 +40,14 @@ class Network(Base):
     vpn_public_port: Mapped[int | None] = mapped_column(Integer)
     vpn_private_address: Mapped[str | None] = mapped_column(String(39))
     cidr_v6: Mapped[str | None] = mapped_column(String(43))
+    #: IPv6 (migration 0004): the router's address on cidr_v6, its prefix length ("64"),
+    #: Neutron's ra/address modes (slaac | dhcpv6-stateless | dhcpv6-stateful), DNS servers
+    #: (comma-separated); all NULL when the network has no cidr_v6
+    gateway_v6: Mapped[str | None] = mapped_column(String(39))
+    netmask_v6: Mapped[str | None] = mapped_column(String(39))
+    ipv6_ra_mode: Mapped[str | None] = mapped_column(String(16))
+    ipv6_address_mode: Mapped[str | None] = mapped_column(String(16))
+    dns_v6: Mapped[str | None] = mapped_column(String(255))
     host: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime.datetime | None] = mapped_column(DateTime, onupdate=utcnow)

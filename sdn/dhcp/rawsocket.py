@@ -135,16 +135,18 @@ def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]
                     struct.pack("HL", len(program), ctypes.addressof(buf)))
 
 
-def open_socket(iface: str) -> tuple[socket.socket, bool]:
+def open_socket(iface: str, program: list[tuple[int, int, int, int]] | None = None
+                ) -> tuple[socket.socket, bool]:
     """A non-blocking AF_PACKET socket on ``iface`` that receives only DHCP requests (the
-    filter is attached before the bind, so nothing else is ever queued), and whether it also
-    skips frames this host sends (then ``recv`` needs no address to tell them apart).
+    filter, or the classic BPF ``program`` given, is attached before the bind, so nothing else
+    is ever queued), and whether it also skips frames this host sends (then ``recv`` needs no
+    address to tell them apart).
 
     Bound to ETH_P_ALL so that it also works on a bridge port (see the module docstring).
     Raises OSError when ``iface`` does not exist (ENODEV) or privileges are missing (EPERM)."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)   # protocol 0: receives nothing yet
     try:
-        _attach_filter(sock, _BOOTREQUEST_FILTER)
+        _attach_filter(sock, program or _BOOTREQUEST_FILTER)
         try:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             ignores_outgoing = True

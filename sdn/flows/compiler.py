@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from sdn.flows import (arp_responder, classifier, dhcp, l2, pipeline, port_security, qos,
-                       router, security_groups)
+from sdn.flows import (arp_responder, classifier, dhcp, dhcpv6, l2, nd, pipeline, port_security,
+                       qos, router, security_groups)
 from sdn.flows.context import Binding, CompileSettings, DatapathContext, bind_ports
 from sdn.flows.model import Desired, Flow, GroupEntry, MeterEntry
 from sdn.view import StateView
@@ -26,7 +26,7 @@ __all__ = ["Binding", "CompileSettings", "FEATURES", "bind_ports", "compile_data
 #: Every feature, in the order its output is collected (order does not change behaviour:
 #: tables and priorities do).
 FEATURES = (pipeline, classifier, port_security, security_groups, dhcp, arp_responder, l2, router,
-            qos)
+            qos, nd, dhcpv6)
 
 
 def compile_datapath(view: StateView, binding: Binding,

@@ -55,6 +55,16 @@ class RouterSettings:
     metadata_host: str | None = None
     metadata_port: int = 8775
     dmz_cidrs: tuple[str, ...] = ()
+    #: IPv6 public side (config public_ip_v6 "ADDRESS/PREFIXLEN", external_gateway_v6,
+    #: external_gateway_v6_mac; None: not configured / not learned yet by neighbour discovery)
+    public_ip_v6: str | None = None
+    external_gateway_v6: str | None = None
+    external_gateway_v6_mac: str | None = None
+
+    @property
+    def public_address_v6(self) -> str | None:
+        """The router's own public IPv6 address (``public_ip_v6`` without its prefix length)."""
+        return str(ipaddress.ip_interface(self.public_ip_v6).ip) if self.public_ip_v6 else None
 
     @property
     def mac(self) -> str:

@@ -92,6 +92,8 @@ class Feature(enum.IntEnum):
     ROUTER = 0x07         # sdn/flows/router.py: gateway routing, floating IPs, SNAT, metadata, VPN
     SECURITY_GROUPS = 0x08  # sdn/flows/security_groups.py: stateful firewall per VIF
     QOS = 0x09            # sdn/flows/qos.py: bandwidth limits per VIF (meters)
+    ND = 0x0A             # sdn/flows/nd.py: router solicitations, NS for the gateway (punts)
+    DHCPV6 = 0x0B         # sdn/flows/dhcpv6.py: DHCPv6 client messages (punts)
 
 
 #: Top byte of every sdn cookie; lets sdn find its own flows and leave others' alone.

@@ -3,9 +3,11 @@
 Per VIF, frames pass only with the VIF's own MAC and as:
 - IPv4 from its fixed IP(s), or DHCP client traffic from 0.0.0.0 (udp 68->67);
 - ARP with arp_sha = its MAC and arp_spa = its IP, or spa 0.0.0.0 (RFC 5227 probes);
-- IPv6 from its EUI-64 link-local address, or from :: for DAD (RFC 4862 §5.4) and MLD;
+- IPv6 from its EUI-64 link-local address or its derived global address(es)
+  (``VifView.addresses_v6``), or from :: for DAD (RFC 4862 §5.4), router solicitations and MLD;
   Neighbor Advertisements only for its own addresses.
-Never: DHCP/DHCPv6 server replies, Router Advertisements. Allowed address pairs add (MAC, IP or
+Never: DHCP/DHCPv6 server replies, Router Advertisements, Redirects (RFC 4861 §8: only a router
+sends them). Allowed address pairs add (MAC, IP or
 CIDR) identities with the same rules. Everything else hits the table default: drop.
 """
 
@@ -30,7 +32,7 @@ PRIO_OPEN = 100       # port security disabled on this VIF
 ETH_IP, ETH_ARP, ETH_IPV6 = EthType.IPV4, EthType.ARP, EthType.IPV6
 UDP, ICMPV6 = IpProto.UDP, IpProto.ICMPV6
 PASS = next_table(Table.PORT_SECURITY)
-ND_RS, ND_RA, ND_NS, ND_NA = 133, 134, 135, 136
+ND_RS, ND_RA, ND_NS, ND_NA, ND_REDIRECT = 133, 134, 135, 136, 137
 MLD_REPORTS = (131, 143)
 
 
@@ -69,8 +71,8 @@ def _identity_flows(port: int, mac: str, ipv4: list[str], ipv6: list[str]) -> li
         flows.append(flow(f, Table.PORT_SECURITY, PRIO_ND,
                           {**src, "eth_type": ETH_IPV6, "ip_proto": ICMPV6,
                            "icmpv6_type": ND_NA, "ipv6_nd_target": _ip_match(ip)}, **allow))
-    # DAD probes and MLD reports come from the unspecified address.
-    for icmp_type in (ND_NS,) + MLD_REPORTS:
+    # DAD probes, MLD reports and router solicitations may come from the unspecified address.
+    for icmp_type in (ND_NS, ND_RS) + MLD_REPORTS:
         flows.append(flow(f, Table.PORT_SECURITY, PRIO_ALLOW,
                           {**src, "eth_type": ETH_IPV6, "ipv6_src": "::", "ip_proto": ICMPV6,
                            "icmpv6_type": icmp_type}, **allow))
@@ -96,16 +98,16 @@ def compile_vif(port: int, vif: VifView) -> list[Flow]:
              {Reg.SRC_PORT: port, "eth_type": ETH_IP, "ip_proto": UDP, "udp_src": 67}),
         flow(f, Table.PORT_SECURITY, PRIO_DENY,
              {Reg.SRC_PORT: port, "eth_type": ETH_IPV6, "ip_proto": UDP, "udp_src": 547}),
-        flow(f, Table.PORT_SECURITY, PRIO_DENY,
-             {Reg.SRC_PORT: port, "eth_type": ETH_IPV6, "ip_proto": ICMPV6,
-              "icmpv6_type": ND_RA}),
+        *(flow(f, Table.PORT_SECURITY, PRIO_DENY,
+               {Reg.SRC_PORT: port, "eth_type": ETH_IPV6, "ip_proto": ICMPV6,
+                "icmpv6_type": icmp_type}) for icmp_type in (ND_RA, ND_REDIRECT)),
         # A NA not matched by an own-target flow (PRIO_ND) is a spoof attempt.
         flow(f, Table.PORT_SECURITY, PRIO_NA_DENY,
              {Reg.SRC_PORT: port, "eth_type": ETH_IPV6, "ip_proto": ICMPV6,
               "icmpv6_type": ND_NA}),
     ]
-    identities: dict[str, tuple[list[str], list[str]]] = {vif.mac: (list(vif.addresses),
-                                                                     [link_local(vif.mac)])}
+    identities: dict[str, tuple[list[str], list[str]]] = {
+        vif.mac: (list(vif.addresses), [link_local(vif.mac), *vif.addresses_v6])}
     for mac, ip in vif.allowed_address_pairs:
         v4, v6 = identities.setdefault(mac.lower(), ([], [link_local(mac)]))
         (v6 if ipaddress.ip_network(ip, strict=False).version == 6 else v4).append(ip)

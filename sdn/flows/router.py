@@ -19,6 +19,12 @@ gateway MAC, or from the public port to a router address) walks the same stages:
                   (projects stay isolated) except hairpin, which is SNATed so replies return
   L3_OUTPUT       deliver into the tenant network or out of the public port
 
+IPv6 (when ``public_ip_v6`` is set) is routed without NAT, as nova did (no NAT66): between the
+public side and the instances' derived addresses (``VifView.addresses_v6``) only, never
+between two tenant /64s; the same tables carry it, where the IPv4-only NAT flows miss. The
+router answers neighbour solicitations for ``public_ip_v6`` and learns ``external_gateway_v6``'s
+MAC by ND through packet-ins (``sdn.apps.gateway``), as it does with ARP for IPv4.
+
 ``Reg.L3_DNAT_DONE`` = 1 marks "DNAT done in this pass" (skip un-DNAT); ``Reg.L3_TO_TENANT`` = 1
 "next hop is a tenant port". Table-misses come from ``sdn.flows.pipeline`` (ROUTER line).
 """
@@ -41,8 +47,11 @@ DNAT_DONE = Reg.L3_DNAT_DONE
 TO_TENANT = Reg.L3_TO_TENANT
 METADATA_IP = "169.254.169.254"
 VPN_PRIVATE_PORT = 1194
-ETH_IP, ETH_ARP = EthType.IPV4, EthType.ARP
-TCP, UDP = IpProto.TCP, IpProto.UDP
+ETH_IP, ETH_ARP, ETH_IPV6 = EthType.IPV4, EthType.ARP, EthType.IPV6
+TCP, UDP, ICMPV6 = IpProto.TCP, IpProto.UDP, IpProto.ICMPV6
+ND_NS, ND_NA = 135, 136
+#: IPv6 destinations a router never forwards (RFC 4291 §2.5.6, §2.7)
+IPV6_NOT_ROUTED = ("fe80::/10", "ff00::/8")
 #: SERVICES: IPv4 to a gateway MAC goes to the router, above l2/arp flows' reach (200 = ARP)
 PRIO_ROUTED = 150
 #: CLASSIFY: the public port, as the classifier's own port flows
@@ -211,5 +220,54 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
     flows.append(_f(Table.L3_OUTPUT, 100, {TO_TENANT: 1}, goto=Table.L2_LOOKUP))
     out_tag = [PushVlan(), SetField("vlan_vid", vlan_vid(rs.public_vlan))] if rs.public_vlan else []
     flows.append(_f(Table.L3_OUTPUT, 50, ip, out_tag + [Output(public_port)]))
+    flows += compile_ipv6(view, rs, public_port, out_tag)
+    return flows
+
+
+def compile_ipv6(view: StateView, rs: RouterSettings, public_port: int,
+                 out_tag: list) -> list[Flow]:
+    """IPv6 routing between the public side and the tenants' /64s (no NAT); nothing without
+    ``public_ip_v6``."""
+    public_v6 = rs.public_address_v6
+    if public_v6 is None:
+        return []
+    ip6 = {"eth_type": ETH_IPV6}
+    icmp6 = {**ip6, "ip_proto": ICMPV6, Reg.SRC_PORT: public_port}
+    nets = [n for n in view.networks.values() if n.cidr_v6]
+    flows = [
+        # UPLINK: who-has the router's address (answered by the controller), the external
+        # gateway's advertisements to the router (its MAC learned), routed packets in
+        _f(Table.UPLINK, 200, {**icmp6, "icmpv6_type": ND_NS, "ipv6_nd_target": public_v6},
+           [Controller()]),
+        _f(Table.UPLINK, 150, {**icmp6, "icmpv6_type": ND_NA, "eth_dst": rs.mac}, [Controller()]),
+        # L3_ROUTE: from outside, only to a tenant address (below); never link-local/multicast,
+        # never from one tenant /64 to another (projects stay isolated)
+        _f(Table.L3_ROUTE, 100, {**ip6, Reg.SRC_PORT: public_port}),
+        *(_f(Table.L3_ROUTE, 150, {**ip6, "ipv6_dst": _cidr(c)}) for c in IPV6_NOT_ROUTED),
+        _f(Table.L3_OUTPUT, 50, ip6, out_tag + [Output(public_port)]),
+    ]
+    for net in nets:
+        flows.append(_f(Table.SERVICES, PRIO_ROUTED,
+                        {**ip6, Reg.NET: net.key, "eth_dst": net.gateway_mac},
+                        goto=Table.L3_UNSNAT))
+        flows.append(_f(Table.UPLINK, 100, {**ip6, Reg.SRC_PORT: public_port, "eth_dst": rs.mac,
+                                            "ipv6_dst": _cidr(net.cidr_v6)},
+                        goto=Table.L3_UNSNAT))
+        flows.append(_f(Table.L3_ROUTE, 150, {**ip6, "ipv6_dst": _cidr(net.cidr_v6)}))
+    for vif in view.vifs:
+        net = view.networks.get(vif.network_id)
+        if net is None or not net.cidr_v6:
+            continue
+        for address in vif.addresses_v6:
+            flows.append(_f(Table.L3_ROUTE, 200,
+                            {**ip6, Reg.SRC_PORT: public_port, "ipv6_dst": address},
+                            [DecTtl(), SetField("eth_src", net.gateway_mac),
+                             SetField("eth_dst", vif.mac), SetField(Reg.NET, net.key),
+                             SetField(TO_TENANT, 1)], goto=Table.L3_UNDNAT))
+    if rs.external_gateway_v6_mac:
+        flows.append(_f(Table.L3_ROUTE, 50, ip6,
+                        [DecTtl(), SetField("eth_src", rs.mac),
+                         SetField("eth_dst", rs.external_gateway_v6_mac), SetField(TO_TENANT, 0)],
+                        goto=Table.L3_UNDNAT))
     return flows
 

@@ -8,7 +8,11 @@ ip6tables chains, remote-group ipsets, conntrack zones; connections a rule no lo
 deleted after the apply: ``sdn.linux.iptables_firewall``), floating addresses on
 public_interface, and DHCP (dnsmasq per network, or with ``dhcp_driver = scapy`` sdn's
 responder per bridge, on a raw socket per VIF tap port: see ``sdn.dhcp.rawsocket``; a server
-that stopped is restarted at the next poll). Each step is idempotent: a reconcile that finds the host
+that stopped is restarted at the next poll). IPv6 (networks with a /64): gateway_v6 and the
+gateway's link-local address on the bridge, forwarding, public_ip_v6 and the default route via
+external_gateway_v6 on public_interface, ebtables/ip6tables anti-spoof, and router
+advertisements + DHCPv6 from sdn's codec on a raw socket per VIF tap (``sdn.linux.ipv6_router``,
+whatever the dhcp_driver). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
 
 What it does is counted (``sdn.metrics.AgentMetrics``: reconcile durations and outcomes, rules
@@ -63,7 +67,34 @@ def load_extras(engine) -> dict[int, desired.NetworkExtras]:
                            models.Network.dhcp_start))}
 
 
-class RawDhcp:
+class ServerThread:
+    """A packet server (``serve_forever(should_stop)``, ``close()``, optional ``alive()``) on
+    a daemon thread of its own; the agent's poll restarts it when it has stopped."""
+
+    def __init__(self, name: str, server):
+        self.name = name
+        self.server = server
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.server.serve_forever(self.stop.is_set)
+        except Exception:  # the thread ends; the agent's next poll sees it and restarts it
+            LOG.exception("%s stopped", self.name)
+
+    def alive(self) -> bool:
+        """Serving: its thread (and the server's own threads) are running."""
+        return self.thread.is_alive() and getattr(self.server, "alive", lambda: True)()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        self.server.close()
+
+
+class RawDhcp(ServerThread):
     """sdn's DHCP responder (``dhcp_driver = scapy``) for one bridge's network, in a thread:
     one raw socket per VIF tap port on the bridge (``sdn.dhcp.rawsocket``: bound by chaddr and
     ingress port). ``interfaces`` is ``{tap name: {6-byte MAC: DhcpBinding}}``."""
@@ -72,25 +103,7 @@ class RawDhcp:
         from sdn.dhcp.rawsocket import RawSocketServer
 
         self.bridge = bridge
-        self.server = RawSocketServer(interfaces, record)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name=f"dhcp-{bridge}", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        try:
-            self.server.serve_forever(self.stop.is_set)
-        except Exception:  # the thread ends; the agent's next poll sees it and restarts it
-            LOG.exception("raw DHCP server on %s stopped", self.bridge)
-
-    def alive(self) -> bool:
-        """Serving: its thread and its lease-commit thread are running."""
-        return self.thread.is_alive() and self.server.alive()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=2)
-        self.server.close()
+        super().__init__(f"dhcp-{bridge}", RawSocketServer(interfaces, record))
 
 
 class Agent:
@@ -114,6 +127,8 @@ class Agent:
         self.last_plan: desired.HostPlan | None = None
         self.ipr = IPRoute()
         self.raw: dict[str, RawDhcp] = {}
+        #: router advertisements and DHCPv6 (sdn.linux.ipv6_router), while a /64 has VIFs here
+        self.ipv6_router: ServerThread | None = None
         self.vlan_error: str | None = None
         mode = conf.network_manager
         self.dhcp = mode != "flat"
@@ -129,8 +144,11 @@ class Agent:
         plan = desired.plan(view, extras, self.conf, present_ports=present, dhcp=self.dhcp,
                             vlan_mode=self.vlan_mode)
         changes = interface.set_ip_forward() if view.networks else []
+        if plan.ipv6 is not None:       # before the bridges get their IPv6 addresses
+            changes += interface.set_ipv6_forward()
         for b in plan.bridges:
-            kw = dict(gateway_cidr=b.gateway_cidr, broadcast=b.broadcast, mac=b.mac)
+            kw = dict(gateway_cidr=b.gateway_cidr, broadcast=b.broadcast, mac=b.mac,
+                      gateway_v6=b.gateway_v6)
             if b.vlan:
                 try:
                     changes += interface.ensure_vlan_bridge(self.ipr, b.vlan, b.name, b.vlan_parent, **kw)
@@ -163,6 +181,11 @@ class Agent:
         changes += self._cut_connections(plan, unbound)
         if floating:
             changes += self._floating_addresses(plan, remove=False)
+        if plan.ipv6 is not None:
+            v6 = plan.ipv6
+            changes += interface.ensure_v6_public(self.ipr, v6.public_interface, v6.public_ip,
+                                                  v6.gateway, v6.gateway_mac)
+        changes += self._ipv6_router(plan)
         if self.dhcp:
             changes += self._dhcp(view, plan)
         self.last_plan = plan
@@ -170,6 +193,28 @@ class Agent:
         for family in ("ipv4", "ipv6", "eb"):
             self.metrics.rules.labels(family).set(rules.get(family, 0))
         return changes
+
+    def _ipv6_router(self, plan) -> list[str]:
+        """Start, update, restart (when dead) or stop the RA/DHCPv6 server of this host."""
+        from sdn.linux.ipv6_router import Ipv6RouterServer
+
+        ports = plan.ipv6.ports if plan.ipv6 is not None else {}
+        current = self.ipv6_router
+        if not ports:
+            if current is None:
+                return []
+            current.close()
+            self.ipv6_router = None
+            return ["IPv6 router advertisements stopped"]
+        if current is not None and current.alive():
+            current.server.set_ports(ports)
+            return []
+        if current is not None:
+            LOG.error("IPv6 router advertisement server had stopped; restarting it")
+            current.close()
+        self.ipv6_router = ServerThread("ipv6-router", Ipv6RouterServer(ports))
+        return ["IPv6 router advertisements " + ("restarted" if current else "started")
+                + f" on {len(ports)} ports"]
 
     def _cut_connections(self, plan, unbound: list[str]) -> list[str]:
         """After the iptables apply: delete the conntrack entries of what is no longer
@@ -230,6 +275,9 @@ class Agent:
         """Every raw DHCP server (``dhcp_driver = scapy``) is serving."""
         return all(raw.alive() for raw in self.raw.values())
 
+    def ipv6_router_alive(self) -> bool:
+        return self.ipv6_router is None or self.ipv6_router.alive()
+
     def _record(self, events) -> list:
         """Record lease events (one transaction); an error or None per event: the raw-socket
         server sends no ACK for a refused lease."""
@@ -273,6 +321,7 @@ class Agent:
                 continue
             dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
                                          else self.dnsmasq_alive(self._dnsmasq_bridges())))
+            dhcp_ok = dhcp_ok and self.ipv6_router_alive()
             if rev != last_rev or links != last_links or not dhcp_ok:
                 started = time.monotonic()
                 try:
@@ -314,6 +363,8 @@ class Agent:
                 break
         for raw in self.raw.values():
             raw.close()
+        if self.ipv6_router is not None:
+            self.ipv6_router.close()
         LOG.info("agent stopped; the data plane stays as it is")
         return 0
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import netaddr
 
+from sdn.ipv6 import link_local
 from sdn.linux import iptables_firewall
 from sdn.linux.iptables_firewall import FirewallPlan
 from sdn.view import NetworkView, StateView, VifView
@@ -39,6 +40,10 @@ class BridgeSpec:
     gateway_cidr: str | None    #: ``gateway/prefix`` on the bridge (DHCP modes), else None
     broadcast: str | None
     mac: str | None             #: the bridge's MAC: NetworkView.gateway_mac (as the OVS backend)
+    #: IPv6 ``address/64`` on the bridge (nova: ``ip -6 addr add gateway_v6/netmask_v6``): the
+    #: network's gateway_v6 and gateway_lla (the RAs' source: guests route via it), () without
+    #: a /64. The kernel answers neighbour solicitations for them.
+    gateway_v6: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,30 @@ class HostPlan:
     #: security groups of the filtered VIFs here: ipsets and per-VIF facts (chains and rules
     #: are in ``chains``/``rules``); see sdn.linux.iptables_firewall
     firewall: FirewallPlan = field(default_factory=FirewallPlan)
+    #: the IPv6 router of this host (None: no network has a /64 here)
+    ipv6: Ipv6Router | None = None
+
+
+@dataclass(frozen=True)
+class Ipv6Port:
+    """A VIF port the IPv6 router serves: router advertisements of ``network`` (periodic, and
+    answers to router solicitations) and DHCPv6 for ``vif`` (``sdn.linux.ipv6_router``)."""
+
+    network: NetworkView
+    vif: VifView
+
+
+@dataclass
+class Ipv6Router:
+    """The network host's IPv6 side: forwarding on, ``public_ip_v6`` (ADDRESS/PREFIXLEN) on the
+    public interface, the default route via ``external_gateway_v6`` (its MAC pinned when
+    ``external_gateway_v6_mac`` is set), and the ports served with RAs/DHCPv6."""
+
+    public_interface: str
+    public_ip: str | None = None
+    gateway: str | None = None
+    gateway_mac: str | None = None
+    ports: dict[str, Ipv6Port] = field(default_factory=dict)
 
 
 def bridge_name(net: NetworkView, extras: NetworkExtras, flat_network_bridge: str | None) -> str:
@@ -130,11 +159,18 @@ def opts_file(net: NetworkView) -> str:
 
 
 def antispoof_rules(vif: VifView, chain: str) -> list[str]:
-    """libvirt nwfilter's clean-traffic in ebtables: no MAC/IP/ARP spoofing, no DHCP server,
-    no router advertisements; allowed address pairs honoured. Rules of the per-VIF chain in
-    ebtables-save's canonical form; the chain ends in DROP."""
+    """libvirt nwfilter's clean-traffic in ebtables: no MAC/IP/ARP spoofing, no DHCP or DHCPv6
+    server, no router advertisements or redirects; allowed address pairs honoured. Rules of the
+    per-VIF chain in ebtables-save's canonical form; the chain ends in DROP.
+
+    IPv6 (as the OpenFlow backend's port_security): from each of the VIF's MACs its link-local
+    address (modified EUI-64, RFC 4291 App. A); from its own MAC its derived global addresses
+    (``VifView.addresses_v6``); allowed IPv6 pairs from their MAC; the unspecified address
+    only for DAD (neighbour solicitation, RFC 4862 §5.4), MLD reports and router
+    solicitations (RFC 4861 §4.1). Neighbour advertisement *targets* are checked by ip6tables
+    (:func:`na_guard_rules`): ebtables cannot match them."""
     macs = [vif.mac.lower()]
-    pairs = [(vif.mac.lower(), a) for a in vif.addresses]
+    pairs = [(vif.mac.lower(), a) for a in tuple(vif.addresses) + tuple(vif.addresses_v6)]
     for mac, ip in vif.allowed_address_pairs:
         mac = mac.lower()
         if mac not in macs:
@@ -143,6 +179,9 @@ def antispoof_rules(vif: VifView, chain: str) -> list[str]:
     rules = [
         "-p IPv4 --ip-proto udp --ip-sport 67 --ip-dport 68 -j DROP",
         "-p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type router-advertisement -j DROP",
+        "-p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type redirect -j DROP",
+        # DHCPv6 servers and relays send from port 547 (RFC 8415 §7.2); clients from 546
+        "-p IPv6 --ip6-proto udp --ip6-sport 547 -j DROP",
         f"-p IPv4 -s {vif.mac.lower()} --ip-src 0.0.0.0 --ip-dst 255.255.255.255 --ip-proto udp "
         "--ip-sport 68 --ip-dport 67 -j RETURN",
         f"-p ARP -s {vif.mac.lower()} --arp-ip-src 0.0.0.0 --arp-mac-src {vif.mac.lower()} -j RETURN",
@@ -157,10 +196,65 @@ def antispoof_rules(vif: VifView, chain: str) -> list[str]:
             continue
         rules.append(f"-p IPv4 -s {mac} --ip-src {_eb_addr(net)} -j RETURN")
         rules.append(f"-p ARP -s {mac} --arp-ip-src {_eb_addr(net)} --arp-mac-src {mac} -j RETURN")
-    for mac in macs:   # IPv6 link-local/ND from the VIF's own MACs (no RA: dropped above)
-        rules.append(f"-p IPv6 -s {mac} -j RETURN")
+    for mac in macs:
+        rules.append(f"-p IPv6 -s {mac} --ip6-src {link_local(mac)} -j RETURN")
+        rules += [f"-p IPv6 -s {mac} --ip6-src :: --ip6-proto ipv6-icmp --ip6-icmp-type {t} -j RETURN"
+                  for t in UNSPECIFIED_SOURCE_ICMP6]
     rules.append("-j DROP")
     return rules
+
+
+#: ICMPv6 a VIF may send from ``::`` (as ebtables-save prints the types): DAD probes (RFC 4862
+#: §5.4), MLDv1/MLDv2 reports (RFC 3810 §5.2.13) and router solicitations (RFC 4861 §4.1)
+UNSPECIFIED_SOURCE_ICMP6 = ("neighbour-solicitation", "131/0:255", "143/0:255", "router-solicitation")
+
+
+def na_chain(port_name: str) -> str:
+    """Short (unwrapped) name of a VIF's ip6tables raw chain checking the targets of the
+    neighbour advertisements it sends: ``n`` + the VIF id part of its tap name (11 characters,
+    as the security group chains)."""
+    return ("n" + port_name[3:] if port_name.startswith("tap") else "n" + port_name)[:11]
+
+
+def na_targets(vif: VifView) -> list[str]:
+    """The addresses a VIF may advertise as neighbour advertisement target (canonical CIDRs):
+    link-local of its MAC and of each allowed pair's MAC, its global addresses, allowed IPv6
+    pairs."""
+    out = [f"{link_local(vif.mac)}/128"] + [f"{a}/128" for a in vif.addresses_v6]
+    for mac, ip in vif.allowed_address_pairs:
+        out.append(f"{link_local(mac)}/128")
+        try:
+            net = netaddr.IPNetwork(ip)
+        except (netaddr.AddrFormatError, ValueError):
+            continue
+        if net.version == 6:
+            out.append(str(net.cidr))
+    return list(dict.fromkeys(str(netaddr.IPNetwork(c).cidr) for c in out))
+
+
+def _u32_target(cidr: str) -> str:
+    """An xt_u32 test (offsets from the IPv6 header, as ip6tables-save prints it) that the
+    packet is ICMPv6 right after the fixed header (next header 58: no extension header, so the
+    target lies at bytes 48-63) and its NA target is inside ``cidr``."""
+    net = netaddr.IPNetwork(cidr)
+    tests = ["0x4>>0x8&0xff=0x3a"]
+    value, mask = int(net.network), int(net.netmask)
+    for word in range(4):
+        shift = 96 - 32 * word
+        m, v = (mask >> shift) & 0xFFFFFFFF, (value >> shift) & 0xFFFFFFFF
+        if m == 0xFFFFFFFF:
+            tests.append(f"{0x30 + 4 * word:#x}={v:#x}")
+        elif m:
+            tests.append(f"{0x30 + 4 * word:#x}&{m:#x}={v:#x}")
+    return "&&".join(tests)
+
+
+def na_guard_rules(vif: VifView) -> list[str]:
+    """ip6tables rules of the VIF's :func:`na_chain` (raw table; iptables-save canonical form):
+    an NA whose target is one of :func:`na_targets` returns, every other NA (another's address,
+    or with an extension header hiding the target) is dropped (RFC 4861 §7.2.4 spoofing, the
+    OpenFlow backend's ``ipv6_nd_target`` flows)."""
+    return [f'-m u32 --u32 "{_u32_target(c)}" -j RETURN' for c in na_targets(vif)] + ["-j DROP"]
 
 
 def _eb_addr(net: netaddr.IPNetwork) -> str:
@@ -197,8 +291,9 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
         p.bridges.append(BridgeSpec(
             name=br, network_id=net.id, interface=iface, vlan=vlan, vlan_parent=parent,
             gateway_cidr=f"{net.gateway}/{prefix}" if dhcp else None,
-            broadcast=net.broadcast if dhcp else None, mac=net.gateway_mac if dhcp else None))
-        for family in ("ipv4", "ipv6") if conf.use_ipv6 else ("ipv4",):
+            broadcast=net.broadcast if dhcp else None, mac=net.gateway_mac if dhcp else None,
+            gateway_v6=bridge_v6_addresses(net) if dhcp else ()))
+        for family in ("ipv4", "ipv6") if conf.use_ipv6 or net.cidr_v6 else ("ipv4",):
             p.rules += [IptRule(family, "filter", "FORWARD", r) for r in gateway_rules(br, conf)]
         if dhcp:
             size = netaddr.IPNetwork(net.cidr).size
@@ -262,6 +357,16 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
                                wrap=False))
         for rule in antispoof_rules(vif, chain):
             p.rules.append(IptRule("eb", "nat", chain, rule))
+        # neighbour advertisement targets (bridged frames reach ip6tables: br_netfilter, set
+        # up for every filtered VIF)
+        nchain = na_chain(vif.port_name)
+        p.chains.append(("ipv6", "raw", nchain))
+        p.rules.append(IptRule("ipv6", "raw", "PREROUTING",
+                               f"-p ipv6-icmp -m physdev --physdev-in {vif.port_name} -m icmp6 "
+                               f"--icmpv6-type 136 -j ${nchain}"))
+        p.rules += [IptRule("ipv6", "raw", nchain, rule) for rule in na_guard_rules(vif)]
+
+    p.ipv6 = ipv6_router(view, conf, p.ports) if dhcp else None
 
     # -- security groups of the filtered VIFs here (nova's IptablesFirewallDriver shape)
     fw = iptables_firewall.plan_firewall(view, p.ports, getattr(conf, "iptables_binary_name", None)
@@ -276,6 +381,31 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
             if not (r.chain in ("FORWARD", "INPUT") and r.table == "filter")]
     p.rules = jumps + p.rules + rest
     return p
+
+
+def bridge_v6_addresses(net: NetworkView) -> tuple[str, ...]:
+    """``gateway_v6/64`` and ``gateway_lla/64`` of a network with a /64 (() without)."""
+    if not net.cidr_v6 or not net.gateway_v6:
+        return ()
+    prefix = netaddr.IPNetwork(net.cidr_v6).prefixlen
+    return (f"{net.gateway_v6}/{prefix}", f"{net.gateway_lla}/64")
+
+
+def ipv6_router(view: StateView, conf, ports: dict[str, str]) -> Ipv6Router | None:
+    """The host's IPv6 router (None when no network has a /64): config public_ip_v6,
+    external_gateway_v6(_mac), and every present VIF port of a network with a /64 (``ports``:
+    tap -> bridge, the VIF ports of this host)."""
+    routed = {nid for nid, net in view.networks.items() if net.cidr_v6 and net.gateway_v6}
+    if not routed:
+        return None
+    router = Ipv6Router(public_interface=conf.public_interface,
+                        public_ip=getattr(conf, "public_ip_v6", None),
+                        gateway=getattr(conf, "external_gateway_v6", None),
+                        gateway_mac=getattr(conf, "external_gateway_v6_mac", None))
+    for vif in view.vifs:
+        if vif.network_id in routed and vif.port_name in ports:
+            router.ports[vif.port_name] = Ipv6Port(view.networks[vif.network_id], vif)
+    return router
 
 
 def fill_manager(mgr, host_plan: HostPlan) -> None:

@@ -9,6 +9,7 @@ was wrong), which the agent logs and the tests use to prove a restart is a no-op
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 
@@ -43,10 +44,12 @@ def _v4_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int, str | None]]:
 
 def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
                   gateway_cidr: str | None = None, broadcast: str | None = None,
-                  mac: str | None = None) -> list[str]:
+                  mac: str | None = None, gateway_v6: tuple[str, ...] = ()) -> list[str]:
     """Create ``bridge`` if missing (forward delay 0, STP off, up); enslave ``interface`` and
     move its IPv4 addresses and default route onto the bridge (nova); put ``gateway_cidr`` on
-    the bridge (the gateway/DHCP server address) and set the bridge MAC to ``mac``."""
+    the bridge (the gateway/DHCP server address), the IPv6 ``address/prefix``es of
+    ``gateway_v6`` (nova's ``ip -6 addr add gateway_v6/netmask_v6 dev bridge``) and set the
+    bridge MAC to ``mac``."""
     changed = []
     idx = _index(ipr, bridge)
     if idx is None:
@@ -75,7 +78,34 @@ def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
             kw = {"broadcast": broadcast} if broadcast else {}
             ipr.addr("add", index=idx, address=address, prefixlen=int(prefix), **kw)
             changed.append(f"{bridge} address {gateway_cidr}")
+    for cidr in gateway_v6:
+        changed += ensure_v6_address(ipr, idx, bridge, cidr)
     return changed
+
+
+IFA_F_NODAD = 0x02
+
+
+def _v6_addrs(ipr: IPRoute, index: int) -> set[tuple[str, int]]:
+    return {(str(ipaddress.IPv6Address(a.get("address"))), a["prefixlen"])
+            for a in ipr.get_addr(index=index, family=socket.AF_INET6)}
+
+
+def ensure_v6_address(ipr: IPRoute, index: int, name: str, cidr: str) -> list[str]:
+    """``ip -6 addr add CIDR dev NAME nodad`` unless present: the router's addresses are
+    its own by configuration, so no duplicate address detection delays them (RFC 4862 §5.4
+    allows skipping it)."""
+    iface = ipaddress.IPv6Interface(cidr)
+    if (str(iface.ip), iface.network.prefixlen) in _v6_addrs(ipr, index):
+        return []
+    try:
+        ipr.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                 family=socket.AF_INET6, flags=IFA_F_NODAD)
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise
+        return []
+    return [f"{name} address {iface}"]
 
 
 def _move_addresses(ipr: IPRoute, src: int, src_name: str, dst: int, dst_name: str) -> list[str]:
@@ -207,13 +237,58 @@ def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str
 
 def set_ip_forward() -> list[str]:
     """nova init_host: ``sysctl -w net.ipv4.ip_forward=1`` (per network namespace)."""
-    path = "/proc/sys/net/ipv4/ip_forward"
+    return _set_sysctl("/proc/sys/net/ipv4/ip_forward", "1", "net.ipv4.ip_forward=1")
+
+
+def _set_sysctl(path: str, value: str, note: str) -> list[str]:
     with open(path) as fh:
-        if fh.read().strip() == "1":
+        if fh.read().strip() == value:
             return []
     with open(path, "w") as fh:
-        fh.write("1\n")
-    return ["net.ipv4.ip_forward=1"]
+        fh.write(value + "\n")
+    return [note]
+
+
+def set_ipv6_forward() -> list[str]:
+    """nova's ``sysctl -w net.ipv6.conf.all.forwarding=1`` (per network namespace): the host
+    routes the projects' /64s (a router ignores router advertisements itself, RFC 4861 §6.2.8).
+    ``disable_ipv6`` is cleared first: a host with IPv6 off could hold no gateway address."""
+    changes = _set_sysctl("/proc/sys/net/ipv6/conf/all/disable_ipv6", "0",
+                          "net.ipv6.conf.all.disable_ipv6=0")
+    changes += _set_sysctl("/proc/sys/net/ipv6/conf/default/disable_ipv6", "0",
+                           "net.ipv6.conf.default.disable_ipv6=0")
+    return changes + _set_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1",
+                                 "net.ipv6.conf.all.forwarding=1")
+
+
+def ensure_v6_public(ipr: IPRoute, interface: str, address: str | None, gateway: str | None,
+                     gateway_mac: str | None) -> list[str]:
+    """The router's public IPv6 side (config public_ip_v6, external_gateway_v6,
+    external_gateway_v6_mac): ``address`` (ADDRESS/PREFIXLEN) on ``interface``, the default
+    route via ``gateway`` there, and a permanent neighbour entry for it when its MAC is
+    configured (else neighbour discovery learns it). Nothing is removed; a missing interface
+    is logged, not raised (the operator's public port may appear later: the agent reconciles
+    again when links change)."""
+    if not (address or gateway):
+        return []
+    idx = _index(ipr, interface)
+    if idx is None:
+        LOG.warning("public interface %s missing: IPv6 public side not set up", interface)
+        return []
+    changed = ensure_v6_address(ipr, idx, interface, address) if address else []
+    if gateway:
+        routes = ipr.get_routes(family=socket.AF_INET6, table=254, dst_len=0)
+        if not any(r.get("gateway") == gateway and r.get("oif") == idx for r in routes):
+            ipr.route("replace", family=socket.AF_INET6, dst="::/0", gateway=gateway, oif=idx)
+            changed.append(f"default IPv6 route via {gateway} dev {interface}")
+        if gateway_mac:
+            have = [n for n in ipr.get_neighbours(family=socket.AF_INET6, ifindex=idx, dst=gateway)
+                    if (n.get("lladdr") or "").lower() == gateway_mac.lower() and n["state"] & 0x80]
+            if not have:   # NUD_PERMANENT
+                ipr.neigh("replace", family=socket.AF_INET6, dst=gateway, lladdr=gateway_mac,
+                          ifindex=idx, state=0x80)
+                changed.append(f"neighbour {gateway} lladdr {gateway_mac} dev {interface}")
+    return changed
 
 
 BRIDGE_NF_SYSCTLS = ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables")

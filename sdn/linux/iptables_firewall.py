@@ -278,9 +278,11 @@ def provider_rule_text(rule) -> tuple[str, str] | None:
 
 
 def _vif_addresses(vif: VifView) -> list[str]:
-    """Fixed IPs and allowed-pair addresses, canonical CIDRs, de-duplicated, in order."""
+    """Fixed IPs, derived global IPv6 addresses and allowed-pair addresses, canonical CIDRs,
+    de-duplicated, in order (routed traffic to any of them meets the VIF's inbound chain)."""
     out: list[str] = []
-    for a in list(vif.addresses) + [ip for _, ip in vif.allowed_address_pairs]:
+    for a in (list(vif.addresses) + list(vif.addresses_v6)
+              + [ip for _, ip in vif.allowed_address_pairs]):
         try:
             c = canonical_cidr(a)
         except ValueError:

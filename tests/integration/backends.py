@@ -226,7 +226,12 @@ class LinuxBackend:
 
     def plug(self, env, alloc):
         """A namespace with the VIF's MAC whose veth end goes into the hypervisor namespace."""
-        host = self.netns_host(port_name=alloc["port_name"], mac=alloc["mac"])
+        return self.plug_host(env, alloc, self.netns_host(port_name=alloc["port_name"],
+                                                          mac=alloc["mac"]))
+
+    def plug_host(self, env, alloc, host):
+        """``plug`` for a namespace the test made (and prepared) itself: its veth's outer end
+        goes into the hypervisor namespace, where the agent puts it on its bridge."""
         sh(["ip", "link", "set", alloc["port_name"], "netns", self.hv(env).name])
         self.ports[id(env)].append(alloc["port_name"])
         if self.hv(env).agent is not None:

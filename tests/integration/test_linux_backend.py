@@ -3,7 +3,8 @@
 The host's iptables stay nova-shaped (only wrapped chains plus untouched foreign rules), an agent
 restart changes nothing, deleting state removes exactly its rules, dnsmasq's script interface
 drives the managers, and VLAN mode is set up for real except the VLAN interface when the kernel
-has no 8021q. (Floating IPs, SNAT, metadata and VPN run for both backends in test_l3.py.)
+has no 8021q; with IPv6 too, a restart rewrites no rule. (Floating IPs, SNAT, metadata and VPN
+run for both backends in test_l3.py, IPv6 behaviour in test_ipv6.py.)
 """
 
 from __future__ import annotations
@@ -182,3 +183,37 @@ def test_vlan_mode_uplink_needs_8021q(linux, netns_host):
         pytest.skip("VLAN interface step: " + errors[0].split(" [-] ", 1)[-1])
     assert "vlan protocol 802.1Q id 600" in vlan.stdout
     assert env.hv.master_of("vlan600") == "br600"
+
+
+def test_ipv6_rules_survive_a_restart_unchanged_and_guests_keep_their_router(linux, netns_host):
+    """IPv6 (test_ipv6.py's lab): the ip6tables/ebtables rules sdn writes (u32 NA guard,
+    ICMPv6 types) are in the canonical form the tools print, so a restarted agent rewrites
+    nothing; its only change is its own RA/DHCPv6 server starting again, and the guests keep
+    their derived addresses, default router and each other."""
+    from tests.integration.test_ipv6 import V6Lab
+
+    lab = V6Lab(linux, netns_host, instances=("a1", "a2"))
+    for name in lab.host:
+        lab.wait_slaac(name)
+    assert lab.ping6_eventually("a1", lab.v6["a2"])
+    hv = lab.env.hv
+    assert "-j sdn-agent-n" in hv.run(["ip6tables-save", "-t", "raw"]).stdout
+    before = {**snapshot(hv), "ip6tables": hv.run(["ip6tables-save"]).stdout}
+    hv.stop_agent(kill=True)
+    n = len(hv.reconciles())
+    ras = lab.host["a1"].capture("icmp6 and ip6[40] == 134")
+    hv.start_agent(lab.env.sdn_exe, lab.env.config_file)
+    wait_for(lambda: len(hv.reconciles()) > n, timeout=20, what="the restarted agent's first reconcile")
+    first = hv.reconciles()[n]
+    assert first.endswith(": IPv6 router advertisements started on 2 ports"), first
+    after = {**snapshot(hv), "ip6tables": hv.run(["ip6tables-save"]).stdout}
+    def strip(text):
+        return re.sub(r"\[\d+:\d+\]|^#.*$", "", text, flags=re.M)
+    assert strip(after.pop("ip6tables")) == strip(before.pop("ip6tables"))
+    assert after == before
+    # the restarted router advertises again at once (the port's first RA), and the guests keep
+    # their addresses, default router and each other
+    ras.wait_count(1, timeout=10)
+    assert lab.global_addresses("a1") == [lab.v6["a1"]]
+    assert "default via fe80::" in lab.host["a1"].run(["ip", "-6", "route", "show", "default"]).stdout
+    assert lab.ping6("a1", lab.v6["a2"])

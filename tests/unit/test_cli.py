@@ -45,7 +45,7 @@ def test_full_flow(sdn):
     assert "10.0.0.0/24" in out and "vlan 301" in out
     alloc = json.loads(ok(sdn("instance", "launch", "vm1", "--project", "alpha", "--json")))
     assert set(alloc) == {"instance", "project", "host", "network_id", "cidr", "vlan", "vif_uuid", "mac",
-                          "address", "port_name", "gateway", "vifs"}
+                          "address", "port_name", "gateway", "vifs", "address_v6", "cidr_v6", "gateway_v6"}
     assert [v["address"] for v in alloc["vifs"]] == [alloc["address"]]
     assert (alloc["address"], alloc["vlan"], alloc["host"], alloc["gateway"]) == ("10.0.0.3", 300, "node1",
                                                                                   "10.0.0.1")
