@@ -134,6 +134,8 @@ class SdnEnvFactory:
             "database": {"connection": f"sqlite:///{workdir / 'sdn.sqlite'}"},
             "ovs": {"ofp_tcp_listen_port": port, "integration_bridge": br.name,
                     "trunk_interfaces": list(trunk_interfaces)},
+            # several test controllers run at once: metrics only where a test asks for them
+            "metrics": {"controller_port": 0, "agent_port": 0},
         }, config)
         conf = netlab.write_sdn_conf(workdir / "sdn.conf", sections)
         env = netlab.SdnEnv(workdir=workdir, bridge=br, port=port, config_file=conf,
