@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from importlib import resources
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
@@ -175,6 +176,28 @@ def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
     if "locked" in low or "busy" in low or "lock timeout" in low:
         return exception.DatabaseLocked(url=shown, reason=reason)
     return exception.DatabaseUnusable(url=shown, reason=reason)
+
+
+#: namespaces of sdn's advisory locks (the first key of ``pg_advisory_xact_lock(int, int)``), so
+#: two purposes never share a lock by a hash collision
+LOCK_PROJECT_NETWORKS = 0x5D01
+LOCK_HOSTNAME = 0x5D02
+
+
+def lock_key(session: Session, namespace: int, key: str) -> None:
+    """Serialise this write transaction with every other one that locks (``namespace``,
+    ``key``) until it commits or rolls back.
+
+    PostgreSQL: ``pg_advisory_xact_lock(namespace, crc32(key))`` (a hash collision only
+    serialises two keys more than needed). SQLite: nothing to do, ``BEGIN IMMEDIATE`` already
+    serialises every writer. In READ COMMITTED each later statement of the transaction sees what
+    the previous holder committed (its commit is visible before its locks are released).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    crc = zlib.crc32(key.encode())
+    session.execute(text("SELECT pg_advisory_xact_lock(CAST(:ns AS integer), CAST(:key AS integer))"),
+                    {"ns": namespace, "key": crc - (1 << 32) if crc >= 1 << 31 else crc})
 
 
 def current_revision(engine: Engine) -> int:

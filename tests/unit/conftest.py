@@ -71,3 +71,29 @@ def make_manager(engine, make_conf):
     def _make(kind="vlan", **options):
         return manager.get_manager(engine, make_conf(network_manager=kind, **options))
     return _make
+
+
+def racing_writer(engine, statement, call, head_start: float = 0.3):
+    """Run ``call()`` while another connection's uncommitted transaction has executed
+    ``statement`` (a write: it holds the row lock on PostgreSQL, the write lock on SQLite), and
+    commit that transaction ``head_start`` s after ``call`` started. Returns what ``call``
+    returned or raised: the answer of a manager racing a concurrent writer."""
+    import threading
+    import time
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except Exception as err:  # noqa: BLE001 - handed to the test
+            outcome["result"] = err
+    with engine.connect() as other:
+        other.execute(statement)
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(head_start)
+        other.commit()
+    thread.join(60)
+    assert not thread.is_alive(), "the racing call never finished"
+    return outcome["result"]
