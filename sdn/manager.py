@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from sdn import exception, leases, secgroups, validation, view
 from sdn.db import api as db
-from sdn.db import models
+from sdn.db import limits, models
 from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
 
 MAX_VLAN = validation.MAX_VLAN
@@ -236,6 +236,7 @@ class NetworkManager:
         validation.required(project_id, "an instance's project", "--project")
         bandwidth = bandwidth_limits(rx_kbps, tx_kbps)   # a new instance's limits (set_bandwidth)
         host = host or self.conf.host
+        limits.check(models.Instance, project_id=project_id, host=host)   # before its network's
         for attempt in range(_RACE_RETRIES):
             try:
                 with db.transaction(self.engine) as session:
@@ -545,6 +546,7 @@ class NetworkManager:
         its network_dict. Raises Invalid (not VLAN mode), NoMoreNetworks, NetworkNotFound,
         NetworkAlreadyInProject."""
         validation.required(project_id, "a project", "--project")
+        limits.check(models.Network, project_id=project_id)
         if not self.vlan_mode:
             raise exception.Invalid(f"network add-to-project applies to network_manager=vlan only, not "
                                     f"{self.conf.network_manager}: flat networks are shared by every project")

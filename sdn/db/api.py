@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from sdn import exception, view
-from sdn.db import models
+from sdn.db import limits, models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
 SQLITE_BUSY_TIMEOUT = 30
@@ -116,6 +116,7 @@ def transaction(engine: Engine, lock_wait: float | None = None) -> Iterator[Sess
     wrote = []
     bind = engine if lock_wait is None else engine.execution_options(**{LOCK_WAIT: lock_wait})
     with Session(bind, expire_on_commit=False) as session, session.begin():
+        event.listen(session, "before_flush", limits.before_flush)   # same limits on every database
         event.listen(session, "after_flush", lambda *_: wrote.append(True))
         event.listen(session, "do_orm_execute",
                      lambda state: wrote.append(True) if state.is_insert or state.is_update or state.is_delete
