@@ -41,6 +41,10 @@ SETTINGS = {
 }
 
 
+#: a benchmark's cluster: PostgreSQL's defaults for durability (fsync, synchronous commit)
+DURABLE_SETTINGS = {"listen_addresses": "127.0.0.1", "max_connections": "200"}
+
+
 class Unavailable(RuntimeError):
     """PostgreSQL's server programs or psycopg are not installed (``make setup`` installs both)."""
 
@@ -80,9 +84,10 @@ class Cluster:
     # -- lifecycle -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, attempts: int = 3) -> Cluster:
-        """initdb + pg_ctl start; returns the running cluster. Raises Unavailable, or
-        RuntimeError with the server log when it does not start."""
+    def start(cls, attempts: int = 3, durable: bool = False) -> Cluster:
+        """initdb + pg_ctl start; returns the running cluster. ``durable``: PostgreSQL's own
+        fsync/commit settings, as a deployment runs it (benchmarks), instead of SETTINGS' fast
+        ones. Raises Unavailable, or RuntimeError with the server log when it does not start."""
         try:
             import psycopg  # noqa: F401  (fail early, with advice, before initdb)
         except ImportError:
@@ -107,7 +112,7 @@ class Cluster:
             for attempt in range(attempts):   # another process may take the free port first
                 cluster.port = free_port()
                 options = " ".join(f"-c {k}={v}" for k, v in
-                                   {**SETTINGS, "port": cluster.port,
+                                   {**(DURABLE_SETTINGS if durable else SETTINGS), "port": cluster.port,
                                     "unix_socket_directories": str(root)}.items())
                 result = cluster._run([str(bins / "pg_ctl"), "-D", str(cluster.data), "-l",
                                        str(root / "server.log"), "-w", "-t", "60", "-o", options,
