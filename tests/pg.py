@@ -94,7 +94,8 @@ class Cluster:
             raise Unavailable("psycopg 3 is not installed; pip install '.[postgresql]'") from None
         bins = bindir()
         server_user = SERVER_USER if os.geteuid() == 0 else None
-        root = Path(tempfile.mkdtemp(prefix="sdn-pg-"))
+        # /tmp, not $TMPDIR: the server user must reach it (a root-only TMPDIR would not do)
+        root = Path(tempfile.mkdtemp(prefix="sdn-pg-", dir="/tmp" if server_user else None))
         os.chmod(root, 0o755)
         password = secrets.token_hex(16)
         pwfile = root / "pwfile"

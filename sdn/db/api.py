@@ -46,6 +46,8 @@ def get_engine(url: str) -> Engine:
     Connecting never creates a SQLite file or its directory (only ``sync`` does): a command run
     before ``sdn db sync`` raises DatabaseMissing and leaves the disk as it was."""
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":   # SQLAlchemy's default would be psycopg2; sdn ships psycopg 3
+        url = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True)
 

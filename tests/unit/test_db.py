@@ -275,6 +275,13 @@ def test_database_errors_are_told_apart(tmp_path):
     assert "sdn db sync" not in str(busy)
 
 
+def test_a_plain_postgresql_url_uses_psycopg_3(pg_database):
+    engine = api.get_engine(pg_database.replace("postgresql+psycopg://", "postgresql://"))
+    assert engine.dialect.driver == "psycopg"
+    assert api.current_revision(engine) == 0
+    engine.dispose()
+
+
 def test_postgresql_errors_are_told_apart(pg_cluster, pg_database):
     empty = api.get_engine(pg_cluster.url(pg_cluster.create_database()))
     with pytest.raises(sa_exc.ProgrammingError) as no_schema:
