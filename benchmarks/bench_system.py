@@ -1,9 +1,8 @@
-"""Benchmarks 2-5: flow programming, data plane, allocation, restart (see benchmarks/run.py)."""
+"""Benchmarks 2, 3, 5: flow programming, data plane, restart (4, allocation: bench_alloc.py)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import re
 import time
 import uuid as uuidlib
@@ -191,63 +190,7 @@ def data_plane(work: Path, log) -> dict:
     return res
 
 
-# ------------------------------------------------------------------ 4. allocation
-
-def _alloc_worker(args) -> list:
-    url, conf_path, wid, ops = args
-    from benchmarks import lib as wlib
-    from sdn import manager as managers
-    from sdn.db import api as db
-    conf = wlib.load_conf(Path(conf_path))
-    if url:
-        conf.set_override("connection", url, group="database")
-    engine = db.get_engine(conf.database.connection)
-    mgr = managers.get_manager(engine, conf)
-    held = []
-    for i in range(ops // 2):
-        name = f"w{wid}i{i}"
-        a = mgr.allocate_for_instance(name, "bench")
-        start = time.monotonic()             # after the allocation committed
-        end = time.monotonic()               # before the release is asked for
-        mgr.deallocate_for_instance(name)
-        held.append((a["address"], start, end, name))
-    return held
-
-
-def allocation(work: Path, log, url: str | None = None, procs: int = 8, ops: int = 10000) -> dict:
-    d = work / ("alloc-pg" if url else "alloc")
-    conf, engine, mgr, _net = lib.new_state(d, 1, "10.90.0.0/24", network_manager="flat")
-    if url:
-        from sdn.db import api as db
-        eng = db.get_engine(url)
-        db.sync(eng)
-        from sdn import manager as managers
-        cpg = lib.load_conf(conf)
-        cpg.set_override("connection", url, group="database")
-        m = managers.get_manager(eng, cpg)
-        if not m.list_networks() if hasattr(m, "list_networks") else True:
-            try:
-                m.create_networks("benchpg", "10.91.0.0/24")
-            except Exception:
-                pass
-    per = ops // procs
-    t = time.monotonic()
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(procs) as pool:
-        results = pool.map(_alloc_worker, [(url, str(conf), w, per) for w in range(procs)])
-    elapsed = time.monotonic() - t
-    intervals = sorted(x for r in results for x in r)
-    dups = 0
-    last: dict[str, float] = {}
-    for addr, start, end, _name in intervals:   # sound check: overlapping holds are duplicates
-        if addr in last and start < last[addr]:
-            dups += 1
-        last[addr] = max(last.get(addr, 0), end)
-    n_ops = 2 * sum(len(r) for r in results)
-    res = dict(backend="postgresql" if url else "sqlite", processes=procs, operations=n_ops,
-               seconds=round(elapsed, 2), ops_per_s=round(n_ops / elapsed), duplicates=dups)
-    log(f"    allocation {res['backend']}: {n_ops} ops in {elapsed:.1f}s, {dups} duplicates")
-    return res
+# 4. allocation: benchmarks/bench_alloc.py (PostgreSQL with 8 processes vs SQLite)
 
 
 # ------------------------------------------------------------------ 5. restart

@@ -9,7 +9,8 @@ Prints a table of ratios with the raw numbers, writes ``results.json`` and ``res
 draws ``dhcp.png`` (DHCP success rate against offered rate, every server) in ``--out``.
 The machine is shared and noisy: compare the ratios, measured in the same run.
 Needs root, userspace OVS, perfdhcp (kea-admin), kea-dhcp4, dnsmasq, iperf3, matplotlib
-(``make bench`` installs them). PostgreSQL allocation runs too when SDN_BENCH_PG_URL is set.
+(``make bench`` installs them), and Debian's postgresql (the allocation step starts a cluster of
+its own, benchmarks/bench_alloc.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_dhcp, bench_secgroups, bench_system  # noqa: E402
+from benchmarks import bench_alloc, bench_dhcp, bench_secgroups, bench_system  # noqa: E402
 
 TARGETS = {
     "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
@@ -81,8 +82,10 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(("allocation", "error", alloc.get("error", "")[:60], "-", "NOT MET"))
         alloc = []
     for a in alloc:
-        rows.append((f"allocation {a['backend']}, {a['processes']} procs, ops/s", str(a["ops_per_s"]),
-                     f"{a['operations']} ops", "-",
+        runs = a.get("runs_ops_per_s", [a["ops_per_s"]])
+        rows.append((f"fixed-IP allocation {a['backend']}, {a['processes']} procs, ops/s (median of "
+                     f"{len(runs)})", str(a["ops_per_s"]), f"{a['operations']} ops/run, runs {runs}",
+                     f"{a['ratio_to_sqlite']:.2f} of sqlite" if a.get("ratio_to_sqlite") is not None else "-",
                      f"0 duplicates ({a['duplicates']}) {verdict(a['duplicates'] == 0)}"))
     s = r.get("restart")
     if s and "error" in s:
@@ -201,12 +204,7 @@ def main() -> int:
     if "dataplane" in only:
         steps.append(("dataplane", lambda: bench_system.data_plane(work, log)))
     if "alloc" in only:
-        def alloc():
-            res = [bench_system.allocation(work, log)]
-            if os.environ.get("SDN_BENCH_PG_URL"):
-                res.append(bench_system.allocation(work, log, url=os.environ["SDN_BENCH_PG_URL"]))
-            return res
-        steps.append(("alloc", alloc))
+        steps.append(("alloc", lambda: bench_alloc.run(work / "alloc", log)))
     if "restart" in only:
         steps.append(("restart", lambda: bench_system.restart(work, log)))
     if "secgroups" in only:

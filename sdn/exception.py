@@ -28,6 +28,10 @@ class ConfigError(Invalid):
     msg_fmt = "invalid value {value!r} for option [{group}] {name}: {allowed}"
 
 
+class FieldTooLong(Invalid):
+    msg_fmt = "{field} is {length} characters long; at most {limit} are allowed"
+
+
 class InvalidCidr(Invalid):
     msg_fmt = "invalid CIDR {cidr!r}: {reason}"
 

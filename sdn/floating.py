@@ -154,7 +154,10 @@ class FloatingIps:
 
     @staticmethod
     def _owned(session: Session, address: str, project_id: str) -> models.FloatingIp:
-        row = session.scalar(select(models.FloatingIp).where(models.FloatingIp.address == address))
+        """The floating IP row, locked until commit (PostgreSQL: two associates of one address at
+        once must not both see it free; SQLite's write lock already serialises them)."""
+        row = session.scalar(select(models.FloatingIp).where(models.FloatingIp.address == address)
+                             .with_for_update())
         if row is None:
             raise exception.FloatingIpNotFound(address=address)
         if row.project_id != project_id:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from sdn import exception, ipv6, leases, secgroups, validation, view
 from sdn.db import api as db
-from sdn.db import models
+from sdn.db import limits, models
 from sdn.floating import FloatingIps, floating_ips_in, describe_addresses
 
 MAX_VLAN = validation.MAX_VLAN
@@ -264,6 +264,7 @@ class NetworkManager:
         validation.required(project_id, "an instance's project", "--project")
         bandwidth = bandwidth_limits(rx_kbps, tx_kbps)   # a new instance's limits (set_bandwidth)
         host = host or self.conf.host
+        limits.check(models.Instance, project_id=project_id, host=host)   # before its network's
         for attempt in range(_RACE_RETRIES):
             try:
                 with db.transaction(self.engine) as session:
@@ -287,6 +288,7 @@ class NetworkManager:
                                                         project=project_id)
             return _allocation(session, inst, self.conf.ipv6_backend)
         hostname = hostname_for(instance_name)
+        db.lock_key(session, db.LOCK_HOSTNAME, hostname)   # a_b and a.b launched at once: one wins
         clash = session.scalar(select(models.Instance.name).where(models.Instance.hostname == hostname).limit(1))
         if clash is not None:
             raise exception.HostnameInUse(name=instance_name, hostname=hostname, existing=clash)
@@ -580,10 +582,12 @@ class NetworkManager:
         its network_dict. Raises Invalid (not VLAN mode), NoMoreNetworks, NetworkNotFound,
         NetworkAlreadyInProject."""
         validation.required(project_id, "a project", "--project")
+        limits.check(models.Network, project_id=project_id)
         if not self.vlan_mode:
             raise exception.Invalid(f"network add-to-project applies to network_manager=vlan only, not "
                                     f"{self.conf.network_manager}: flat networks are shared by every project")
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_PROJECT_NETWORKS, project_id)   # as a first launch does
             if network is None:
                 net = session.scalar(select(models.Network).where(models.Network.project_id.is_(None))
                                      .order_by(models.Network.id).limit(1).with_for_update(skip_locked=True))
@@ -591,6 +595,9 @@ class NetworkManager:
                     raise exception.NoMoreNetworks(project=project_id)
             else:
                 net = _network_by_name(session, network)
+                # its owner as of now, row-locked: two projects asking for it at once must not
+                # both see it free (the second would overwrite the first's association)
+                session.refresh(net, with_for_update=True)
                 if net.project_id == project_id:
                     raise exception.NetworkAlreadyInProject(
                         network=f"{net.label} ({net.cidr})", project=project_id,
@@ -685,10 +692,31 @@ class VlanManager(NetworkManager):
     def top_reserved(self) -> int:
         return NetworkManager.top_reserved + self.conf.cnt_vpn_clients
 
+    @staticmethod
+    def _own_networks(session: Session, project_id: str) -> list[models.Network]:
+        return list(session.scalars(select(models.Network).where(models.Network.project_id == project_id)
+                                    .order_by(models.Network.id).execution_options(populate_existing=True)))
+
     def _candidate_networks(self, session: Session, project_id: str) -> list[models.Network]:
-        """The project's networks; at its first instance, associate the lowest free network."""
-        own = list(session.scalars(select(models.Network).where(models.Network.project_id == project_id)
-                                   .order_by(models.Network.id)))
+        """The project's networks; at its first instance, associate the lowest free network.
+
+        The association is serialised per project, so simultaneous first launches of one
+        project (several processes or hosts) end with one network, never one each: with no
+        network yet, the transaction takes the project's advisory lock (``db.lock_key``, a
+        no-op on SQLite whose BEGIN IMMEDIATE serialises every writer) and looks again before
+        picking. Why this lock: the pick alone (``FOR UPDATE SKIP LOCKED``) lets each
+        transaction take a different free network; locking the lowest free network without
+        SKIP LOCKED would serialise the first launches of *every* new project on one row, and
+        the waiter, seeing it taken, would move on to the next free network unless it also
+        re-checked its project; a per-project row lock needs a projects table sdn does not
+        have. The advisory lock serialises only launches of the same new project, costs one
+        round trip and only while the project has no network, and ends with the transaction.
+        """
+        own = self._own_networks(session, project_id)
+        if own:
+            return own
+        db.lock_key(session, db.LOCK_PROJECT_NETWORKS, project_id)
+        own = self._own_networks(session, project_id)   # a launch that held the lock may have picked
         if own:
             return own
         free = session.scalar(select(models.Network).where(models.Network.project_id.is_(None))

@@ -12,16 +12,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator
 from importlib import resources
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, event, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from sdn import exception, ipv6, view
-from sdn.db import models
+from sdn.db import limits, models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
 SQLITE_BUSY_TIMEOUT = 30
@@ -45,12 +46,21 @@ def get_engine(url: str) -> Engine:
     Connecting never creates a SQLite file or its directory (only ``sync`` does): a command run
     before ``sdn db sync`` raises DatabaseMissing and leaves the disk as it was."""
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":   # SQLAlchemy's default would be psycopg2; sdn ships psycopg 3
+        url = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True)
 
         @event.listens_for(engine, "begin")
-        def _lock_wait(conn):
-            wait = conn.get_execution_options().get(LOCK_WAIT)
+        def _on_begin(conn):
+            options = conn.get_execution_options()
+            if options.get("sdn_readonly"):
+                # one snapshot for the whole read (READ COMMITTED takes one per statement, and a
+                # StateView could pair VIFs with networks of another moment); read-only
+                # transactions under REPEATABLE READ never fail to serialize
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return
+            wait = options.get(LOCK_WAIT)
             if wait is not None:   # this transaction waits for row locks at most that long
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
         return engine
@@ -108,6 +118,7 @@ def transaction(engine: Engine, lock_wait: float | None = None) -> Iterator[Sess
     wrote = []
     bind = engine if lock_wait is None else engine.execution_options(**{LOCK_WAIT: lock_wait})
     with Session(bind, expire_on_commit=False) as session, session.begin():
+        event.listen(session, "before_flush", limits.before_flush)   # same limits on every database
         event.listen(session, "after_flush", lambda *_: wrote.append(True))
         event.listen(session, "do_orm_execute",
                      lambda state: wrote.append(True) if state.is_insert or state.is_update or state.is_delete
@@ -129,19 +140,25 @@ def read_transaction(engine: Engine) -> Iterator[Session]:
 
 def sync(engine: Engine) -> None:
     """``alembic upgrade head`` on ``engine`` with the migrations shipped in this package."""
-    from alembic import command
-    from alembic.config import Config
-
     path = _sqlite_file(engine.url)
     if path is not None and not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         sqlite3.connect(path).close()  # the one place that creates the file
+    migrate(engine, "head")
+
+
+def migrate(engine: Engine, revision: str, downgrade: bool = False) -> None:
+    """``alembic upgrade`` (or ``downgrade``) to ``revision`` ("head", "base", "0002", ...) in one
+    transaction (both SQLite and PostgreSQL have transactional DDL)."""
+    from alembic import command
+    from alembic.config import Config
+
     ini = resources.files("sdn.db") / "alembic.ini"
     cfg = Config(str(ini))
     cfg.set_main_option("script_location", str(resources.files("sdn.db") / "migrations"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
 
 def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
@@ -150,15 +167,40 @@ def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
     reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
     low = reason.lower()
     shown = make_url(url).render_as_string(hide_password=True)
-    if "no such table" in low or ("does not exist" in low and ("relation" in low or "database" in low)):
+    if "does not exist" in low and 'database "' in low:   # PostgreSQL: sync does not create databases
+        return exception.DatabaseUnusable(url=shown, reason=f"{reason}; create it (createdb, or CREATE "
+                                                            f"DATABASE), then run 'sdn db sync'")
+    if "no such table" in low or ("does not exist" in low and "relation" in low):
         return exception.DatabaseMissing(url=shown, detail=f" (it has no sdn schema: {reason})")
     if "readonly database" in low or "read-only" in low:
         return exception.DatabasePermission(url=shown, access="written", reason=reason)
     if "permission denied" in low or "unable to open database file" in low:
         return exception.DatabasePermission(url=shown, access="opened", reason=reason)
-    if "locked" in low or "busy" in low:
+    if "locked" in low or "busy" in low or "lock timeout" in low:
         return exception.DatabaseLocked(url=shown, reason=reason)
     return exception.DatabaseUnusable(url=shown, reason=reason)
+
+
+#: namespaces of sdn's advisory locks (the first key of ``pg_advisory_xact_lock(int, int)``), so
+#: two purposes never share a lock by a hash collision
+LOCK_PROJECT_NETWORKS = 0x5D01
+LOCK_HOSTNAME = 0x5D02
+
+
+def lock_key(session: Session, namespace: int, key: str) -> None:
+    """Serialise this write transaction with every other one that locks (``namespace``,
+    ``key``) until it commits or rolls back.
+
+    PostgreSQL: ``pg_advisory_xact_lock(namespace, crc32(key))`` (a hash collision only
+    serialises two keys more than needed). SQLite: nothing to do, ``BEGIN IMMEDIATE`` already
+    serialises every writer. In READ COMMITTED each later statement of the transaction sees what
+    the previous holder committed (its commit is visible before its locks are released).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    crc = zlib.crc32(key.encode())
+    session.execute(text("SELECT pg_advisory_xact_lock(CAST(:ns AS integer), CAST(:key AS integer))"),
+                    {"ns": namespace, "key": crc - (1 << 32) if crc >= 1 << 31 else crc})
 
 
 def current_revision(engine: Engine) -> int:

@@ -1,10 +1,14 @@
 """Floating IPs and cloudpipe VPN in state, with nova's semantics and no partial writes."""
 
 import pytest
+from sqlalchemy import select, update
 
 from sdn import exception, vpn
-from sdn.db import api
+from sdn.db import api, models
 from sdn.floating import FloatingIps, parse_range
+from tests.unit.conftest import racing_writer
+
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
 
 
 @pytest.fixture
@@ -58,6 +62,16 @@ def test_refusals_change_nothing(env, engine):
     with pytest.raises(exception.FloatingIpInUse):
         fips.delete("203.0.113.0/29")
     assert len(fips.list()) == 6
+
+
+def test_an_address_associated_by_a_concurrent_transaction_is_refused(env, engine):
+    mgr, fips = env
+    a = fips.allocate("alpha")
+    fixed_id = select(models.FixedIp.id).where(models.FixedIp.address == mgr.get_allocation("v1")["address"])
+    taken = (update(models.FloatingIp).where(models.FloatingIp.address == a)
+             .values(fixed_ip_id=fixed_id.scalar_subquery()))
+    result = racing_writer(engine, taken, lambda: fips.associate(a, "v1", "alpha"))
+    assert isinstance(result, exception.FloatingIpInUse), result
 
 
 def test_pool_exhaustion(env):

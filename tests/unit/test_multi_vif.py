@@ -4,11 +4,14 @@
 import datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from sdn import cli, exception
 from sdn.db import api, models
 from sdn.floating import FloatingIps
+from tests.unit.conftest import racing_writer
+
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
 
 
 def revision(engine):
@@ -43,6 +46,16 @@ def test_add_network_to_project_gives_the_lowest_free_then_refuses(vlan, engine)
     assert vlan.add_network_to_project("q", "10.20.0.128/26")["label"] == "vl_2"
     with pytest.raises(exception.NoMoreNetworks, match="project r"):
         vlan.add_network_to_project("r")
+
+
+def test_a_network_two_projects_ask_for_at_once_goes_to_one(vlan, engine):
+    """Another project's transaction takes vl_1 while add_network_to_project("p", "vl_1")
+    runs: p must be refused, not overwrite the other's association."""
+    taken = update(models.Network).where(models.Network.label == "vl_1").values(project_id="q")
+    result = racing_writer(engine, taken, lambda: vlan.add_network_to_project("p", "vl_1"))
+    assert isinstance(result, exception.NetworkAlreadyInProject) and "q" in str(result), result
+    owners = {n.label: n.project_id for n in api.load_views(engine).networks.values()}
+    assert owners["vl_1"] == "q"
 
 
 def test_add_network_to_project_is_vlan_only(make_manager):

@@ -6,6 +6,8 @@ import pytest
 from sdn import exception
 from sdn.db import api
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def vlan(make_manager, engine):
