@@ -32,19 +32,22 @@ OFPT_HELLO = 0
 def switch_ssl(tmp_path):
     """ovs-vswitchd's SSL row set to the test's switch key/cert/CA; the previous row restored."""
     pki = make_ovs_pki(tmp_path / "ovs-pki")
-    before = sh(["ovs-vsctl", "--timeout=5", "get-ssl"]).stdout.strip()
+    before = sh(["ovs-vsctl", "--timeout=30", "get-ssl"]).stdout.strip()
     previous = {}
     for line in before.splitlines():
         key, _, value = line.partition(":")
         previous[key.strip()] = value.strip()
-    sh(["ovs-vsctl", "--timeout=10", "set-ssl", str(pki["sc-privkey"]), str(pki["sc-cert"]),
-        str(pki["controllerca"])])
-    yield pki
-    if previous.get("Private key"):
-        sh(["ovs-vsctl", "--timeout=10", "set-ssl", previous["Private key"], previous["Certificate"],
-            previous["CA Certificate"]], check=False)
-    else:
-        sh(["ovs-vsctl", "--timeout=10", "del-ssl"], check=False)
+    try:
+        # the set may have been done even when ovs-vsctl times out: restore in every case
+        sh(["ovs-vsctl", "--timeout=30", "set-ssl", str(pki["sc-privkey"]), str(pki["sc-cert"]),
+            str(pki["controllerca"])])
+        yield pki
+    finally:
+        if previous.get("Private key"):
+            sh(["ovs-vsctl", "--timeout=30", "set-ssl", previous["Private key"], previous["Certificate"],
+                previous["CA Certificate"]], check=False)
+        else:
+            sh(["ovs-vsctl", "--timeout=30", "del-ssl"], check=False)
 
 
 def _tls_echoes(host: str, port: int, cert: Path, key: Path, ca: Path, batches: int = 200,
