@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import netlab
-from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactory
+from tests.integration.conftest import NetnsFactory, module_factories
 from tests.integration.netlab import OFCTL, sh, wait_for
 from tests.integration.test_controller import launch, lease_state, vlan_env
 
@@ -134,11 +134,7 @@ class Lab:
 def lab(tmp_path_factory, integration_ready):
     """One controller on one bridge, a1 and a2 (project alpha, one VLAN network) leased with
     ``dhcp_lease_time`` 10 s and their dhclients kept running (renewing every ~5 s)."""
-    tmp = tmp_path_factory.mktemp("selfheal")
-    bridges = BridgeFactory()
-    envs = SdnEnvFactory(tmp, bridges)
-    hosts = NetnsFactory(tmp / "netns")
-    try:
+    with module_factories(tmp_path_factory.mktemp("selfheal")) as (_bridges, envs, hosts):
         env = vlan_env(envs, dhcp_lease_time=LEASE_TIME)
         a1, h_a1 = launch(env, hosts, "a1", "alpha")
         a2, h_a2 = launch(env, hosts, "a2", "alpha")
@@ -148,12 +144,6 @@ def lab(tmp_path_factory, integration_ready):
         assert h_a1.ping(a2["address"]) and h_a2.ping(a1["address"])
         yield Lab(env, hosts, a1, h_a1, a2, h_a2)
         no_traceback(env)
-    finally:
-        try:
-            hosts.close_all()
-        finally:
-            envs.close_all()
-            bridges.close_all()
 
 
 # --------------------------------------------------------------------------- 1. del-flows
