@@ -45,6 +45,10 @@ class NetworkView:
     #: extra routes (destination CIDR, next hop) sent as DHCP option 121 to clients asking for
     #: classless static routes (RFC 3442); e.g. the metadata address via the gateway.
     host_routes: tuple[tuple[str, str], ...] = ()
+    #: the network host whose router serves this network (nova ``networks.host``: claimed by
+    #: the first network host that sees a VIF on it, moved with ``sdn network modify --host``);
+    #: None: not claimed yet, routed nowhere
+    host: str | None = None
 
     @property
     def key(self) -> int:
