@@ -26,7 +26,7 @@ from pathlib import Path
 from sqlalchemy import insert, select, update
 
 from benchmarks import lib
-from benchmarks.bench_system import _patch_ports, _syncs
+from benchmarks.bench_system import _syncs
 
 SWITCHES = 4
 NETWORKS = 4094
@@ -74,6 +74,26 @@ def _write_state(engine, nets: list[dict], vif_uuids: list[str], switches: int) 
         s.execute(update(models.FixedIp), ips)
         s.execute(update(models.Network), [
             dict(id=net["id"], host=f"scale{i % switches + 1}") for i, net in enumerate(nets)])
+
+
+def _patch_ports(br: str, names: list[str], batch: int = 500) -> None:
+    """VIF ports as OVS patch ports (no kernel device) named ``tap<uuid[:11]>``, in batches
+    of ``batch`` without waiting for ovs-vswitchd (bench_system's 2,000-port batches timed out
+    on a loaded machine), then one wait until every port has its ofport."""
+    for i in range(0, len(names), batch):
+        cmd = ["ovs-vsctl", "--no-wait", "--timeout=900"]
+        for name in names[i:i + batch]:
+            cmd += ["--", "add-port", br, name, "--", "set", "Interface", name, "type=patch",
+                    f"options:peer=none{name[3:]}"]
+        lib.sh(cmd, timeout=960)
+    want = set(names)
+
+    def numbered():
+        out = lib.sh(["ovs-vsctl", "--timeout=300", "--bare", "--columns=name,ofport", "find",
+                      "Interface", "type=patch"], timeout=360).stdout.split("\n\n")
+        done = {rec.split()[0] for rec in out if len(rec.split()) == 2 and int(rec.split()[1]) > 0}
+        return want <= done
+    lib.wait_for(numbered, 1800, 2.0, what=f"{len(names)} patch ports of {br} numbered")
 
 
 def _groups(br: str) -> int:
