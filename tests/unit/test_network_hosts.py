@@ -2,7 +2,8 @@
 gave them one, and each network host's router routes only its own networks.
 
 Compilation is traced on two datapaths joined by a trunk, each with its own public port and
-router settings (host "h1" and "h2"); the claim is raced by two engines on one SQLite file.
+router settings (host "h1" and "h2"); the claim is raced by two engines on one database (SQLite,
+and PostgreSQL through the ``both_databases`` marker of the pg branch's tests/unit/conftest.py).
 """
 
 import dataclasses
@@ -41,6 +42,8 @@ PUB, TRUNK = 9, 7
 SWITCH1 = {B1.port_name: 3, "pub1": PUB, "trk1": TRUNK}      # network host h1
 SWITCH2 = {A1.port_name: 3, "pub2": PUB, "trk2": TRUNK}      # network host h2
 NEW = CT_NEW | CT_TRK
+#: the database tests run on SQLite and PostgreSQL (the ``db`` fixture, tests/unit/conftest.py)
+pytestmark = pytest.mark.both_databases
 
 
 def flows(settings, ports, public, trunk, view=VIEW):
