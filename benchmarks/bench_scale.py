@@ -76,23 +76,25 @@ def _write_state(engine, nets: list[dict], vif_uuids: list[str], switches: int) 
             dict(id=net["id"], host=f"scale{i % switches + 1}") for i, net in enumerate(nets)])
 
 
-def _patch_ports(br: str, names: list[str]) -> None:
-    """VIF ports as OVS patch ports (no kernel device) named ``tap<uuid[:11]>``, in ONE
+def _patch_ports(br: str, names: list[str], batch: int = 250) -> None:
+    """VIF ports as OVS patch ports (no kernel device) named ``tap<uuid[:11]>``, ``batch`` per
     OVSDB transaction (``ovsdb-client transact``: ovs-vsctl checks every name against the
     whole database client-side and took minutes per 500 ports at 2,500), then one wait until
     every port has its ofport."""
     import json
-    ops: list = ["Open_vSwitch"]
-    for i, name in enumerate(names):
-        ops.append({"op": "insert", "table": "Interface", "uuid-name": f"i{i}",
-                    "row": {"name": name, "type": "patch",
-                            "options": ["map", [["peer", "none" + name[3:]]]]}})
-        ops.append({"op": "insert", "table": "Port", "uuid-name": f"p{i}",
-                    "row": {"name": name, "interfaces": ["named-uuid", f"i{i}"]}})
-    ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", br]],
-                "mutations": [["ports", "insert",
-                               ["set", [["named-uuid", f"p{i}"] for i in range(len(names))]]]]})
-    lib.sh(["ovsdb-client", "transact", json.dumps(ops)], timeout=900)
+    for start in range(0, len(names), batch):    # one argument is at most 128 KiB (Linux)
+        chunk = names[start:start + batch]
+        ops: list = ["Open_vSwitch"]
+        for i, name in enumerate(chunk):
+            ops.append({"op": "insert", "table": "Interface", "uuid-name": f"i{i}",
+                        "row": {"name": name, "type": "patch",
+                                "options": ["map", [["peer", "none" + name[3:]]]]}})
+            ops.append({"op": "insert", "table": "Port", "uuid-name": f"p{i}",
+                        "row": {"name": name, "interfaces": ["named-uuid", f"i{i}"]}})
+        ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", br]],
+                    "mutations": [["ports", "insert",
+                                   ["set", [["named-uuid", f"p{i}"] for i in range(len(chunk))]]]]})
+        lib.sh(["ovsdb-client", "transact", json.dumps(ops)], timeout=900)
     want = set(names)
 
     def numbered():
