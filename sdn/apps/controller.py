@@ -329,7 +329,8 @@ def main(conf) -> int:
                                  acl_log_rate_pps=conf.ovs.acl_log_rate_limit or None),
         trunk_names=frozenset(conf.ovs.trunk_interfaces),
         relay_names=frozenset(conf.ovs.dhcp_relay_interfaces),
-        public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection)
+        public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection,
+        echo_misses=conf.ovs.echo_misses)
     osken_cfg.CONF(args=["--ofp-listen-host", conf.ovs.ofp_listen_host,
                          "--ofp-tcp-listen-port", str(conf.ovs.ofp_tcp_listen_port)],
                    project="os_ken")
