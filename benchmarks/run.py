@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_alloc, bench_dhcp, bench_secgroups, bench_system  # noqa: E402
+from benchmarks import bench_alloc, bench_dhcp, bench_scale, bench_secgroups, bench_system  # noqa: E402
 
 TARGETS = {
     "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
@@ -151,6 +151,22 @@ def secgroup_rows(g: dict | None) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def scale_rows(r: dict | None) -> list[tuple[str, str, str, str, str]]:
+    """Rows of the scale step (benchmarks/bench_scale.py): one run."""
+    if not r:
+        return []
+    if "error" in r:
+        return [("scale", "error", r["error"][:60], "-", "NOT MET")]
+    rows = [(f"{r['networks']} VLAN networks / {r['vifs']} VIFs / {r['switches']} switches + "
+             "network hosts: commit -> all flows in, s", f"{r['total_seconds']} (one run)",
+             f"{r['flows_total']} flows", "-", "report")]
+    for name, p in r["per_switch"].items():
+        rows.append((f"  {name}: converged s / flows / groups / controller RSS MB (idle)",
+                     str(p["seconds"]), f"{p['flows']} flows, {p['groups']} groups", "-",
+                     f"RSS {p['controller_rss_mb']} ({p['controller_rss_idle_mb']})"))
+    return rows
+
+
 def render(rows) -> str:
     head = ("benchmark", "sdn", "baseline", "ratio", "target")
     widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(5)]
@@ -185,7 +201,7 @@ def plot(dhcp: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="var/bench")
-    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups")
+    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups,scale")
     ap.add_argument("--flow-vifs", default="1000,10000",
                     help="VIF counts of the flow programming benchmark (comma-separated)")
     args = ap.parse_args()
@@ -209,6 +225,8 @@ def main() -> int:
         steps.append(("restart", lambda: bench_system.restart(work, log)))
     if "secgroups" in only:
         steps.append(("secgroups", lambda: bench_secgroups.run(work, log)))
+    if "scale" in only:
+        steps.append(("scale", lambda: bench_scale.run(work, log)))
     for name, fn in steps:
         log(f"== {name}")
         t = time.monotonic()
@@ -219,7 +237,7 @@ def main() -> int:
             results[name] = {"error": f"{type(err).__name__}: {err}"}
         log(f"   ({time.monotonic() - t:.0f}s)")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    rows = table(results)
+    rows = table(results) + scale_rows(results.get("scale"))
     text = render(rows)
     (out / "results.md").write_text(text + "\n")
     if isinstance(results.get("dhcp"), dict) and "error" not in results["dhcp"]:

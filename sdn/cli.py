@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     addproj = net.add_parser("add-to-project", help="give a project one more network (vlan manager)")
     addproj.add_argument("--project", required=True)
     addproj.add_argument("--network", metavar="LABEL", help="which free network (default: the lowest free)")
+    modify = net.add_parser("modify", help="move a network to a network host (nova-manage network modify)")
+    _opt(modify, "fixed_range", required=True, metavar="CIDR", help="CIDR of the network")
+    modify.add_argument("--host", help="the network host that routes it from now on")
+    _opt(modify, "disassociate_host", action="store_true",
+         help="leave it without a network host (the next one that sees a VIF on it claims it)")
     dhcp = cats.add_parser("dhcp", help="DHCP leases").add_subparsers(dest="action", required=True)
     dleases = dhcp.add_parser("leases", help="leases held now: address, MAC, instance, lease end")
     dleases.add_argument("--network", metavar="LABEL", help="only this network (label or CIDR)")
@@ -371,14 +376,17 @@ def cmd_network(args, conf) -> None:
             print(json.dumps(mgr.list_networks()))
             return
         _table([[n["id"], n["cidr"], n["netmask"], n["gateway"], n["dhcp_start"], n["dns1"], n["dns2"],
-                 n["vlan"], n["project_id"], n["label"], n["cidr_v6"], n["gateway_v6"], n["ipv6_address_mode"]]
-                for n in mgr.list_networks()],
+                 n["vlan"], n["project_id"], n["label"], n["cidr_v6"], n["gateway_v6"],
+                 n["ipv6_address_mode"], n["host"]] for n in mgr.list_networks()],
                ["id", "IPv4", "netmask", "gateway", "dhcp_start", "dns1", "dns2", "vlan", "project", "label",
-                "IPv6", "gateway_v6", "IPv6 mode"])
+                "IPv6", "gateway_v6", "IPv6 mode", "host"])
     elif args.action == "add-to-project":
         n = mgr.add_network_to_project(args.project, args.network)
         print(f"network {n['id']} {n['label']} {n['cidr']} vlan {n['vlan']} bridge {n['bridge']} "
               f"now belongs to project {n['project_id']}")
+    elif args.action == "modify":
+        n = mgr.modify_network_host(args.fixed_range, args.host, args.disassociate_host)
+        print(f"network {n['id']} {n['label']} {n['cidr']} network host: {n['host'] or 'none (claimed at next VIF)'}")
     else:
         n = mgr.delete_network(args.fixed_range)
         print(f"deleted network {n['id']} {n['label']} {n['cidr']}")

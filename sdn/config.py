@@ -233,6 +233,10 @@ ovs_opts = [
     cfg.IntOpt("dhcp_relay_rate_limit", default=0, min=0,
                help="DHCP packets per second accepted from each relay port (0: no limit); a "
                     "relay speaks for many clients."),
+    cfg.IntOpt("echo_misses", default=3, min=1, max=3600,
+               help="OpenFlow echo requests (one a second) a switch may leave unanswered in a "
+                    "row before the controller drops it. A switch committing a bundle of "
+                    "~100k flows on a loaded host answers nothing for several seconds."),
 ]
 
 #: OpenFlow over TLS (the switch side: ``ovs-vsctl set-ssl`` and an ``ssl:HOST:PORT`` controller

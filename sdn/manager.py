@@ -130,8 +130,8 @@ class NetworkManager:
                     label=f"{label}_{index}" if num_networks > 1 else label,
                     cidr=str(subnet), netmask=str(subnet.netmask), gateway=str(subnet[1]),
                     broadcast=str(subnet.broadcast), dhcp_start=str(subnet[2]), dns1=dns1, dns2=dns2,
-                    bridge=bridge, bridge_interface=bridge_interface, project_id=project_id,
-                    host=conf.host)
+                    bridge=bridge, bridge_interface=bridge_interface, project_id=project_id)
+                # host: claimed later by the first network host to see a VIF on it
                 if v6:
                     v6.apply(net, subnet_v6)
                 if self.vlan_mode:
@@ -217,6 +217,62 @@ class NetworkManager:
         """Every network as ``network_dict``, by id."""
         with db.read_transaction(self.engine) as session:
             return [network_dict(n) for n in session.scalars(select(models.Network).order_by(models.Network.id))]
+
+    # -- network hosts (nova's set_network_host) ---------------------------------------------
+
+    def set_network_host(self, network_id: int, host: str) -> str:
+        """nova's ``set_network_host``/``network_set_host``: make ``host`` the network host of
+        network ``network_id`` unless another host has it already. Atomic (an UPDATE ... WHERE
+        host IS NULL: of two racing claimants exactly one wins, on SQLite and PostgreSQL).
+        Returns the network's host afterwards (``host`` or the winner). Raises NetworkNotFound,
+        Invalid (bad host name)."""
+        host = network_host_name(host)
+        with db.transaction(self.engine) as session:
+            if session.get(models.Network, network_id) is None:
+                raise exception.NetworkNotFound(what=f"with id {network_id}")
+            if not _claim(session, [network_id], host):
+                db.keep_revision(session)
+            return session.scalar(select(models.Network.host).where(models.Network.id == network_id))
+
+    def claim_networks(self, host: str) -> list[dict]:
+        """Claim for network host ``host`` every network that has a VIF and no host yet: what
+        nova's first allocation on a network did (``_allocate_fixed_ips`` asked the network
+        topic to ``set_network_host`` when ``network['host']`` was None, and whichever network
+        host took the message became its host). One transaction; networks another host claimed
+        meanwhile stay its. Returns the network_dicts claimed by this call (often none)."""
+        host = network_host_name(host)
+        with db.transaction(self.engine) as session:
+            wanted = list(session.scalars(
+                select(models.Network.id).where(
+                    models.Network.host.is_(None),
+                    models.Network.id.in_(select(models.VirtualInterface.network_id)))
+                .order_by(models.Network.id)))
+            claimed = _claim(session, wanted, host)
+            if not claimed:
+                db.keep_revision(session)
+                return []
+            return [network_dict(n) for n in session.scalars(
+                select(models.Network).where(models.Network.id.in_(claimed))
+                .order_by(models.Network.id))]
+
+    def modify_network_host(self, cidr: str, host: str | None = None,
+                            disassociate: bool = False) -> dict:
+        """nova-manage ``network modify --host H`` / ``--disassociate-host``: move the network
+        with CIDR ``cidr`` to network host ``host`` deliberately (whoever had it), or leave it
+        without one (the next network host that sees a VIF on it claims it). Its floating IPs'
+        and SNAT's connections do not follow (conntrack state stays on the old host). Returns
+        the network_dict. Raises NetworkNotFound, Invalid (neither or both asked for, bad host)."""
+        if (host is None) == (not disassociate):
+            raise exception.Invalid("network modify needs exactly one of --host HOST (move the "
+                                    "network to that network host) or --disassociate-host")
+        host = None if disassociate else network_host_name(host)
+        with db.transaction(self.engine) as session:
+            net = _network_by_cidr(session, cidr)
+            if net.host == host:
+                db.keep_revision(session)
+            net.host = host
+            session.flush()
+            return network_dict(net)
 
     def list_fixed_ips(self) -> list[dict]:
         """Every fixed IP: {network (cidr), address, reserved, allocated, leased, lease_end
@@ -789,6 +845,34 @@ def _network_by_name(session: Session, name: str) -> models.Network:
     return nets[0]
 
 
+#: longest host name networks.host holds
+MAX_HOST = 255
+
+
+def network_host_name(host) -> str:
+    """A network host's name as given (config ``host``, ``--host``). Raises Invalid when empty,
+    longer than MAX_HOST or holding whitespace."""
+    host = validation.required(host, "a network host's name", "--host")
+    if len(host) > MAX_HOST or any(c.isspace() for c in host):
+        raise exception.Invalid(f"network host name {host[:40]!r} is not usable: at most {MAX_HOST} "
+                                "characters, no whitespace (the host option of that controller)")
+    return host
+
+
+def _claim(session: Session, network_ids: list[int], host: str) -> list[int]:
+    """Set ``host`` on each of ``network_ids`` that has no host, one UPDATE ... WHERE host IS
+    NULL each (a concurrent claimant's committed claim makes it match nothing: on PostgreSQL
+    the UPDATE waits for that row lock and re-reads the row). Returns the ids set here."""
+    won = []
+    for network_id in network_ids:
+        result = session.execute(update(models.Network)
+                                 .where(models.Network.id == network_id, models.Network.host.is_(None))
+                                 .values(host=host))
+        if result.rowcount:
+            won.append(network_id)
+    return won
+
+
 def _instance_by_name(session: Session, name: str) -> models.Instance:
     inst = session.scalar(select(models.Instance).where(models.Instance.name == name))
     if inst is None:
@@ -877,7 +961,8 @@ def _iso(when: datetime.datetime | None) -> str | None:
 def network_dict(net: models.Network) -> dict:
     """{id, label, cidr, netmask, gateway, broadcast, dhcp_start, dns1, dns2, vlan, bridge,
     bridge_interface, project_id, vpn_public_address, vpn_public_port, vpn_private_address,
-    cidr_v6, gateway_v6, ipv6_ra_mode, ipv6_address_mode, dns_v6 (list), host, created_at,
+    cidr_v6, gateway_v6, ipv6_ra_mode, ipv6_address_mode, dns_v6 (list), host (its network host, None until
+    claimed), created_at,
     updated_at (naive UTC ISO 8601 text or None)}; the IPv6 keys are None ([] for dns_v6) on a
     network without a /64."""
     keys = ("id", "label", "cidr", "netmask", "gateway", "broadcast", "dhcp_start", "dns1", "dns2", "vlan",

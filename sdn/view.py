@@ -57,6 +57,10 @@ class NetworkView:
     ipv6_address_mode: str | None = None
     dns_v6: tuple[str, ...] = ()
     ra_interval: int = 10
+    #: the network host whose router serves this network (nova ``networks.host``: claimed by
+    #: the first network host that sees a VIF on it, moved with ``sdn network modify --host``);
+    #: None: not claimed yet, routed nowhere
+    host: str | None = None
 
     @property
     def key(self) -> int:

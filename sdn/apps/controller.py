@@ -113,7 +113,8 @@ class SdnController(app_manager.OSKenApp):
         deps.packet_in.on_fast(Feature.DHCPV6, self.ipv6.on_dhcpv6)
         self.acl_log = AclLog(self._port_owner)
         deps.packet_in.on_slow(Feature.SECURITY_GROUPS, self.acl_log.on_packet_in)
-        for target in (self._poll_loop, self._maintenance_loop):
+        self._claim_due = threading.Event()
+        for target in (self._poll_loop, self._maintenance_loop, self._claim_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
 
     # ---- compilation, per switch ------------------------------------------------------------
@@ -261,6 +262,7 @@ class SdnController(app_manager.OSKenApp):
                     self.view = self.state.load()
                     revision = self.view.revision
                     self._request_all(INCREMENTAL)
+                    self._claim_due.set()
                 if failing:
                     LOG.warning("state readable again")
                 failing = False
@@ -270,6 +272,34 @@ class SdnController(app_manager.OSKenApp):
                     LOG.warning("state read failed (retrying every %.1fs): %s",
                                 self.deps.poll_interval, err)
                 failing = True
+
+    # ---- network hosts: claim networks as nova's set_network_host did -------------------------
+
+    def _unclaimed(self) -> list[int]:
+        """Networks with a VIF and no network host, when this controller is a network host
+        (router settings with a host, and a connected switch with the public port)."""
+        router = self.deps.settings.router
+        if router is None or router.host is None or not self._public_ports():
+            return []
+        view = self.view
+        return sorted({v.network_id for v in view.vifs if v.network_id in view.networks
+                       and view.networks[v.network_id].host is None})
+
+    def _claim_loop(self):
+        """Claims every network that has a VIF and no host for this network host (woken by
+        the reader when such a network appears, else checked every second). A network another
+        network host claimed first stays its (``claim_networks`` is atomic)."""
+        while True:
+            self._claim_due.wait(1.0)
+            self._claim_due.clear()
+            if not self._unclaimed():
+                continue
+            try:
+                for net in self.state.manager.claim_networks(self.deps.settings.router.host):
+                    LOG.info("network %s (%s) claimed: this is its network host %s", net["label"],
+                             net["cidr"], net["host"])
+            except Exception as err:   # locked or unreachable database: next round
+                LOG.warning("claiming networks postponed: %s", err)
 
     def _maintenance_loop(self):
         """Periodic writes on their own thread, so a locked database delays only them."""
@@ -320,7 +350,7 @@ def main(conf) -> int:
             metadata_host=conf.metadata_host, metadata_port=conf.metadata_port,
             dmz_cidrs=tuple(conf.dmz_cidr), public_ip_v6=conf.public_ip_v6,
             external_gateway_v6=conf.external_gateway_v6,
-            external_gateway_v6_mac=conf.external_gateway_v6_mac)
+            external_gateway_v6_mac=conf.external_gateway_v6_mac, host=conf.host)
     metrics = ControllerMetrics()
     deps = ControllerDeps(
         metrics=metrics, packet_in=PacketInDispatch(metrics),
@@ -331,7 +361,8 @@ def main(conf) -> int:
                                  acl_log_rate_pps=conf.ovs.acl_log_rate_limit or None),
         trunk_names=frozenset(conf.ovs.trunk_interfaces),
         relay_names=frozenset(conf.ovs.dhcp_relay_interfaces),
-        public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection)
+        public_name=conf.public_interface, ovsdb_connection=conf.ovs.ovsdb_connection,
+        echo_misses=conf.ovs.echo_misses)
     osken_cfg.CONF(args=ofp_tls.osken_listen_args(conf.ovs), project="os_ken")
     # os-ken sends no echo requests by default (0 misses allowed = off): a switch that stops
     # answering would stay registered until TCP gives up

@@ -238,7 +238,7 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                 project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
                 mtu=mtu, vpn_public_address=net.vpn_public_address, vpn_public_port=net.vpn_public_port,
                 vpn_private_address=net.vpn_private_address,
-                vpn_running=net.vpn_private_address in vpn_running,
+                vpn_running=net.vpn_private_address in vpn_running, host=net.host,
                 host_routes=(("169.254.169.254/32", net.gateway),) if metadata_route and net.gateway
                 else (),
                 cidr_v6=net.cidr_v6, gateway_v6=net.gateway_v6, ipv6_ra_mode=net.ipv6_ra_mode,

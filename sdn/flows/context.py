@@ -46,6 +46,8 @@ class RouterSettings:
     ``routing_source_ip`` is the router's own public address (default SNAT, ARP answered);
     ``external_gateway_mac`` None means "not known yet": nothing is routed outside until the
     controller has learned it by ARP. ``public_vlan`` tags the public port when set.
+    ``host`` is this network host's name (the controller's ``host`` option): the router serves
+    only the networks whose ``host`` it is (None: every network, a lone network host).
     """
 
     routing_source_ip: str
@@ -65,6 +67,13 @@ class RouterSettings:
     def public_address_v6(self) -> str | None:
         """The router's own public IPv6 address (``public_ip_v6`` without its prefix length)."""
         return str(ipaddress.ip_interface(self.public_ip_v6).ip) if self.public_ip_v6 else None
+
+    #: this router's network host (config host); None: it serves every network
+    host: str | None = None
+
+    def serves(self, network: NetworkView) -> bool:
+        """This router routes ``network`` (its floating IPs, SNAT, metadata, VPN)."""
+        return self.host is None or network.host == self.host
 
     @property
     def mac(self) -> str:
@@ -127,10 +136,14 @@ class DatapathContext:
 
     @cached_property
     def networks(self) -> list[NetworkView]:
-        """Networks present on this datapath, by id."""
+        """Networks present on this datapath, by id: also those its router serves that have
+        VIFs elsewhere (routed packets are delivered over the trunks)."""
         present = set(self.local_by_net)
         if len(self.binding.trunks) >= 2:
             present |= {v.network_id for v in self.view.vifs if v.network_id in self.view.networks}
+        if self.routes:
+            present |= {v.network_id for v in self.view.vifs if v.network_id in self.view.networks
+                        and self.settings.router.serves(self.view.networks[v.network_id])}
         return [self.view.networks[nid] for nid in sorted(present)]
 
     def network_of(self, vif: VifView) -> NetworkView:
@@ -145,3 +158,12 @@ class DatapathContext:
     def routed_elsewhere(self) -> bool:
         """Routing is on, on another datapath: gateway-bound frames go over the trunks."""
         return self.settings.router is not None and self.binding.public_port is None
+
+    def routes_network(self, network: NetworkView) -> bool:
+        """This datapath routes ``network``: it has the public port of its network host."""
+        return self.routes and self.settings.router.serves(network)
+
+    def gateway_remote(self, network: NetworkView) -> bool:
+        """``network``'s router is on another datapath (another network host's, or this
+        deployment's only one): its gateway-bound frames go over the trunks."""
+        return self.settings.router is not None and not self.routes_network(network)

@@ -52,7 +52,7 @@ def compile(dp: DatapathContext) -> list:
         index = slots[network.id]
         out += compile_network(network, dp.local_by_net.get(network.id, []),
                                dp.remote_by_net.get(network.id, []), list(dp.binding.trunks),
-                               gateway_remote=dp.routed_elsewhere, index=index,
+                               gateway_remote=dp.gateway_remote(network), index=index,
                                filtered=dp.ingress_filtered)
     out += [flow(Feature.L2, Table.OUTPUT, PRIO_OUTPUT, {Reg.DST_PORT: port}, [Output(port)])
             for port, _ in dp.vifs]

@@ -85,12 +85,16 @@ def compile(dp: DatapathContext) -> list[Flow]:
 
 
 def compile_router(view: StateView, settings: RouterSettings, public_port: int) -> list[Flow]:
-    """All router flows for the datapath whose public port is ``public_port``."""
+    """All router flows for the datapath whose public port is ``public_port``: for the
+    networks this network host serves (``settings.serves``: ``settings.host`` is their
+    ``host``); other networks' fixed ranges are dropped here (their own network host routes
+    them, and projects stay isolated)."""
     rs = settings
-    nets = list(view.networks.values())
+    nets = [n for n in view.networks.values() if rs.serves(n)]
+    served = {n.id for n in nets}
     cidrs = [_cidr(n.cidr) for n in nets]
     vifs_by_net = {n.id: [v for v in view.vifs if v.network_id == n.id] for n in nets}
-    floating = [f for f in view.floating_ips if f.network_id in view.networks]
+    floating = [f for f in view.floating_ips if f.network_id in served]
     first_floating: dict[str, str] = {}
     for f in floating:
         first_floating.setdefault(f.fixed_address, f.address)
@@ -174,6 +178,9 @@ def compile_router(view: StateView, settings: RouterSettings, public_port: int) 
                                  SetField("eth_dst", vif.mac), SetField(Reg.NET, net.key),
                                  SetField(TO_TENANT, 1)], goto=Table.L3_UNDNAT))
     flows.append(_f(Table.L3_ROUTE, 100, {**ip, Reg.SRC_PORT: public_port}))  # not for us: drop
+    for n in view.networks.values():    # another network host's tenants: not through here
+        if n.id not in served:
+            flows.append(_f(Table.L3_ROUTE, 150, {**ip, "ipv4_dst": _cidr(n.cidr)}))
     if rs.external_gateway_mac:
         flows.append(_f(Table.L3_ROUTE, 50, ip,
                         [DecTtl(), SetField("eth_src", rs.mac),
@@ -233,7 +240,7 @@ def compile_ipv6(view: StateView, rs: RouterSettings, public_port: int,
         return []
     ip6 = {"eth_type": ETH_IPV6}
     icmp6 = {**ip6, "ip_proto": ICMPV6, Reg.SRC_PORT: public_port}
-    nets = [n for n in view.networks.values() if n.cidr_v6]
+    nets = [n for n in view.networks.values() if n.cidr_v6 and rs.serves(n)]
     flows = [
         # UPLINK: who-has the router's address (answered by the controller), the external
         # gateway's advertisements to the router (its MAC learned), routed packets in
@@ -256,7 +263,7 @@ def compile_ipv6(view: StateView, rs: RouterSettings, public_port: int,
         flows.append(_f(Table.L3_ROUTE, 150, {**ip6, "ipv6_dst": _cidr(net.cidr_v6)}))
     for vif in view.vifs:
         net = view.networks.get(vif.network_id)
-        if net is None or not net.cidr_v6:
+        if net is None or not net.cidr_v6 or not rs.serves(net):
             continue
         for address in vif.addresses_v6:
             flows.append(_f(Table.L3_ROUTE, 200,
