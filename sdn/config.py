@@ -161,6 +161,13 @@ ovs_opts = [
     cfg.IntOpt("dhcp_relay_rate_limit", default=0, min=0,
                help="DHCP packets per second accepted from each relay port (0: no limit); a "
                     "relay speaks for many clients."),
+    cfg.FloatOpt("mastership_lease", default=3.0, min=0,
+                 help="Seconds of the deployment lease that makes one of several controllers "
+                      "MASTER of every switch (the others SLAVE; docs/HA.md). A master that "
+                      "dies is replaced within this time. 0: no roles (one controller only)."),
+    cfg.StrOpt("controller_id", default="",
+               help="This controller's name in the mastership lease, unique in the "
+                    "deployment (default: <hostname>:<ofp_tcp_listen_port>)."),
 ]
 
 GROUPS = {"DEFAULT": default_opts, "database": database_opts, "ovs": ovs_opts}
