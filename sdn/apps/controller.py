@@ -313,16 +313,18 @@ class SdnController(app_manager.OSKenApp):
         remote_groups = any(rule.remote_group is not None
                             for group in self.view.security_groups.values()
                             for rule in group.rules)
-        for dpid, unit in list(self.units.items()):
+        concerned = 0
+        units = list(self.units.items())
+        for dpid, unit in units:
             if datapath_affected(self.bindings.get(dpid), unit.ports, networks,
                                  remote_groups=remote_groups):
-                self.feed_stats["requested"] += 1
+                concerned += 1
                 unit.request(INCREMENTAL)
-            else:
-                self.feed_stats["skipped"] += 1
-        if networks is not None:
-            LOG.debug("state changes confined to networks %s: %s", sorted(networks),
-                      self.feed_stats)
+        self.feed_stats["requested"] += concerned
+        self.feed_stats["skipped"] += len(units) - concerned
+        if concerned < len(units):
+            LOG.info("revision %d: changes confined to networks %s concern %d of %d switches",
+                     self.view.revision, sorted(networks or ()), concerned, len(units))
 
     def _maintenance_loop(self):
         """Periodic writes on their own thread, so a locked database delays only them; with

@@ -40,6 +40,13 @@ _NETWORK_OF = {
     "fixed_ips": lambda obj: obj.network_id,
     "virtual_interfaces": lambda obj: obj.network_id,
 }
+#: tables whose rows belong to one instance: their change names the networks of its VIFs
+#: (looked up at commit; a remote-group rule elsewhere is the reader's concern, see
+#: ``sdn.apps.statefeed``)
+_INSTANCE_OF = {
+    "instances": lambda obj: obj.uuid,
+    "security_group_instance_association": lambda obj: obj.instance_uuid,
+}
 
 
 @dataclass(frozen=True)
@@ -85,16 +92,20 @@ class Recorder:
         self._rows: dict[tuple[str, str], dict] = {}
         self._pending_inserts: list = []
 
-    def _add(self, table: str, kind: str, pk=None, network=None, bulk: bool = False) -> None:
+    def _add(self, table: str, kind: str, pk=None, network=None, bulk: bool = False,
+             instance: str | None = None) -> None:
         if table in self.IGNORED:
             return
         entry = self._rows.setdefault((table, kind), {"ids": set(), "networks": set(),
-                                                      "unknown_ids": False, "global": False})
+                                                      "instances": set(), "unknown_ids": False,
+                                                      "global": False})
         if bulk or pk is None:
             entry["unknown_ids"] = True
         else:
             entry["ids"].add(json.dumps(pk))
-        if bulk or table not in _NETWORK_OF or network is None:
+        if not bulk and table in _INSTANCE_OF and instance is not None:
+            entry["instances"].add(instance)
+        elif bulk or table not in _NETWORK_OF or network is None:
             entry["global"] = True      # may matter to any datapath
         else:
             entry["networks"].add(int(network))
@@ -102,8 +113,9 @@ class Recorder:
     def _record(self, obj, kind: str) -> None:
         table = getattr(type(obj), "__tablename__", None)
         if table is not None:
-            network = _NETWORK_OF.get(table)
-            self._add(table, kind, _pk(obj), network(obj) if network else None)
+            network, instance = _NETWORK_OF.get(table), _INSTANCE_OF.get(table)
+            self._add(table, kind, _pk(obj), network(obj) if network else None,
+                      instance=instance(obj) if instance else None)
 
     def before_flush(self, session: Session, _context, _instances) -> None:
         self._pending_inserts.extend(session.new)
@@ -140,9 +152,20 @@ class Recorder:
             out.append(Change(table, kind, ids, networks))
         return out
 
+    def _resolve_instances(self, session: Session) -> None:
+        """Instance-scoped changes: the networks of the instances' VIFs (as of this commit;
+        VIFs deleted in the same transaction are recorded themselves)."""
+        for entry in self._rows.values():
+            if entry["instances"] and not entry["global"]:
+                Vif = models.VirtualInterface
+                entry["networks"] |= set(session.scalars(
+                    select(Vif.network_id).where(Vif.instance_uuid.in_(sorted(entry["instances"])))))
+                entry["instances"].clear()
+
     def commit_record(self, session: Session) -> int:
         """Write this transaction's changes under the revision it just produced (the caller has
         bumped ``state_revision`` in this transaction); PostgreSQL: NOTIFY at commit."""
+        self._resolve_instances(session)
         revision = session.scalar(select(models.StateRevision.value)
                                   .where(models.StateRevision.id == 1))
         session.execute(insert(models.StateChange).values(

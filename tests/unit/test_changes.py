@@ -35,7 +35,13 @@ def test_every_write_records_its_revision_and_rows(make_manager, engine):
     assert vif.kind == "insert" and vif.networks == (alloc["network_id"],)
     fixed = next(c for c in feed if c.table == "fixed_ips")
     assert fixed.kind == "update" and fixed.networks == (alloc["network_id"],)
-    assert changes.networks_touched(feed) is None          # the instance row is global
+    instance = next(c for c in feed if c.table == "instances")
+    assert instance.networks == (alloc["network_id"],)     # by its VIFs
+    # the project's first launch created its default security group: global
+    assert changes.networks_touched(feed) is None
+    rev = api.current_revision(engine)
+    second = mgr.allocate_for_instance("i2", "alpha")
+    assert changes.networks_touched(_changes(engine, rev)) == {second["network_id"]}
 
 
 def test_a_transaction_that_writes_nothing_records_nothing(make_manager, engine):
