@@ -45,13 +45,6 @@ def peer_env(env, tmp_path, controller_id: str) -> netlab.SdnEnv:
                          sdn_exe=env.sdn_exe)
 
 
-def add_controller(bridge: str, port: int) -> None:
-    """One more Controller row on ``bridge`` (the existing connections stay up)."""
-    netlab.sh(["ovs-vsctl", "--timeout=30", "--", "--id=@c", "create", "Controller",
-               f"target=\"tcp:127.0.0.1:{port}\"", "max_backoff=1000", "--",
-               "add", "Bridge", bridge, "controller", "@c"])
-
-
 def start_peer(peer: netlab.SdnEnv) -> None:
     """Start ``peer``'s controller process; the bridge already points at its port."""
     peer.start_controller(wait_connected=False)
@@ -86,7 +79,7 @@ def test_kill_the_master_under_traffic_then_restart_it_as_slave(make_sdn_env, ne
     try:
         env.start_controller()                  # ctl-a: first, takes the lease
         wait_for(lambda: role_of(env, "MASTER"), 10, what="ctl-a MASTER on the switch")
-        add_controller(env.bridge.name, peer.port)
+        netlab.add_controller(env.bridge.name, peer.port)
         start_peer(peer)                        # ctl-b: connects to the same switch as SLAVE
         wait_for(lambda: role_of(peer, "SLAVE"), 10, what="ctl-b SLAVE on the switch")
         assert "is now MASTER" not in peer.controller_log()
