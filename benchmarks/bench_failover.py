@@ -115,8 +115,51 @@ def failover(work: Path, lease: float, runs: int, log) -> dict:
         cl.run()
 
 
-def run(work: Path, log, runs: int = RUNS, leases=LEASES) -> list[dict]:
-    return [failover(work, lease, runs, log) for lease in leases]
+def feed_skip(work: Path, log, vifs: int = 1000) -> dict:
+    """The change feed's saving, in process (no switch): two datapaths of ``vifs`` VIFs, each
+    on its own network; a launch in an existing project on the first network; which datapaths
+    the feed says it concerns, and what compiling the other one (skipped) would have cost."""
+    from sdn.apps.statefeed import datapath_affected
+    from sdn.db import changes
+    from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
+    from sdn.state import StateSource
+
+    _conf, engine, mgr, net_a = lib.new_state(work / "feed", lib.netlab.free_tcp_port(),
+                                              "10.80.0.0/20")
+    net_b = mgr.create_networks("bench2", "10.81.0.0/20", num_networks=1, network_size=4096)[0]
+    ports = {}
+    for key, net, base in (("a", net_a, 0xFA163E100000), ("b", net_b, 0xFA163E200000)):
+        added = lib.add_vifs(engine, net["id"], [lib.mac_n(base, i) for i in range(vifs)])
+        ports[key] = {v["port"]: i + 1 for i, v in enumerate(added)}
+    mgr.allocate_for_instance("warm", "bench", networks=[net_a["cidr"]])   # its default group
+    state = StateSource(engine, mgr, domain="novalocal", lease_time=120, mtu=None)
+    view = state.load()
+    bindings = {k: bind_ports(view, p, frozenset()) for k, p in ports.items()}
+    mgr.allocate_for_instance("extra", "bench", networks=[net_a["cidr"]])
+    t = time.perf_counter()
+    view = state.load()
+    reload_s = time.perf_counter() - t
+    t = time.perf_counter()
+    touched = changes.networks_touched(state.changes_since(view.revision - 1, upto=view.revision))
+    feed_s = time.perf_counter() - t
+    out = {"vifs_per_datapath": vifs, "view_reload_ms": round(reload_s * 1000, 1),
+           "feed_read_ms": round(feed_s * 1000, 1)}
+    for key in ports:
+        t = time.perf_counter()
+        desired = compile_datapath(view, bind_ports(view, ports[key], frozenset()),
+                                   CompileSettings(dhcp_rate_pps=100))
+        out[f"compile_{key}_ms"] = round((time.perf_counter() - t) * 1000)
+        out[f"flows_{key}"] = len(desired.flows)
+        out[f"concerned_{key}"] = datapath_affected(bindings[key], ports[key], touched)
+    log(f"    change feed: a launch on network A concerns A={out['concerned_a']} "
+        f"B={out['concerned_b']}; compiling B would take {out['compile_b_ms']} ms "
+        f"({out['flows_b']} flows); feed read {out['feed_read_ms']} ms")
+    return out
+
+
+def run(work: Path, log, runs: int = RUNS, leases=LEASES) -> dict:
+    return {"leases": [failover(work, lease, runs, log) for lease in leases],
+            "feed": feed_skip(work, log)}
 
 
 def main() -> int:

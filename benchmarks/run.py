@@ -99,16 +99,23 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
 
 def failover_rows(f) -> list[tuple[str, str, str, str, str]]:
     """Rows of the failover step (benchmarks/bench_failover.py): one per lease length."""
-    if isinstance(f, dict):
+    if f and "error" in f:
         return [("failover", "error", f.get("error", "")[:60], "-", "NOT MET")]
     rows = []
-    for res in f or []:
+    for res in (f or {}).get("leases", []):
         goal = "<=2 s" if res["lease_s"] <= 1 else "report"
         ok = res["median_s"] <= 2
         rows.append((f"failover: master kill -9 -> first DHCPACK by the new master, s "
                      f"(lease {res['lease_s']:g} s, median of {res['runs']})",
                      str(res["median_s"]), f"max {res['max_s']}", "-",
                      f"{goal} {'MET' if ok else 'NOT MET'}" if goal != "report" else goal))
+    feed = (f or {}).get("feed")
+    if feed:
+        skipped = feed["concerned_a"] and not feed["concerned_b"]
+        rows.append((f"change feed: launch on net A, switch B ({feed['vifs_per_datapath']} VIFs) "
+                     f"not recompiled, compile ms saved", str(feed["compile_b_ms"]),
+                     f"feed read {feed['feed_read_ms']} ms", "-",
+                     f"B skipped {'MET' if skipped else 'NOT MET'}"))
     return rows
 
 
