@@ -1,7 +1,8 @@
 # sdn: build, test and demo entry points.  Everything runs as root on Debian 12.
 #
 #   make setup   Debian packages + .venv + userspace Open vSwitch (idempotent, fast when done)
-#   make test    unit + integration tests (integration needs root and OVS; setup provides both)
+#   make test    unit + integration tests (integration needs root and OVS; setup provides both; the
+#                database tests start a PostgreSQL cluster of their own, tests/pg.py)
 #   make demo    Mininet demo: two hypervisors, two projects, DHCP + isolation checks
 #   make demo-linux  the demo story on the Linux backend (bridge, dnsmasq, iptables; no OVS)
 #   make fuzz    1M mutated DHCP frames through every DHCP path (not part of test)
@@ -15,7 +16,8 @@ PY := $(VENV)/bin/python
 export DEBIAN_FRONTEND := noninteractive
 
 APT_PACKAGES := openvswitch-switch openvswitch-common mininet isc-dhcp-client ethtool tcpdump \
-	iproute2 iputils-ping python3-venv python3-pip iperf3 dnsmasq-base iptables ebtables arptables conntrack ipset
+	iproute2 iputils-ping python3-venv python3-pip iperf3 dnsmasq-base iptables ebtables arptables conntrack ipset \
+	postgresql
 
 # Stamp: pip install is redone only when pyproject.toml changes (or the venv is new).
 PIP_STAMP := $(VENV)/.sdn-pip-stamp
@@ -43,7 +45,7 @@ $(VENV)/bin/python:
 	$(PYTHON_SYS) -m venv --system-site-packages $(VENV)
 
 $(PIP_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,postgresql]'
 	touch $@
 
 venv: $(PIP_STAMP)

@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.category](args, conf) or 0
     except exception.SdnError as err:
         return _fail(str(err), err.exit_code)
-    except sa_exc.OperationalError as err:
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError) as err:   # PostgreSQL: no schema
         from sdn.db import api
 
         err = api.explain(err, conf.database.connection if conf is not None else "?")

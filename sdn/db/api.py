@@ -49,8 +49,15 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
 
         @event.listens_for(engine, "begin")
-        def _lock_wait(conn):
-            wait = conn.get_execution_options().get(LOCK_WAIT)
+        def _on_begin(conn):
+            options = conn.get_execution_options()
+            if options.get("sdn_readonly"):
+                # one snapshot for the whole read (READ COMMITTED takes one per statement, and a
+                # StateView could pair VIFs with networks of another moment); read-only
+                # transactions under REPEATABLE READ never fail to serialize
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return
+            wait = options.get(LOCK_WAIT)
             if wait is not None:   # this transaction waits for row locks at most that long
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(wait * 1000)}ms'")
         return engine
@@ -131,19 +138,25 @@ def read_transaction(engine: Engine) -> Iterator[Session]:
 
 def sync(engine: Engine) -> None:
     """``alembic upgrade head`` on ``engine`` with the migrations shipped in this package."""
-    from alembic import command
-    from alembic.config import Config
-
     path = _sqlite_file(engine.url)
     if path is not None and not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         sqlite3.connect(path).close()  # the one place that creates the file
+    migrate(engine, "head")
+
+
+def migrate(engine: Engine, revision: str, downgrade: bool = False) -> None:
+    """``alembic upgrade`` (or ``downgrade``) to ``revision`` ("head", "base", "0002", ...) in one
+    transaction (both SQLite and PostgreSQL have transactional DDL)."""
+    from alembic import command
+    from alembic.config import Config
+
     ini = resources.files("sdn.db") / "alembic.ini"
     cfg = Config(str(ini))
     cfg.set_main_option("script_location", str(resources.files("sdn.db") / "migrations"))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        (command.downgrade if downgrade else command.upgrade)(cfg, revision)
 
 
 def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
@@ -152,13 +165,16 @@ def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
     reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
     low = reason.lower()
     shown = make_url(url).render_as_string(hide_password=True)
-    if "no such table" in low or ("does not exist" in low and ("relation" in low or "database" in low)):
+    if "does not exist" in low and 'database "' in low:   # PostgreSQL: sync does not create databases
+        return exception.DatabaseUnusable(url=shown, reason=f"{reason}; create it (createdb, or CREATE "
+                                                            f"DATABASE), then run 'sdn db sync'")
+    if "no such table" in low or ("does not exist" in low and "relation" in low):
         return exception.DatabaseMissing(url=shown, detail=f" (it has no sdn schema: {reason})")
     if "readonly database" in low or "read-only" in low:
         return exception.DatabasePermission(url=shown, access="written", reason=reason)
     if "permission denied" in low or "unable to open database file" in low:
         return exception.DatabasePermission(url=shown, access="opened", reason=reason)
-    if "locked" in low or "busy" in low:
+    if "locked" in low or "busy" in low or "lock timeout" in low:
         return exception.DatabaseLocked(url=shown, reason=reason)
     return exception.DatabaseUnusable(url=shown, reason=reason)
 

@@ -1,4 +1,9 @@
-"""Fixtures for the state/manager/CLI tests: a fresh config and a migrated SQLite file per test."""
+"""Fixtures for the state/manager/CLI tests: a fresh config and a migrated database per test.
+
+The database is a SQLite file; in a module marked ``pytest.mark.both_databases`` every test that
+uses it runs twice, ``[sqlite]`` and ``[postgresql]`` (a fresh database of the session's own
+PostgreSQL cluster, tests/pg.py).
+"""
 
 import pytest
 
@@ -16,8 +21,30 @@ def write_conf(path, **sections) -> str:
     return str(path)
 
 
+#: the engines a ``both_databases`` module runs on (the ``db`` fixture's parameters)
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_databases: the module's database tests run on SQLite "
+                                       "and PostgreSQL (the db fixture)")
+
+
+def pytest_generate_tests(metafunc):
+    if "db" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_databases"):
+        metafunc.parametrize("db", DATABASES, indirect=True)
+
+
 @pytest.fixture
-def db_url(tmp_path):
+def db(request) -> str:
+    """The database engine of this test: ``sqlite``, or as parametrized ``postgresql``."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def db_url(db, tmp_path, request):
+    if db == "postgresql":
+        return request.getfixturevalue("pg_database")
     return f"sqlite:///{tmp_path}/state/sdn.sqlite"
 
 

@@ -2,19 +2,39 @@
 
 import multiprocessing
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import inspect
 from sqlalchemy.dialects import postgresql
 
 from sdn import config, exception, manager
 from sdn.db import api, models
 from tests.unit.conftest import write_conf
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 def test_migration_matches_models(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), models.Base.metadata)
     assert diff == []
+
+
+def test_downgrade_to_base_and_upgrade_again(engine):
+    with api.transaction(engine) as s:   # data survives the later migrations' table rewrites
+        s.add(models.Instance(uuid="u1", name="a", hostname="a", project_id="p", rx_kbps=5))
+    api.migrate(engine, "0002", downgrade=True)
+    api.migrate(engine, "head")
+    with api.read_transaction(engine) as s:
+        assert s.get(models.Instance, "u1").name == "a"
+    api.migrate(engine, "base", downgrade=True)
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    api.sync(engine)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), models.Base.metadata) == []
+    assert api.current_revision(engine) == 0
 
 
 def test_sync_is_idempotent_and_creates_parent_dir(tmp_path):
@@ -140,7 +160,6 @@ def _real_error(make):
     """The SQLAlchemy wrapper of a genuine sqlite3 error raised by ``make()``."""
     import sqlite3
 
-    from sqlalchemy import exc as sa_exc
     try:
         make(sqlite3)
     except sqlite3.Error as orig:
@@ -148,8 +167,10 @@ def _real_error(make):
     raise AssertionError("no error raised")
 
 
-def test_database_errors_are_told_apart(tmp_path, engine, db_url):
+def test_database_errors_are_told_apart(tmp_path):
     path = str(tmp_path / "state" / "sdn.sqlite")
+    db_url = f"sqlite:///{path}"
+    api.sync(api.get_engine(db_url))
     empty = tmp_path / "empty.sqlite"
     empty.write_bytes(b"")
 
@@ -178,3 +199,29 @@ def test_database_errors_are_told_apart(tmp_path, engine, db_url):
     busy = api.explain(_real_error(locked), db_url)
     assert isinstance(busy, exception.DatabaseLocked) and "locked by another process" in str(busy)
     assert "sdn db sync" not in str(busy)
+
+
+def test_postgresql_errors_are_told_apart(pg_cluster, pg_database):
+    empty = api.get_engine(pg_cluster.url(pg_cluster.create_database()))
+    with pytest.raises(sa_exc.ProgrammingError) as no_schema:
+        api.current_revision(empty)
+    missing = api.explain(no_schema.value, str(empty.url))
+    assert isinstance(missing, exception.DatabaseMissing) and "sdn db sync" in str(missing)
+    with pytest.raises(sa_exc.OperationalError) as no_db:
+        api.current_revision(api.get_engine(pg_cluster.url("no_such_db")))
+    unknown = api.explain(no_db.value, pg_cluster.url("no_such_db"))
+    assert isinstance(unknown, exception.DatabaseUnusable) and "createdb" in str(unknown)
+    assert pg_cluster.password not in str(unknown)
+    engine = api.get_engine(pg_database)
+    holder = engine.connect()
+    holder.exec_driver_sql("LOCK TABLE state_revision IN EXCLUSIVE MODE")
+    try:
+        with pytest.raises(sa_exc.OperationalError) as timeout:
+            with api.transaction(engine, lock_wait=0.2) as s:
+                s.add(models.Instance(uuid="u1", name="a", hostname="a", project_id="p"))
+    finally:
+        holder.rollback()
+        holder.close()
+    busy = api.explain(timeout.value, pg_database)
+    assert isinstance(busy, exception.DatabaseLocked) and "sdn db sync" not in str(busy)
+    assert api.current_revision(engine) == 0   # the refused write left nothing

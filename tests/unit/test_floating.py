@@ -6,6 +6,8 @@ from sdn import exception, vpn
 from sdn.db import api
 from sdn.floating import FloatingIps, parse_range
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def env(make_manager, make_conf, engine):

@@ -16,6 +16,8 @@ from sdn.db import api, models
 from sdn.dhcp import LeaseEvent
 from tests.unit.test_manager import fixed
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def two(make_manager):
@@ -69,10 +71,20 @@ def _committer(engine):
                           leases.leased(engine), start=False)
 
 
-def _locked(db_path):
-    """Another process's write lock on the SQLite file (BEGIN IMMEDIATE held open)."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
+def _locked(db_url):
+    """Another process's write lock held open, as a connection to roll back and close: on
+    SQLite the file's (BEGIN IMMEDIATE), on PostgreSQL the lease tables' (LOCK TABLE ... IN
+    EXCLUSIVE MODE: readers pass, every writer waits)."""
+    if db_url.startswith("sqlite:///"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        return conn
+    import psycopg
+    from sqlalchemy.engine import make_url
+    conn = psycopg.connect(make_url(db_url).set(drivername="postgresql")
+                           .render_as_string(hide_password=False), autocommit=True)
+    conn.execute("BEGIN")
+    conn.execute("LOCK TABLE fixed_ips, state_revision IN EXCLUSIVE MODE")
     return conn
 
 
@@ -81,7 +93,7 @@ def test_renewals_answered_from_memory_while_the_database_is_locked(two, engine,
     mgr.lease_fixed_ip(a["address"], a["mac"])           # a: recorded before the outage
     sent: list[bytes] = []
     committer = _committer(engine)
-    lock = _locked(db_url.removeprefix("sqlite:///"))
+    lock = _locked(db_url)
     try:
         started = time.monotonic()
         committer.commit([(LeaseEvent("lease", a["address"], a["mac"]), sent.append, b"ACK-a"),
@@ -108,7 +120,7 @@ def test_forgotten_lease_is_not_renewed_from_memory(two, engine, db_url):
     committer = _committer(engine)
     committer.forget([a["address"]])                      # expired in the database
     sent: list[bytes] = []
-    lock = _locked(db_url.removeprefix("sqlite:///"))
+    lock = _locked(db_url)
     try:
         committer.commit([(LeaseEvent("lease", a["address"], a["mac"]), sent.append, b"ACK")])
     finally:

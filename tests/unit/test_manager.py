@@ -9,6 +9,8 @@ from sqlalchemy import func, select
 from sdn import exception, manager
 from sdn.db import api, models
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 def count(engine, model):
     with api.read_transaction(engine) as s:

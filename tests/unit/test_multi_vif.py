@@ -10,6 +10,8 @@ from sdn import cli, exception
 from sdn.db import api, models
 from sdn.floating import FloatingIps
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 def revision(engine):
     return api.current_revision(engine)

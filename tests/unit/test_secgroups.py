@@ -11,6 +11,8 @@ from sdn.db import api
 from sdn.secgroups import SecurityGroups
 from tests.unit.test_cli import fail, ok, sdn  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.both_databases  # every test using the database runs on SQLite and PostgreSQL
+
 
 @pytest.fixture
 def sgs(engine):
