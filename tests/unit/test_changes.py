@@ -4,11 +4,17 @@ what changed since the revision it saw; a datapath recompiles only when its netw
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+
 from sdn.apps.statefeed import datapath_affected
 from sdn.db import api, changes
 from sdn.flows.context import Binding
 from sdn.secgroups import SecurityGroups
 from sdn.view import VifView
+
+pytestmark = pytest.mark.both_databases
 
 
 def _changes(engine, since):
@@ -118,3 +124,44 @@ def test_routers_transit_switches_and_unbound_taps_always_recompile():
     assert datapath_affected(Binding(vifs, (), relays=(3,)), ports, {2})
     # a tap port with no VIF yet: a VIF of any network may be created for it
     assert datapath_affected(Binding(vifs, ()), {**ports, "tapbbbbbbbbbbb": 6}, {2})
+
+
+# ---- PostgreSQL: LISTEN/NOTIFY wakes the reader -----------------------------------------------
+
+def test_a_commit_notifies_its_revision_and_a_rollback_nothing(pg_database):
+    from sdn.db import models
+    engine = api.get_engine(pg_database)
+    woken: list = []
+    arrived = threading.Event()
+
+    def wake(revision):
+        woken.append(revision)
+        if revision is not None:
+            arrived.set()
+
+    listener = changes.Listener(pg_database, wake).start()
+    try:
+        assert _wait(lambda: None in woken), "the listener never connected"
+        with pytest.raises(RuntimeError):
+            with api.transaction(engine) as session:
+                session.add(models.ProviderFirewallRule(protocol=6, cidr="10.0.0.0/8"))
+                session.flush()
+                raise RuntimeError("rolled back")
+        rev = api.current_revision(engine)
+        SecurityGroups(engine).create("web", "alpha")
+        assert arrived.wait(5), "no notification after the commit"
+        assert [r for r in woken if r is not None] == [rev + 1]
+        assert {c.table for c in changes.since(engine, rev)[1]} >= {"security_groups"}
+    finally:
+        listener.stop()
+        engine.dispose()
+
+
+def _wait(predicate, timeout=5.0):
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

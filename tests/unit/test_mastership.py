@@ -175,7 +175,8 @@ def test_a_lease_must_have_a_length():
 
 # ---- the same rounds against the database ------------------------------------------------------
 
-def test_lease_rounds_in_sqlite_write_no_revision(engine):
+@pytest.mark.both_databases
+def test_lease_rounds_in_the_database_write_no_revision(engine):
     from sdn.db import api
     clock = Clock()
     rev = api.current_revision(engine)
@@ -247,3 +248,30 @@ def test_a_full_sync_keeps_a_newer_masters_flows():
     unit.step("full")
     cookies = {f.cookie for f in fake.flows.values()}
     assert newer in cookies and older not in cookies
+
+
+@pytest.mark.both_databases
+def test_racing_controllers_never_both_take_the_lease(engine):
+    """Eight controllers start at once on a fresh database: one master, the losers slaves or
+    failed rounds (a unique-key race on PostgreSQL), never two masters."""
+    import threading
+    clock = Clock()
+    ctls = [m.Mastership(lambda n, d: leader.lease_round(engine, n, d),
+                         lambda n, h, i: leader.release(engine, n, h, i), f"c{i}",
+                         clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+            for i in range(8)]
+    barrier = threading.Barrier(len(ctls))
+    results = {}
+
+    def go(ctl):
+        barrier.wait()
+        results[ctl.me] = ctl.tick()
+
+    threads = [threading.Thread(target=go, args=(c,)) for c in ctls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    masters = [name for name, master in results.items() if master]
+    assert len(masters) == 1
+    assert leader.current(engine, m.DEPLOYMENT).holder == masters[0]
