@@ -1,7 +1,7 @@
 """Two controllers on one switch (docs/HA.md): one MASTER, one SLAVE, one deployment lease.
 
-Real userspace OVS, two ``sdn controller`` processes on the same database (SQLite here; the
-lease and the change feed are the same SQL on PostgreSQL), the bridge connected to both
+Real userspace OVS, two ``sdn controller`` processes on the same database (SQLite, and
+PostgreSQL from tests/pg.py's cluster, where the controllers are woken by NOTIFY), the bridge connected to both
 (``Bridge.controller`` holds two Controller rows). What is asserted is what a tenant and an
 operator see: pings between two instances while the master is killed with SIGKILL, how soon
 DHCP is answered again (printed), the flow table before and after, a restarted controller
@@ -16,6 +16,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.integration import netlab
 from tests.integration.netlab import wait_for
@@ -66,11 +68,14 @@ def raw_flows(bridge: str) -> dict[str, tuple[str, float]]:
     return out
 
 
-def test_kill_the_master_under_traffic_then_restart_it_as_slave(make_sdn_env, netns_host,
-                                                                  tmp_path):
-    env = make_sdn_env(config={
-        "DEFAULT": {"network_manager": "vlan"},
-        "ovs": {"mastership_lease": LEASE, "controller_id": "ctl-a"}})
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_kill_the_master_under_traffic_then_restart_it_as_slave(database, make_sdn_env,
+                                                                  netns_host, tmp_path, request):
+    config = {"DEFAULT": {"network_manager": "vlan"},
+              "ovs": {"mastership_lease": LEASE, "controller_id": "ctl-a"}}
+    if database == "postgresql":     # tests/pg.py's cluster; controllers get NOTIFY wake-ups
+        config["database"] = {"connection": request.getfixturevalue("pg_database")}
+    env = make_sdn_env(config=config)
     env.cli("network", "create", "--label", "tenants", "--fixed_range_v4", "10.37.0.0/24",
             "--num_networks", "1", "--network_size", "64", "--vlan", "237")
     a1, h_a1 = launch(env, netns_host, "a1", "alpha")
@@ -138,3 +143,39 @@ def test_kill_the_master_under_traffic_then_restart_it_as_slave(make_sdn_env, ne
         assert peer_log.index("periodic jobs") > peer_log.index("is now MASTER")
     finally:
         peer.close()
+
+
+def test_a_change_confined_to_one_network_recompiles_only_its_switches(make_sdn_env, ovs_bridge,
+                                                                       netns_host):
+    """The change feed: a launch in project alpha concerns only the switch alpha's VIFs are
+    on; a security group rule (global) concerns both (the positive control)."""
+    env = make_sdn_env(config={"DEFAULT": {"network_manager": "vlan"}})
+    env.cli("network", "create", "--label", "tenants", "--fixed_range_v4", "10.38.0.0/24",
+            "--num_networks", "2", "--network_size", "64", "--vlan", "238")
+    launch(env, netns_host, "a1", "alpha")
+    other = ovs_bridge()
+    b1 = env.cli_json("instance", "launch", "b1", "--project", "beta")
+    netns_host(port_name=b1["port_name"], mac=b1["mac"])
+    env.cli("instance", "plug", "b1", "--bridge", other.name)
+    env.start_controller()
+    netlab.add_controller(other.name, env.port)
+    wait_for(lambda: any("cookie=0x5d" in f for f in other.dump_flows(table=0)), 30,
+             what=f"the controller to sync {other.name}")
+    dpid = {br: netlab.sh(["ovs-vsctl", "get", "Bridge", br, "datapath_id"]).stdout.strip()
+            .strip('"') for br in (env.bridge.name, other.name)}
+
+    def syncs(br: str, since: int) -> int:
+        return env.controller_log()[since:].count(f"datapath {dpid[br]} incremental sync")
+
+    mark = len(env.controller_log())
+    env.cli_json("instance", "launch", "a2", "--project", "alpha")   # alpha's group exists
+    wait_for(lambda: "concern 1 of 2 switches" in env.controller_log()[mark:], 10,
+             what="the feed to confine the launch to alpha's switch")
+    wait_for(lambda: syncs(env.bridge.name, mark) >= 1, 10, what="alpha's switch to sync")
+    assert syncs(other.name, mark) == 0
+
+    mark = len(env.controller_log())
+    env.cli("secgroup-rule", "add", "default", "--project", "beta", "tcp", "22", "22",
+            "0.0.0.0/0")
+    wait_for(lambda: syncs(env.bridge.name, mark) >= 1 and syncs(other.name, mark) >= 1, 10,
+             what="a security group change to reach both switches")
