@@ -175,17 +175,19 @@ def test_a_lease_must_have_a_length():
 
 # ---- the same rounds against the database ------------------------------------------------------
 
+def db_controller(engine, name, clock):
+    """A Mastership whose rounds are sdn.db.leader's transactions on ``engine``."""
+    return m.Mastership(lambda n, d: leader.lease_round(engine, n, d),
+                        lambda n, h, i: leader.release(engine, n, h, i), name,
+                        clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+
+
 @pytest.mark.both_databases
 def test_lease_rounds_in_the_database_write_no_revision(engine):
     from sdn.db import api
     clock = Clock()
     rev = api.current_revision(engine)
-    a = m.Mastership(lambda n, d: leader.lease_round(engine, n, d),
-                     lambda n, h, i: leader.release(engine, n, h, i), "a",
-                     clock=lambda: clock.wall, monotonic=lambda: clock.mono)
-    b = m.Mastership(lambda n, d: leader.lease_round(engine, n, d),
-                     lambda n, h, i: leader.release(engine, n, h, i), "b",
-                     clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    a, b = db_controller(engine, "a", clock), db_controller(engine, "b", clock)
     assert a.tick() and not b.tick()
     assert leader.current(engine, m.DEPLOYMENT).holder == "a"
     clock.advance(3.5)
@@ -256,10 +258,7 @@ def test_racing_controllers_never_both_take_the_lease(engine):
     failed rounds (a unique-key race on PostgreSQL), never two masters."""
     import threading
     clock = Clock()
-    ctls = [m.Mastership(lambda n, d: leader.lease_round(engine, n, d),
-                         lambda n, h, i: leader.release(engine, n, h, i), f"c{i}",
-                         clock=lambda: clock.wall, monotonic=lambda: clock.mono)
-            for i in range(8)]
+    ctls = [db_controller(engine, f"c{i}", clock) for i in range(8)]
     barrier = threading.Barrier(len(ctls))
     results = {}
 
