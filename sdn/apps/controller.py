@@ -137,6 +137,11 @@ class SdnController(app_manager.OSKenApp):
     # ---- several controllers (sdn.apps.mastership) ---------------------------------------------
 
     def _master(self) -> bool:
+        """MASTER on the switches (or alone): answers packet-ins."""
+        return self.deps.mastership is None or self.deps.mastership.switch_master
+
+    def _periodic_runner(self) -> bool:
+        """Holds a valid deployment lease (or alone): runs the periodic jobs."""
         return self.deps.mastership is None or self.deps.mastership.is_master()
 
     def _if_master(self, handler, otherwise=None):
@@ -339,7 +344,7 @@ class SdnController(app_manager.OSKenApp):
                 self.gateway.probe(now)
             except Exception as err:
                 LOG.warning("external gateway probe failed: %s", err)
-            if now - last_write < self.deps.maintenance_interval:
+            if now - last_write < self.deps.maintenance_interval or not self._periodic_runner():
                 continue
             last_write = now
             try:

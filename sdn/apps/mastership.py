@@ -25,10 +25,14 @@ request arrives, so a stale master (paused, cut off from the database) can write
 master's (:func:`newer_term`).
 
 Timing (``length`` = ``[ovs] mastership_lease`` seconds): the holder renews every
-``length / 3``; it stops acting as master ``length`` after the start of its last successful
-renewal (monotonic clock), even if it cannot reach the database; another controller takes over
-once the row's ``expires_at`` (the holder's wall clock) has passed, so clocks of the
-controllers must agree to well within ``length`` (NTP). A controller that exits cleanly releases
+``length / 3``; another controller takes over once the row's ``expires_at`` (the holder's wall
+clock) has passed, so clocks of the controllers must agree to well within ``length`` (NTP).
+A holder that cannot renew (the database locked or unreachable) stops the periodic jobs
+``length`` after the start of its last successful renewal (monotonic clock), but stays MASTER
+on the switches, answering DHCP renewals from memory (``sdn.leases``), until a round shows
+another holder or the switch demotes it: the switch is the arbiter, a new master's role request
+with its larger generation_id takes the role away at once, so there is never a moment with two
+writing masters and no moment without one that a lock alone causes. A controller that exits cleanly releases
 the lease (``expires_at = 0``): its peer takes over at its next renewal round. A restarted
 controller with the same ``controller_id`` (host:port by default) takes its previous run's
 lease over at once (that run is dead: the listen address is its own).
@@ -123,21 +127,26 @@ class Mastership:
         self.term = 0                   # the latest term this controller knows of
         self.holder: str | None = None
         self._valid_until = float("-inf")
+        #: MASTER on the switches: from a round that took or renewed the lease until a round
+        #: that shows another holder (a failed round changes nothing)
+        self.switch_master = False
         self._was_master = False
         self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def is_master(self) -> bool:
-        """True while this controller's lease is valid by its own monotonic clock."""
+        """True while this controller's lease is valid by its own monotonic clock: it may run
+        the periodic jobs."""
         return self.monotonic() < self._valid_until
 
     def role(self) -> tuple[bool, int]:
-        """``(master, generation_id)`` for a role request now."""
-        return self.is_master(), self.term
+        """``(master, generation_id)`` to hold on the switches now."""
+        return self.switch_master, self.term
 
     def tick(self) -> bool:
-        """One renewal round; returns whether this controller is master afterwards."""
+        """One renewal round; returns whether this controller is master of the switches
+        afterwards."""
         started, now = self.monotonic(), self.clock()
         try:
             decision = self._round(self.name, lambda row: decide(row, self.me, self.incarnation,
@@ -153,10 +162,11 @@ class Mastership:
             self._failing = False
             self.term, self.holder = decision.lease.term, decision.lease.holder
             self._valid_until = started + self.length if decision.master else float("-inf")
+            self.switch_master = decision.master
         return self._check()
 
     def _check(self) -> bool:
-        master = self.is_master()
+        master = self.switch_master
         if master != self._was_master:
             self._was_master = master
             LOG.warning("%s is now %s (term %d%s)", self.me, "MASTER" if master else "SLAVE",
@@ -166,11 +176,8 @@ class Mastership:
         return master
 
     def next_wait(self) -> float:
-        """Seconds until the next round: a third of the lease, sooner if it would lapse."""
-        wait = self.length / 3
-        if self._was_master:
-            wait = min(wait, max(0.0, self._valid_until - self.monotonic()))
-        return wait
+        """Seconds until the next round: a third of the lease."""
+        return self.length / 3
 
     def start(self) -> Mastership:
         self.tick()
@@ -189,8 +196,9 @@ class Mastership:
         """Stop renewing; with ``release`` give the lease up now (a clean exit), so a peer
         takes over at its next round instead of after the lease."""
         self._stop.set()
-        if release and self.is_master():
+        if release and self.switch_master:
             self._valid_until = float("-inf")
+            self.switch_master = False
             try:
                 self._release(self.name, self.me, self.incarnation)
             except Exception as err:
