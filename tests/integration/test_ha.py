@@ -94,7 +94,7 @@ def test_kill_the_master_under_traffic_then_restart_it_as_slave(database, make_s
         flows_before = netlab.flow_table(env.bridge.name)
 
         # 100 pings/s between the instances; the master dies in the middle
-        ping = h_a1.popen(["ping", "-n", "-q", "-i", "0.01", "-c", "800", "-W", "1",
+        ping = h_a1.popen(["ping", "-n", "-D", "-O", "-i", "0.01", "-c", "800", "-W", "1",
                            a2["address"]], stdout=subprocess.PIPE, text=True)
         time.sleep(2.0)
         killed_at = time.time()
@@ -112,7 +112,11 @@ def test_kill_the_master_under_traffic_then_restart_it_as_slave(database, make_s
         sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
                                             out).groups())
         print(f"pings: {sent} sent, {received} received across the failover")
-        assert sent == 800 and received == sent, out
+        unanswered = [f"{float(t) - killed_at:+.3f}s seq {seq}" for t, seq in
+                      re.findall(r"\[([0-9.]+)\] no answer yet for icmp_seq=(\d+)", out)]
+        assert sent == 800 and received == sent, (
+            f"{sent - received} lost; unanswered at (relative to the kill): {unanswered[:20]}\n"
+            f"{out[-300:]}\n{peer.controller_log()[-3000:]}")
         # the new master's full sync replaced the flows in place: same table
         wait_for(lambda: "full sync" in peer.controller_log(), 10, what="ctl-b full sync")
         assert netlab.flow_table(env.bridge.name) == flows_before
