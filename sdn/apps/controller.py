@@ -335,8 +335,14 @@ class SdnController(app_manager.OSKenApp):
         """Periodic writes on their own thread, so a locked database delays only them; with
         several controllers only the master's (one per deployment)."""
         last_write = float("-inf")
+        runner = False
         while True:
             time.sleep(1.0)
+            if self._periodic_runner() != runner and self.deps.mastership is not None:
+                runner = not runner
+                LOG.info("periodic jobs (disassociation, lease expiry) %s (term %d)",
+                         "run here from now on" if runner else "stopped here",
+                         self.deps.mastership.term)
             if not self._master():
                 continue
             now = time.time()
@@ -348,9 +354,6 @@ class SdnController(app_manager.OSKenApp):
                 continue
             last_write = now
             try:
-                if self.deps.mastership is not None:
-                    LOG.info("periodic jobs (term %d): disassociation, lease expiry",
-                             self.deps.mastership.term)
                 self.state.timeout_fixed_ips(now)
                 self.state.prune_changes()
                 expired = self.state.expire_leases(now, self.committer.pending_addresses())
