@@ -432,7 +432,7 @@ def mastership_from_conf(conf, engine) -> roles.Mastership | None:
     return roles.Mastership(
         lambda name, decide: leader.lease_round(engine, name, decide, lock_wait=length / 3),
         lambda name, holder, incarnation: leader.release(engine, name, holder, incarnation),
-        me, length=length)
+        me, length=length, holder_lock=leader.holder_lock(engine))
 
 
 def _listen_url(url: str) -> str | None:

@@ -69,3 +69,96 @@ def current(engine, name: str) -> Lease | None:
         row = session.get(models.LeaderLease, name)
         return (Lease(row.holder, row.incarnation, row.term, row.expires_at)
                 if row is not None else None)
+
+
+class HolderLock:
+    """A lock the lease holder keeps for as long as its process (and its database session)
+    lives, released by the operating system or the database server the moment it dies: a
+    slave that can take it knows the holder is gone without waiting for the lease to lapse.
+
+    PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) on a connection of its own
+    (the server releases it when the holder's connection closes, at once on a kill -9). SQLite:
+    ``flock`` on ``<database file>-leader.lock`` (single host, like SQLite itself). Other
+    databases: none (:func:`holder_lock` returns None; failover waits for the lease)."""
+
+    def try_acquire(self) -> bool:
+        """True if this process holds the lock now (already, or just taken)."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+
+class FileLock(HolderLock):
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def try_acquire(self) -> bool:
+        import fcntl
+        import os
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        import os
+        if self._fd is not None:
+            os.close(self._fd)     # closing the descriptor drops the flock
+            self._fd = None
+
+
+class AdvisoryLock(HolderLock):
+    #: the advisory lock key: "sdn" and "lead" in ASCII
+    KEY = 0x73646E_6C656164
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._conn = None
+
+    def try_acquire(self) -> bool:
+        from sqlalchemy import text
+        if self._conn is not None:
+            try:   # the lock lives as long as this session: check the session still does
+                self._conn.execute(text("SELECT 1"))
+                return True
+            except Exception:
+                self.release()
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"),
+                               {"key": self.KEY}).scalar()
+        except Exception:
+            conn.close()
+            raise
+        if got:
+            self._conn = conn
+        else:
+            conn.close()
+        return bool(got)
+
+    def release(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()    # drop the session (and its lock), not back to the pool
+            finally:
+                self._conn = None
+
+
+def holder_lock(engine) -> HolderLock | None:
+    """The HolderLock for ``engine``'s database (None: none available)."""
+    from sqlalchemy.engine import make_url
+    url = make_url(str(engine.url))
+    if url.get_backend_name() == "postgresql":
+        return AdvisoryLock(engine)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        import os
+        return FileLock(os.path.abspath(url.database) + "-leader.lock")
+    return None

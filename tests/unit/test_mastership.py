@@ -278,3 +278,59 @@ def test_racing_controllers_never_both_take_the_lease(engine):
     masters = [name for name, master in results.items() if master]
     assert len(masters) == 1
     assert leader.current(engine, m.DEPLOYMENT).holder == masters[0]
+
+
+class FakeLock:
+    """A holder lock: one owner at a time; ``die(owner)`` is the kernel dropping it."""
+
+    owner = None
+
+    def __init__(self, name):
+        self.name = name
+
+    def try_acquire(self):
+        if FakeLock.owner in (None, self.name):
+            FakeLock.owner = self.name
+            return True
+        return False
+
+    def release(self):
+        if FakeLock.owner == self.name:
+            FakeLock.owner = None
+
+
+def test_a_slave_that_gets_the_holder_lock_takes_over_before_the_lease_lapses():
+    FakeLock.owner = None
+    store, clock = MemoryStore(), Clock()
+    a = m.Mastership(store.round, store.release, "a", holder_lock=FakeLock("a"),
+                     clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    b = m.Mastership(store.round, store.release, "b", holder_lock=FakeLock("b"),
+                     clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    assert a.tick() and not b.tick()
+    assert FakeLock.owner == "a"                   # b tried, failed, holds nothing
+    clock.advance(1.0)
+    assert not b.tick()                            # a alive: lease valid, lock held
+    FakeLock.owner = None                          # a killed: the kernel drops its flock
+    clock.advance(0.1)
+    assert b.tick() and b.term > a.term            # 1.1 s after a's round, lease still valid
+    assert FakeLock.owner == "b"
+
+
+def test_a_holder_without_its_lock_is_taken_over_by_whoever_gets_it():
+    FakeLock.owner = None
+    store, clock = MemoryStore(), Clock()
+    store.rows[m.DEPLOYMENT] = Lease("a", "run", 5, NOW + 3.0)   # a holds the row, no lock
+    b = m.Mastership(store.round, store.release, "b", holder_lock=FakeLock("b"),
+                     clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    assert b.tick()                                # holder without its lock: gone, b takes over
+    assert FakeLock.owner == "b"
+
+
+@pytest.mark.both_databases
+def test_the_holder_lock_of_the_database_is_exclusive_and_dies_with_its_holder(engine):
+    first, second = leader.holder_lock(engine), leader.holder_lock(engine)
+    assert first is not None and first.try_acquire() and first.try_acquire()
+    assert not second.try_acquire()
+    first.release()                                # as the kernel/server does at a kill -9
+    assert second.try_acquire()
+    second.release()
