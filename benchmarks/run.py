@@ -2,7 +2,7 @@
 """Run every sdn benchmark side by side with what operators would pick instead (issue 6).
 
     .venv/bin/python benchmarks/run.py [--out var/bench]
-        [--only dhcp,flows,dataplane,alloc,restart,secgroups]
+        [--only dhcp,flows,dataplane,alloc,restart,secgroups,failover]
         [--flow-vifs 1000,10000]
 
 Prints a table of ratios with the raw numbers, writes ``results.json`` and ``results.md`` and
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_alloc, bench_dhcp, bench_scale, bench_secgroups, bench_system  # noqa: E402
+from benchmarks import bench_alloc, bench_dhcp, bench_failover, bench_scale, bench_secgroups, bench_system  # noqa: E402
 
 TARGETS = {
     "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
@@ -96,6 +96,29 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(("  time from restart to reconciled (full sync done), s", str(s["reconcile_seconds"]),
                      "-", "-", "report"))
     rows += secgroup_rows(r.get("secgroups"))
+    rows += failover_rows(r.get("failover"))
+    return rows
+
+
+def failover_rows(f) -> list[tuple[str, str, str, str, str]]:
+    """Rows of the failover step (benchmarks/bench_failover.py): one per lease length."""
+    if f and "error" in f:
+        return [("failover", "error", f.get("error", "")[:60], "-", "NOT MET")]
+    rows = []
+    for res in (f or {}).get("leases", []):
+        goal = "<=2 s" if res["lease_s"] <= 1 else "report"
+        ok = res["median_s"] <= 2
+        rows.append((f"failover: master kill -9 -> first DHCPACK by the new master, s "
+                     f"(lease {res['lease_s']:g} s, median of {res['runs']})",
+                     str(res["median_s"]), f"max {res['max_s']}", "-",
+                     f"{goal} {'MET' if ok else 'NOT MET'}" if goal != "report" else goal))
+    feed = (f or {}).get("feed")
+    if feed:
+        skipped = feed["concerned_a"] and not feed["concerned_b"]
+        rows.append((f"change feed: launch on net A, switch B ({feed['vifs_per_datapath']} VIFs) "
+                     f"not recompiled, compile ms saved", str(feed["compile_b_ms"]),
+                     f"feed read {feed['feed_read_ms']} ms", "-",
+                     f"B skipped {'MET' if skipped else 'NOT MET'}"))
     return rows
 
 
@@ -201,7 +224,7 @@ def plot(dhcp: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="var/bench")
-    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups,scale")
+    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups,failover,scale")
     ap.add_argument("--flow-vifs", default="1000,10000",
                     help="VIF counts of the flow programming benchmark (comma-separated)")
     args = ap.parse_args()
@@ -225,6 +248,8 @@ def main() -> int:
         steps.append(("restart", lambda: bench_system.restart(work, log)))
     if "secgroups" in only:
         steps.append(("secgroups", lambda: bench_secgroups.run(work, log)))
+    if "failover" in only:
+        steps.append(("failover", lambda: bench_failover.run(work, log)))
     if "scale" in only:
         steps.append(("scale", lambda: bench_scale.run(work, log)))
     for name, fn in steps:

@@ -237,6 +237,18 @@ ovs_opts = [
                help="OpenFlow echo requests (one a second) a switch may leave unanswered in a "
                     "row before the controller drops it. A switch committing a bundle of "
                     "~100k flows on a loaded host answers nothing for several seconds."),
+    cfg.FloatOpt("mastership_lease", default=3.0, min=0,
+                 help="Seconds of the deployment lease that makes one of several controllers "
+                      "MASTER of every switch (the others SLAVE; docs/HA.md). A master that "
+                      "dies is replaced within this time. 0: no roles (one controller only)."),
+    cfg.StrOpt("controller_id", default="",
+               help="This controller's name in the mastership lease, unique in the "
+                    "deployment (default: <hostname>:<ofp_tcp_listen_port>)."),
+    cfg.StrOpt("mastership_group", default="",
+               help="Controllers that share the same switches (e.g. a network host's name, when "
+                    "every network host runs its own controllers for its own switches): the "
+                    "switch roles are held per group, the periodic jobs still once per "
+                    "deployment. Empty: one group, every controller connected to every switch."),
 ]
 
 #: OpenFlow over TLS (the switch side: ``ovs-vsctl set-ssl`` and an ``ssl:HOST:PORT`` controller

@@ -40,6 +40,17 @@ class StateSource:
     def load(self) -> StateView:
         return db.load_views(self.engine, **self._view_opts)
 
+    def changes_since(self, revision: int, upto: int | None = None):
+        """The change feed after ``revision`` (up to ``upto``): a list of
+        ``sdn.db.changes.Change``, or None when it does not reach back that far."""
+        from sdn.db import changes
+        feed = changes.since(self.engine, revision, upto)
+        return None if feed is None else feed[1]
+
+    def prune_changes(self) -> int:
+        from sdn.db import changes
+        return changes.prune(self.engine)
+
     def timeout_fixed_ips(self, now: float) -> int:
         """Disassociate fixed IPs deallocated longer than fixed_ip_disassociate_timeout."""
         naive_utc = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).replace(tzinfo=None)

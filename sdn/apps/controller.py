@@ -41,6 +41,8 @@ from sdn.apps.dhcp_punt import DhcpLog, DhcpPunt, LeaseCommitter
 from sdn.apps.gateway import GatewayLearner
 from sdn.apps.ipv6 import Ipv6Services
 from sdn.apps.acl_log import AclLog
+from sdn.apps import mastership as roles
+from sdn.apps.statefeed import datapath_affected, touched
 from sdn.apps.packet_in import PacketInDispatch
 from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import GENERATION_MASK, Desired, Feature, Table
@@ -79,6 +81,15 @@ class ControllerDeps:
     echo_misses: int = 3
     metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
     dhcp_log_interval: float = 10.0
+    #: several controllers (``sdn.apps.mastership``): the deployment lease; None: this
+    #: controller is alone and always writes (EQUAL role)
+    mastership: roles.Mastership | None = None
+    #: the deployment lease for the periodic jobs when ``mastership`` is a mastership group's
+    #: (``[ovs] mastership_group``); None: ``mastership`` is the deployment lease (or no roles)
+    periodic: roles.Mastership | None = None
+    #: PostgreSQL URL to LISTEN on for state notifications (``sdn.db.changes.Listener``);
+    #: None: poll only (SQLite)
+    listen_url: str | None = None
 
 
 class SdnController(app_manager.OSKenApp):
@@ -105,14 +116,24 @@ class SdnController(app_manager.OSKenApp):
         self.committer = LeaseCommitter(self.state.apply_lease_events, self.state.leased(),
                                         metrics=deps.metrics,
                                         log=DhcpLog(deps.dhcp_log_interval))
-        self.dhcp = DhcpPunt(lambda: self.view, self.bindings.get, self.committer)
-        deps.packet_in.on_fast(Feature.DHCP, self.dhcp.on_packet_in)
-        deps.packet_in.on_slow(Feature.ROUTER, self.gateway.on_packet_in)
-        self.ipv6 = Ipv6Services(lambda: self.view, self.bindings.get)
-        deps.packet_in.on_fast(Feature.ND, self.ipv6.on_nd)
-        deps.packet_in.on_fast(Feature.DHCPV6, self.ipv6.on_dhcpv6)
+        self.dhcp = DhcpPunt(lambda: self.view, self._binding, self.committer)
+        deps.packet_in.on_fast(Feature.DHCP, self._if_master(self.dhcp.on_packet_in, b""))
+        deps.packet_in.on_slow(Feature.ROUTER, self._if_master(self.gateway.on_packet_in))
+        self.ipv6 = Ipv6Services(lambda: self.view, self._binding)
+        deps.packet_in.on_fast(Feature.ND, self._if_master(self.ipv6.on_nd, b""))
+        deps.packet_in.on_fast(Feature.DHCPV6, self._if_master(self.ipv6.on_dhcpv6, b""))
         self.acl_log = AclLog(self._port_owner)
         deps.packet_in.on_slow(Feature.SECURITY_GROUPS, self.acl_log.on_packet_in)
+        self._wake = threading.Event()
+        self.feed_stats = {"reloads": 0, "requested": 0, "skipped": 0}
+        if deps.listen_url:
+            from sdn.db.changes import Listener
+            Listener(deps.listen_url, lambda _revision: self._wake.set()).start()
+        if deps.mastership is not None:
+            deps.mastership.on_change = lambda master, term: self._request_all(FULL)
+            deps.mastership.start()
+        if deps.periodic is not None:
+            deps.periodic.start()
         self._claim_due = threading.Event()
         for target in (self._poll_loop, self._maintenance_loop, self._claim_loop):
             threading.Thread(target=target, name=target.__name__, daemon=True).start()
@@ -130,7 +151,39 @@ class SdnController(app_manager.OSKenApp):
     def _next_generation(self) -> int:
         with self._generation_lock:
             self._generation = (self._generation + 1) & GENERATION_MASK
+            if self.deps.mastership is not None:   # the term above the sync count
+                return roles.generation(self.deps.mastership.term, self._generation)
             return self._generation
+
+    # ---- several controllers (sdn.apps.mastership) ---------------------------------------------
+
+    def _master(self) -> bool:
+        """MASTER on the switches (or alone): answers packet-ins."""
+        return self.deps.mastership is None or self.deps.mastership.switch_master
+
+    def _periodic_runner(self) -> bool:
+        """Holds a valid deployment lease (or alone): runs the periodic jobs."""
+        lease = self.deps.periodic or self.deps.mastership
+        return lease is None or lease.is_master()
+
+    def _if_master(self, handler, otherwise=None):
+        """``handler`` for the master only: a slave answers no packet-in (a switch sends
+        slaves none, but a connection is EQUAL until its role request)."""
+        return lambda *args: handler(*args) if self._master() else otherwise
+
+    def _foreign_generation(self, gen: int) -> bool:
+        m = self.deps.mastership
+        return m is not None and roles.newer_term(gen, m.term)
+
+    def _binding(self, dpid: int) -> Binding | None:
+        """This switch's binding; a slave never compiled, so it binds on first use (the first
+        DHCP packet-in after a takeover may come before the full sync's compile)."""
+        binding = self.bindings.get(dpid)
+        unit = self.units.get(dpid)
+        if binding is None and unit is not None and unit.ports_known:
+            binding = bind_ports(self.view, dict(unit.ports), self.deps.trunk_names,
+                                 self.deps.public_name, self.deps.relay_names)
+        return binding
 
     def _port_owner(self, dp, port: int | None) -> str | None:
         """The instance whose VIF is ``port`` of ``dp`` (None for a trunk, unknown port)."""
@@ -175,7 +228,9 @@ class SdnController(app_manager.OSKenApp):
         self.units[dp.id] = DatapathSync(
             dp, lambda ports, dpid=dp.id: self._compile(dpid, ports), self._next_generation,
             name_tables=self._name_tables, reply_timeout=self.deps.reply_timeout,
-            audit_interval=self.deps.audit_interval, metrics=self.metrics)
+            audit_interval=self.deps.audit_interval, metrics=self.metrics,
+            role=self.deps.mastership.role if self.deps.mastership is not None else None,
+            foreign_generation=self._foreign_generation)
         self.metrics.connections.labels(dpid_label(dp.id)).inc()
         self.metrics.datapaths.set(len(self.units))
         dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
@@ -235,6 +290,12 @@ class SdnController(app_manager.OSKenApp):
         if unit is not None:
             unit.on_barrier(ev.msg.xid)
 
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    def _on_role_reply(self, ev):
+        unit = self._unit(ev.msg)
+        if unit is not None:
+            unit.on_role_reply(ev.msg.xid)
+
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _on_error(self, ev):
         msg = ev.msg
@@ -246,22 +307,30 @@ class SdnController(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _on_packet_in(self, ev):
         msg = ev.msg
+        if not self._master():
+            return
         self.deps.packet_in.slow(msg.datapath, msg.cookie, msg.match.get("in_port"), msg.data)
 
     # ---- state: read often, write rarely -------------------------------------------------------
 
     def _poll_loop(self):
-        """Reads only: the revision, and the view when it changed."""
+        """Reads only: the revision, and the view when it changed; switches whose state did
+        not change (the change feed says so) are not recompiled. A PostgreSQL notification
+        wakes it at once; polling stays as the safety net."""
         revision = self.view.revision
         failing = False
+        wait = self.deps.poll_interval if not self.deps.listen_url else max(
+            1.0, self.deps.poll_interval)
         while True:
-            time.sleep(self.deps.poll_interval)
+            self._wake.wait(wait)
+            self._wake.clear()
             try:
                 current = self.state.revision()
                 if current != revision:
-                    self.view = self.state.load()
-                    revision = self.view.revision
-                    self._request_all(INCREMENTAL)
+                    view = self.state.load()
+                    feed = self.state.changes_since(revision, upto=view.revision)
+                    self.view, revision = view, view.revision
+                    self._request_changed(None if feed is None else touched(feed))
                     self._claim_due.set()
                 if failing:
                     LOG.warning("state readable again")
@@ -301,27 +370,59 @@ class SdnController(app_manager.OSKenApp):
             except Exception as err:   # locked or unreachable database: next round
                 LOG.warning("claiming networks postponed: %s", err)
 
+    def _request_changed(self, networks: set[int] | None) -> None:
+        """Incremental syncs for the switches the changes concern (``sdn.apps.statefeed``)."""
+        self.feed_stats["reloads"] += 1
+        remote_groups = any(rule.remote_group is not None
+                            for group in self.view.security_groups.values()
+                            for rule in group.rules)
+        concerned = 0
+        units = list(self.units.items())
+        for dpid, unit in units:
+            if datapath_affected(self.bindings.get(dpid), unit.ports, networks,
+                                 remote_groups=remote_groups):
+                concerned += 1
+                unit.request(INCREMENTAL)
+        self.feed_stats["requested"] += concerned
+        self.feed_stats["skipped"] += len(units) - concerned
+        if concerned < len(units):
+            LOG.info("revision %d: changes confined to networks %s concern %d of %d switches",
+                     self.view.revision, sorted(networks or ()), concerned, len(units))
+
+    def _switch_maintenance(self, now: float) -> None:
+        """What only the switches' master sends: gateway ARP/ND probes, router advertisements."""
+        try:
+            self.gateway.probe(now)
+        except Exception as err:
+            LOG.warning("external gateway probe failed: %s", err)
+        try:
+            self.ipv6.advertise([(unit.dp, self.bindings.get(dpid))
+                                 for dpid, unit in list(self.units.items())],
+                                time.monotonic())
+        except Exception as err:
+            LOG.warning("router advertisements failed: %s", err)
+
     def _maintenance_loop(self):
-        """Periodic writes on their own thread, so a locked database delays only them."""
+        """Periodic writes on their own thread, so a locked database delays only them; with
+        several controllers only the master's (one per deployment)."""
         last_write = float("-inf")
+        runner = False
         while True:
             time.sleep(1.0)
+            lease = self.deps.periodic or self.deps.mastership
+            if self._periodic_runner() != runner and lease is not None:
+                runner = not runner
+                LOG.info("periodic jobs (disassociation, lease expiry) %s (term %d)",
+                         "run here from now on" if runner else "stopped here", lease.term)
             now = time.time()
-            try:
-                self.gateway.probe(now)
-            except Exception as err:
-                LOG.warning("external gateway probe failed: %s", err)
-            try:
-                self.ipv6.advertise([(unit.dp, self.bindings.get(dpid))
-                                     for dpid, unit in list(self.units.items())],
-                                    time.monotonic())
-            except Exception as err:
-                LOG.warning("router advertisements failed: %s", err)
-            if now - last_write < self.deps.maintenance_interval:
+            if self._master():
+                self._switch_maintenance(now)
+            if now - last_write < self.deps.maintenance_interval or not self._periodic_runner():
                 continue
             last_write = now
             try:
                 self.state.timeout_fixed_ips(now)
+                self.state.prune_changes()
                 expired = self.state.expire_leases(now, self.committer.pending_addresses())
                 if expired:
                     LOG.info("leases expired without renewal: %s", ", ".join(expired))
@@ -352,9 +453,12 @@ def main(conf) -> int:
             external_gateway_v6=conf.external_gateway_v6,
             external_gateway_v6_mac=conf.external_gateway_v6_mac, host=conf.host)
     metrics = ControllerMetrics()
+    state = StateSource.from_conf(conf)
     deps = ControllerDeps(
         metrics=metrics, packet_in=PacketInDispatch(metrics),
-        state=StateSource.from_conf(conf),
+        state=state, mastership=mastership_from_conf(conf, state.engine),
+        periodic=mastership_from_conf(conf, state.engine, periodic=True),
+        listen_url=_listen_url(conf.database.connection),
         settings=CompileSettings(dhcp_rate_pps=conf.ovs.dhcp_rate_limit or None,
                                  relay_rate_pps=conf.ovs.dhcp_relay_rate_limit or None,
                                  router=router,
@@ -371,6 +475,9 @@ def main(conf) -> int:
 
     def _stop(signum, _frame):
         LOG.info("signal %d: controller exiting, flows stay on the switches", signum)
+        for lease in (deps.mastership, deps.periodic):    # a peer takes over at its next round
+            if lease is not None:
+                lease.stop(release=True)
         logging.shutdown()
         os._exit(0)  # os-ken's native-thread apps are non-daemon; do not wait for them
 
@@ -386,6 +493,44 @@ def main(conf) -> int:
     sdn_metrics.serve(metrics, conf.metrics.listen, conf.metrics.controller_port, "controller")
     run(deps)
     return 0
+
+
+def mastership_from_conf(conf, engine, periodic: bool = False) -> roles.Mastership | None:
+    """This controller's lease (``[ovs] mastership_lease`` seconds, 0: roles off), named
+    ``[ovs] controller_id`` (default ``<hostname>:<OpenFlow port>``).
+
+    Without ``[ovs] mastership_group`` one lease, the deployment's, makes its holder MASTER of
+    every switch and the runner of the periodic jobs. With a group (the controllers of one
+    network host that serve only that host's switches), the switch roles come from the group's
+    lease and the periodic jobs from the deployment lease (``periodic=True``; None without a
+    group: the switch lease is the deployment lease)."""
+    import socket
+
+    from sdn.db import leader
+
+    length = conf.ovs.mastership_lease
+    group = conf.ovs.mastership_group
+    if not length or (periodic and not group):
+        return None
+    name = roles.DEPLOYMENT if periodic or not group else roles.group_lease(group)
+    me = conf.ovs.controller_id or f"{socket.gethostname()}:{conf.ovs.ofp_tcp_listen_port}"
+    return roles.Mastership(
+        lambda name, decide: leader.lease_round(engine, name, decide, lock_wait=length / 3),
+        lambda name, holder, incarnation: leader.release(engine, name, holder, incarnation),
+        me, length=length, name=name, holder_lock=leader.holder_lock(engine, name))
+
+
+def _listen_url(url: str) -> str | None:
+    """``url`` if it is PostgreSQL and psycopg is installed (LISTEN/NOTIFY), else None."""
+    from sqlalchemy.engine import make_url
+    if make_url(url).get_backend_name() != "postgresql":
+        return None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        LOG.warning("psycopg is not installed: state changes are polled, not notified")
+        return None
+    return url
 
 
 def run(deps: ControllerDeps) -> None:

@@ -79,7 +79,8 @@ def error_text(type_: int, code: int) -> str:
     prefix = {"OFPET_BAD_REQUEST": "OFPBRC_", "OFPET_BAD_ACTION": "OFPBAC_",
               "OFPET_BAD_INSTRUCTION": "OFPBIC_", "OFPET_BAD_MATCH": "OFPBMC_",
               "OFPET_FLOW_MOD_FAILED": "OFPFMFC_", "OFPET_GROUP_MOD_FAILED": "OFPGMFC_",
-              "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_TABLE_MOD_FAILED": "OFPTMFC_"}.get(name)
+              "OFPET_METER_MOD_FAILED": "OFPMMFC_", "OFPET_TABLE_MOD_FAILED": "OFPTMFC_",
+              "OFPET_ROLE_REQUEST_FAILED": "OFPRRFC_"}.get(name)
     codes = {v: k for k, v in vars(ofp).items()
              if prefix and k.startswith(prefix) and isinstance(v, int)}
     if name == "OFPET_EXPERIMENTER":     # ONF extension errors: their exp_type (ext-230 bundles)
@@ -97,6 +98,13 @@ class DatapathSync:
     generation for a full sync; ``name_tables(dpid)`` (optional) names the tables in OVSDB.
     ``metrics`` (a ``sdn.metrics.ControllerMetrics``) counts syncs, audits and what they sent.
     Times are seconds.
+
+    Several controllers (``sdn.apps.mastership``): ``role()`` returns ``(master,
+    generation_id)``, the role this controller must hold on the switch now; the worker sends
+    a role request (OpenFlow 1.3 §7.3.9) whenever that changes, and as SLAVE writes nothing
+    (a takeover starts with a full sync). ``foreign_generation(gen)`` is True for flow
+    generations a full sync must not delete (a newer master's). Both None: no roles (a
+    single controller, EQUAL role).
     """
 
     def __init__(self, dp, compile: Callable[[dict[str, int]], Desired],
@@ -104,7 +112,9 @@ class DatapathSync:
                  name_tables: Callable[[int], None] | None = None,
                  reply_timeout: float = 15.0, audit_interval: float = 1.0,
                  deep_audit_every: int = 10, start: bool = True,
-                 metrics: ControllerMetrics | None = None):
+                 metrics: ControllerMetrics | None = None,
+                 role: Callable[[], tuple[bool, int]] | None = None,
+                 foreign_generation: Callable[[int], bool] | None = None):
         self.dp = dp
         self.dpid: int = dp.id
         self.metrics = metrics if metrics is not None else ControllerMetrics()
@@ -133,6 +143,9 @@ class DatapathSync:
         self._audits = 0
         self._last_audit = time.monotonic()
         self._named = False
+        self._role = role
+        self._foreign_generation = foreign_generation
+        self.role_held: tuple[bool, int] | None = None   # (master, generation_id) the switch knows
         self._thread = threading.Thread(target=self._run, name=f"sync-{self.dpid:016x}",
                                         daemon=True)
         if start:
@@ -222,6 +235,8 @@ class DatapathSync:
             if self.synced and time.monotonic() - self._last_audit >= self.audit_interval:
                 pending.add(AUDIT)
             try:
+                if not self._hold_role():
+                    continue          # SLAVE: nothing to write
                 if FULL in pending:
                     self.step(FULL)
                 else:
@@ -244,6 +259,31 @@ class DatapathSync:
             else:
                 self.failures = 0
         LOG.info("datapath %016x: sync unit stopped", self.dpid)
+
+    def _hold_role(self) -> bool:
+        """Make the switch know this controller's role (if roles are in use); True if this
+        controller may write to it (MASTER, or no roles)."""
+        if self._role is None:
+            return True
+        master, generation_id = want = self._role()
+        if want != self.role_held:
+            role = ofp.OFPCR_ROLE_MASTER if master else ofp.OFPCR_ROLE_SLAVE
+            self._ask_role(role, generation_id)
+            self.role_held = want
+            LOG.info("datapath %016x: role %s, generation_id %d", self.dpid,
+                     "MASTER" if master else "SLAVE", generation_id)
+        if not master:
+            self.synced = False      # a takeover starts with a full sync
+        return master
+
+    def _ask_role(self, role: int, generation_id: int) -> None:
+        """OFPT_ROLE_REQUEST and its reply; a switch that saw a larger generation_id refuses
+        (OFPET_ROLE_REQUEST_FAILED/OFPRRFC_STALE: this controller is fenced)."""
+        msg = self.dp.ofproto_parser.OFPRoleRequest(self.dp, role, generation_id)
+        self._wait(self._begin(), msg, f"role request (generation_id {generation_id})")
+
+    def on_role_reply(self, xid: int) -> None:
+        self.on_barrier(xid)
 
     def step(self, kind: str) -> None:
         """Run one sync (FULL/INCREMENTAL) or audit (AUDIT) now, on the calling thread."""
@@ -280,6 +320,9 @@ class DatapathSync:
                 self._name_tables(self.dpid)
             self.generation = self._next_generation() & GENERATION_MASK
             cookies = [s.cookie for s in self._ask(ofmsgs.sdn_flow_stats_request(self.dp))]
+            if self._foreign_generation is not None:   # a newer master's flows stay
+                cookies = [c for c in cookies
+                           if not self._foreign_generation(c & GENERATION_MASK)]
             plan = reconcile.plan_full(flows, cookies, self.generation)
             self.meters = self._switch_meters()
             self.groups = dict.fromkeys(self._switch_groups())

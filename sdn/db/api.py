@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from sdn import exception, ipv6, view
-from sdn.db import limits, models
+from sdn.db import changes, limits, models
 
 #: seconds a SQLite writer waits for another process's write transaction to finish
 SQLITE_BUSY_TIMEOUT = 30
@@ -108,7 +108,7 @@ def keep_revision(session: Session) -> None:
 @contextlib.contextmanager
 def transaction(engine: Engine, lock_wait: float | None = None) -> Iterator[Session]:
     """One write transaction: yields a Session and commits on success, bumping ``state_revision``
-    if anything was written; rolls everything back on any exception (no partial write).
+    if anything was written and recording what changed under it (``sdn.db.changes``); rolls everything back on any exception (no partial write).
 
     A transaction that wrote nothing (an idempotent repeat, a periodic task with nothing to do),
     or only what no view shows (``keep_revision``), leaves the revision alone so the controller
@@ -123,11 +123,13 @@ def transaction(engine: Engine, lock_wait: float | None = None) -> Iterator[Sess
         event.listen(session, "do_orm_execute",
                      lambda state: wrote.append(True) if state.is_insert or state.is_update or state.is_delete
                      else None)
+        recorder = changes.install(session)     # the change feed (sdn.db.changes)
         yield session
         session.flush()
         if wrote and not session.info.get(_KEEP_REVISION):
             session.execute(update(models.StateRevision).where(models.StateRevision.id == 1)
                             .values(value=models.StateRevision.value + 1))
+            recorder.commit_record(session)
 
 
 @contextlib.contextmanager

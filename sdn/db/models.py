@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -210,3 +211,32 @@ class StateRevision(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StateChange(Base):
+    """The change feed (``sdn.db.changes``): what one committed write transaction changed, under
+    the ``state_revision`` value it produced. ``changes`` is JSON: a list of
+    ``{"table", "kind" (insert|update|delete), "ids" (primary keys, null: not known, e.g. a bulk
+    UPDATE), "networks" (network ids the rows belong to, null: not known)}``."""
+
+    __tablename__ = "state_changes"
+
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    changes: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LeaderLease(Base):
+    """A lease on a role among several controllers (``sdn.apps.mastership``): ``name`` is the
+    role ("deployment"), ``holder`` the controller id holding it, ``incarnation`` which run of
+    that controller, ``term`` grows with every change of holder (the OpenFlow generation_id
+    that fences a stale master), ``expires_at`` the holder's wall clock (Unix seconds) at which
+    the lease lapses unless renewed."""
+
+    __tablename__ = "leader_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    incarnation: Mapped[str] = mapped_column(String(64))
+    term: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)

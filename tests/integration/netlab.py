@@ -259,6 +259,14 @@ class Bridge:
         self.closed = True
 
 
+def add_controller(bridge: str, port: int) -> None:
+    """One more Controller row ``tcp:127.0.0.1:<port>`` on ``bridge`` (1 s maximum backoff);
+    the connections to its other controllers stay up (several controllers, docs/HA.md)."""
+    sh(["ovs-vsctl", "--timeout=30", "--", "--id=@c", "create", "Controller",
+        f"target=\"tcp:127.0.0.1:{port}\"", "max_backoff=1000", "--",
+        "add", "Bridge", bridge, "controller", "@c"])
+
+
 def create_bridge(name: str | None = None, controller_port: int | None = None,
                   fail_mode: str = "secure") -> Bridge:
     """Create a netdev (userspace) OpenFlow13 bridge, by default named ``sdnt<4 hex>``.

@@ -46,7 +46,8 @@ class Lab:
             config = {"DEFAULT": {"network_manager": "vlan", "host": host,
                                   "public_interface": self.pub[host], "routing_source_ip": h["rsip"],
                                   "external_gateway": h["gateway"]},
-                      "ovs": {"trunk_interfaces": [trunk[host]]}}
+                      # each network host's controller serves its own switch only
+                      "ovs": {"trunk_interfaces": [trunk[host]], "mastership_group": host}}
             if host == "nh2":      # one deployment: nh2's controller reads nh1's database
                 config["database"] = {"connection": f"sqlite:///{self.env['nh1'].workdir / 'sdn.sqlite'}"}
             self.env[host] = envs(config=config)

@@ -203,6 +203,10 @@ def parse_one(dp, buf: bytes) -> Received:
         msg = parser.OFPPacketOut(dp, buffer_id, in_port, actions, bytes(buf[end:]))
     elif msg_type == ofp.OFPT_BARRIER_REQUEST:
         msg = parser.OFPBarrierRequest(dp)
+    elif msg_type == ofp.OFPT_ROLE_REQUEST:
+        role, generation_id = struct.unpack_from(ofp.OFP_ROLE_REQUEST_PACK_STR, buf,
+                                                 ofp.OFP_HEADER_SIZE)
+        msg = parser.OFPRoleRequest(dp, role, generation_id)
     elif msg_type == ofp.OFPT_MULTIPART_REQUEST:
         mp_type, flags = struct.unpack_from(ofp.OFP_MULTIPART_REQUEST_PACK_STR, buf,
                                             ofp.OFP_HEADER_SIZE)
@@ -274,6 +278,9 @@ class FakeSwitch(DatapathApi):
         self.errors: list[tuple[int, str]] = []      # (xid, "OFPET_.../...") sent back
         self.collateral: list[tuple] = []            # flows removed by a group/meter delete
         self.max_len = 0                             # the longest message received
+        self.role = ofp.OFPCR_ROLE_EQUAL              # this connection's role (§6.3.5)
+        self.generation_id: int | None = None        # the largest one seen (master election)
+        self.roles: list[tuple[int, int]] = []       # role requests granted: (role, gen id)
         self._lock = threading.RLock()
         self._inbox: queue.Queue | None = None
         self._thread = None
@@ -355,6 +362,14 @@ class FakeSwitch(DatapathApi):
         msg = r.msg
         try:
             with self._lock:
+                if isinstance(msg, parser.OFPRoleRequest):
+                    self._role_request(r.xid, msg)
+                    return
+                if self.role == ofp.OFPCR_ROLE_SLAVE and isinstance(
+                        msg, (parser.ONFBundleCtrlMsg, parser.OFPFlowMod, parser.OFPGroupMod,
+                              parser.OFPMeterMod, parser.OFPPacketOut)) or (
+                        self.role == ofp.OFPCR_ROLE_SLAVE and r.bundle_id is not None):
+                    raise OFError(ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE, r.xid)
                 if r.bundle_id is not None:
                     bundle = self.bundles.get(r.bundle_id)
                     if bundle is None:
@@ -395,6 +410,20 @@ class FakeSwitch(DatapathApi):
             self._multipart(r.xid, msg)
         else:
             raise AssertionError(f"unhandled {type(msg).__name__}")
+
+    def _role_request(self, xid: int, msg) -> None:
+        """As Open vSwitch: MASTER/SLAVE with a generation_id smaller than the largest seen is
+        stale (signed 64-bit difference, §6.3.5); a granted request records the id."""
+        if msg.role in (ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE):
+            behind = (self.generation_id - msg.generation_id) % (1 << 64) \
+                if self.generation_id is not None else 0
+            if 0 < behind < 1 << 63:
+                raise OFError(ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE, xid)
+            self.generation_id = msg.generation_id
+        if msg.role != ofp.OFPCR_ROLE_NOCHANGE:
+            self.role = msg.role
+        self.roles.append((msg.role, msg.generation_id))
+        self.unit.on_role_reply(xid)
 
     def _check_reject(self, xid: int) -> None:
         if self.reject_next is not None:
