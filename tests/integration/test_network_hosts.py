@@ -106,19 +106,9 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(integration_ready, tmp_path_factory):
-    from tests.integration.conftest import BridgeFactory, NetnsFactory, SdnEnvFactory
-    tmp = tmp_path_factory.mktemp("nethosts")
-    bridges = BridgeFactory()
-    envs = SdnEnvFactory(tmp, bridges)
-    hosts = NetnsFactory(tmp / "netns")
-    try:
+    from tests.integration.conftest import module_factories
+    with module_factories(tmp_path_factory.mktemp("nethosts")) as (_bridges, envs, hosts):
         yield Lab(envs, hosts)
-    finally:
-        try:
-            hosts.close_all()
-        finally:
-            envs.close_all()
-            bridges.close_all()
 
 
 def captured(lab, own: str, other: str, act) -> tuple[object, dict]:
