@@ -330,7 +330,8 @@ class SdnController(app_manager.OSKenApp):
                     view = self.state.load()
                     feed = self.state.changes_since(revision, upto=view.revision)
                     self.view, revision = view, view.revision
-                    self._request_changed(None if feed is None else touched(feed))
+                    # an empty feed for a new revision: a change the recorder did not see (every switch)
+                    self._request_changed(None if not feed else touched(feed))
                     self._claim_due.set()
                 if failing:
                     LOG.warning("state readable again")

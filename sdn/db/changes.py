@@ -123,7 +123,9 @@ class Recorder:
     def after_flush(self, session: Session, _context) -> None:
         """Updates and deletes (their keys and network ids are known before the flush)."""
         for obj in session.dirty:
-            if session.is_modified(obj, include_collections=False):
+            # collections too: a VIF losing an allowed address pair (a delete-orphan, not in
+            # session.deleted) changes only its collection
+            if session.is_modified(obj, include_collections=True):
                 self._record(obj, "update")
         for obj in session.deleted:
             self._record(obj, "delete")

@@ -59,6 +59,19 @@ def test_a_transaction_that_writes_nothing_records_nothing(make_manager, engine)
     assert changes.since(engine, rev) == (rev, [])
 
 
+def test_removing_an_address_pair_is_recorded_for_its_network(make_manager, engine):
+    """The pair goes by delete-orphan (never in session.deleted): its VIF's collection changed,
+    and that change must reach the switches of the VIF's network."""
+    mgr = make_manager("flatdhcp")
+    mgr.create_networks("a", "10.9.0.0/24")
+    alloc = mgr.allocate_for_instance("i1", "alpha")
+    mgr.add_address_pair("i1", "10.9.0.200", "fa:16:3e:00:00:99")
+    rev = api.current_revision(engine)
+    mgr.remove_address_pair("i1", "10.9.0.200", "fa:16:3e:00:00:99")
+    assert api.current_revision(engine) == rev + 1
+    assert changes.networks_touched(_changes(engine, rev)) == {alloc["network_id"]}
+
+
 def test_security_group_changes_are_global(make_manager, engine):
     make_manager("flatdhcp")
     rev = api.current_revision(engine)
