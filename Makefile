@@ -60,7 +60,7 @@ ovs:
 	fi
 
 test: setup
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m 'not scale' tests
 
 demo: setup
 	$(PY) mininet/run_demo.py topology/demo.toml
@@ -78,6 +78,7 @@ bench-deps:
 
 bench: setup bench-deps
 	$(PY) benchmarks/run.py --out var/bench
+	$(PY) -m pytest -q -m scale tests    # correctness at scale (5,000 VIFs in one flood)
 
 # 1,000,000 mutated DHCP frames through the controller path, the responder and the raw-socket
 # batch handler (fixed seed, 2 processes); exits non-zero on any escape, hang, oversize reply

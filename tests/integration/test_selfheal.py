@@ -431,6 +431,7 @@ def add_patch_ports(bridge: str, names: list[str]) -> dict[str, int]:
     return wait_for(numbered, timeout=180, interval=1.0, what=f"{len(names)} patch ports numbered")
 
 
+@pytest.mark.scale   # make bench: 5,000 ports take ~90 s of the 30-minute make test
 def test_5000_vifs_in_one_network_flood_on_real_ovs(make_sdn_env):
     from benchmarks.lib import add_vifs   # one instance + VIF + fixed IP per MAC, one transaction
     from sdn import config
