@@ -29,6 +29,19 @@ PLAN = SimpleNamespace(dnsmasq=[SimpleNamespace(bridge="brsup0", network_id=NET.
                        ports={VIF.port_name: "brsup0"})
 
 
+
+def crash_serving_thread(runner) -> None:
+    """Make ``runner``'s serving thread die of a bug escaping ``server.serve_once``, and wait
+    until it has (the agents' supervision must then restart it)."""
+    died = threading.Event()
+
+    def crash(timeout=0.5):
+        died.set()
+        raise RuntimeError("simulated bug in the serving loop")
+    runner.server.serve_once = crash
+    assert died.wait(5)
+    runner.thread.join(5)
+
 def test_a_dead_raw_dhcp_server_is_restarted_at_the_next_reconcile():
     agent = _agent()
     try:
@@ -38,15 +51,7 @@ def test_a_dead_raw_dhcp_server_is_restarted_at_the_next_reconcile():
         assert set(first.server._wanted) == {VIF.port_name}      # bound to the VIF's tap
         assert agent._dhcp(VIEW, PLAN) == []                      # healthy: nothing to do
 
-        # the serving thread dies (a bug escaping serve_once)
-        died = threading.Event()
-
-        def crash(timeout=0.5):
-            died.set()
-            raise RuntimeError("simulated bug in the serving loop")
-        first.server.serve_once = crash
-        assert died.wait(5)
-        first.thread.join(5)
+        crash_serving_thread(first)     # a bug escaping serve_once
         assert not first.alive() and not agent.raw_dhcp_alive()  # what the poll loop checks
 
         assert agent._dhcp(VIEW, PLAN) == ["raw DHCP on brsup0 restarted"]

@@ -41,6 +41,7 @@ from sdn.linux import desired, iptables_firewall, ipv6_router
 from sdn.linux.ipv6_router import Ipv6RouterServer
 from sdn.view import NetworkView, StateView, VifView
 from tests.unit.views import open_view
+from tests.unit.test_dhcp_agent_supervision import crash_serving_thread
 
 MAC = "fa:16:3e:00:00:05"
 PAIR_MAC = "fa:16:3e:77:77:77"
@@ -362,8 +363,6 @@ def test_a_port_no_longer_wanted_is_closed_and_garbage_is_ignored():
 def test_the_agent_starts_supervises_and_stops_the_ipv6_router():
     """The agent's poll sees a dead RA/DHCPv6 thread and the next reconcile replaces it; a host
     without /64 ports stops it. (The tap does not exist here: the server retries opening it.)"""
-    import threading
-
     from sdn.linux.agent import Agent
 
     agent = Agent.__new__(Agent)
@@ -375,14 +374,7 @@ def test_the_agent_starts_supervises_and_stops_the_ipv6_router():
         first = agent.ipv6_router
         assert first.alive() and agent.ipv6_router_alive()
         assert agent._ipv6_router(plan) == []                     # healthy: ports updated only
-        died = threading.Event()
-
-        def crash(timeout=0.5):
-            died.set()
-            raise RuntimeError("simulated bug in the serving loop")
-        first.server.serve_once = crash
-        assert died.wait(5)
-        first.thread.join(5)
+        crash_serving_thread(first)
         assert not agent.ipv6_router_alive()                      # what the poll loop checks
         assert agent._ipv6_router(plan) == ["IPv6 router advertisements restarted on 1 ports"]
         assert agent.ipv6_router is not first and agent.ipv6_router_alive()
