@@ -166,7 +166,9 @@ class DhcpResponder:
     """Stateless RFC 2131 responder. Its only state are caches of pure functions: per-binding
     constants and, per binding, reply templates keyed by the request's relevant bytes."""
 
-    _CACHE_MAX = 4096
+    #: bindings whose constants are kept: above the VIFs one server answers (a network host
+    #: serving a /18 answered 5,000 clients ~2x slower with 4,096, rebuilding on every request)
+    _CACHE_MAX = 16384
     #: reply templates kept per binding (DISCOVER, REQUEST in each client state, INFORM ...);
     #: a guest that varies its requests only churns its own
     _MEMO_MAX = 8
