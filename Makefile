@@ -72,6 +72,8 @@ demo-linux: setup
 
 # Benchmark-only packages (perfdhcp is in kea-admin); installed only when missing.
 BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib
+# gcc builds the DHCP load generator (benchmarks/dhcpgen/dhcpgen.c) into the bench's work dir
+BENCH_PACKAGES += gcc
 
 bench-deps:
 	$(call apt_ensure,$(BENCH_PACKAGES))
