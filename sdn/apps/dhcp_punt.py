@@ -284,6 +284,6 @@ class DhcpPunt:
         reply = with_tag(decision.reply, tag) if decision.reply else None
         packet = ofmsgs.packet_out_bytes(in_port, reply) if reply else None
         if decision.event:
-            self.committer.submit(decision.event, dp.send, packet)
+            self.committer.submit(decision.event, getattr(dp, "send_now", dp.send), packet)
             return b""
         return packet or b""
