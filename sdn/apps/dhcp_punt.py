@@ -37,6 +37,9 @@ from sdn.view import StateView
 LOG = logging.getLogger("sdn.dhcp")
 
 LEASE_BATCH_MAX = 512
+#: seconds the committer waits after a lease event for more to join its transaction (group
+#: commit; see ``sdn.dhcp.rawsocket.COMMIT_LINGER_S``)
+COMMIT_LINGER_S = 0.01
 
 #: decision outcomes logged at INFO by DhcpPunt (an ACK is logged by the committer, once sent)
 LOGGED_OUTCOMES = frozenset({"nak", "release", "decline", "ignored", "malformed", "error"})
@@ -77,8 +80,10 @@ class LeaseCommitter:
 
     def __init__(self, record: Callable[[list[LeaseEvent]], list],
                  recorded: dict[str, str] | None = None, start: bool = True,
-                 metrics: ControllerMetrics | None = None, log: DhcpLog | None = None):
+                 metrics: ControllerMetrics | None = None, log: DhcpLog | None = None,
+                 linger: float = COMMIT_LINGER_S):
         self._record = record
+        self.linger = linger
         self.metrics = metrics if metrics is not None else ControllerMetrics()
         self.log = log if log is not None else DhcpLog()
         self.recorded: dict[str, str] = dict(recorded or {})
@@ -117,6 +122,8 @@ class LeaseCommitter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            if self.linger > 0:
+                time.sleep(self.linger)
             while len(batch) < LEASE_BATCH_MAX:
                 try:
                     batch.append(self._queue.get_nowait())

@@ -229,6 +229,39 @@ def test_committer_groups_what_queues_during_a_commit_and_drops_acks_of_a_failed
     assert sent == [b"A", b"B"]                      # failed commit: its ACK is never sent
 
 
+def test_events_arriving_within_the_linger_share_one_transaction():
+    """Group commit: what is submitted during the linger after the first event is recorded in
+    the same ``record`` call, on both commit threads (raw socket and OpenFlow); with no
+    linger each arrives alone (the positive control)."""
+    import threading
+    import time
+
+    from sdn.apps.dhcp_punt import LeaseCommitter
+    from sdn.dhcp.server import LeaseEvent
+    for linger, expected in ((0.3, [["a", "b", "c"]]), (0, [["a"], ["b"], ["c"]])):
+        commits, sent = [], []
+        committer = rawsocket._Committer(lambda events: commits.append(list(events)), linger=linger)
+        for name in "abc":
+            committer.submit([name], [(sent.append, name.upper().encode(), None)])
+            time.sleep(0.05)
+        committer.close()
+        assert commits == expected and sent == [b"A", b"B", b"C"]
+
+        batches, done = [], threading.Event()
+
+        def record(events, batches=batches, done=done):
+            batches.append([e.address for e in events])
+            if sum(map(len, batches)) == 3:
+                done.set()
+            return [None] * len(events)
+        punt = LeaseCommitter(record, linger=linger)
+        for name in "abc":
+            punt.submit(LeaseEvent("lease", name, "02:00:00:00:00:01"), None, None)
+            time.sleep(0.05)
+        assert done.wait(5)
+        assert batches == expected
+
+
 def test_packet_out_bytes_refuses_what_no_openflow_message_can_carry():
     assert len(ofmsgs.packet_out_bytes(1, bytes(ofmsgs.PACKET_OUT_MAX_DATA))) == 0xFFFF
     with pytest.raises(ValueError, match="does not fit one OpenFlow message"):
