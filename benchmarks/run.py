@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -280,9 +281,9 @@ def render(rows) -> str:
 
 
 def plot(dhcp: dict, path: Path) -> None:
-    """DHCP success rate (ACKs per DISCOVER offered, %) against offered DORA/s: every run's
-    points of every server (bench_dora), one colour per server; hollow markers where the
-    generator could not offer the rate."""
+    """DHCP success rate (ACKs per DISCOVER offered, %) against offered DORA/s (bench_dora): per
+    server a line through the median of its runs at each rate, every run's points faint; hollow
+    markers where the generator could not offer the rate."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -293,11 +294,17 @@ def plot(dhcp: dict, path: Path) -> None:
             summary = res.get(f"{side}_summary")
             if not runs or not summary:
                 continue
-            pts = sorted((p["offered_rate"], 100 * p["acks"] / p["discovers"] if p["discovers"] else 0,
-                          p["gen_limited"]) for run in runs for p in run["points"])
+            pts = [(p["offered_rate"], 100 * p["acks"] / p["discovers"] if p["discovers"] else 0,
+                    p["gen_limited"]) for run in runs for p in run["points"]]
+            by_rate: dict = {}
+            for rate, success, _ in pts:
+                by_rate.setdefault(rate, []).append(success)
+            rates = sorted(by_rate)
             lossless = ("≥" if summary["at_ceiling"] else "") + f"{summary['lossless_median']:g}"
-            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3,
-                            linewidth=0.8, label=f"{summary['server']} (lossless {lossless}/s)")
+            line, = ax.plot(rates, [statistics.median(by_rate[r]) for r in rates], marker="o",
+                            markersize=3, linewidth=1,
+                            label=f"{summary['server']} (lossless {lossless}/s, median of {len(runs)})")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", alpha=0.3, color=line.get_color())
             limited = [p for p in pts if p[2]]
             if limited:
                 ax.plot([p[0] for p in limited], [p[1] for p in limited], "o", mfc="none",
