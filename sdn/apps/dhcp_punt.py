@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from sdn.apps import ofmsgs
+from sdn.dhcp.rawsocket import LINGER_BELOW
 from sdn.dhcp.relay import RelayBindings, request_fields, with_tag
 from sdn.dhcp.server import DhcpBinding, DhcpResponder, LeaseEvent
 from sdn.flows.context import Binding
@@ -122,7 +123,7 @@ class LeaseCommitter:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            if self.linger > 0:
+            if self.linger > 0 and self._queue.qsize() < LINGER_BELOW:
                 time.sleep(self.linger)
             while len(batch) < LEASE_BATCH_MAX:
                 try:

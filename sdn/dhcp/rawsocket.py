@@ -67,6 +67,8 @@ BATCH_MAX = 256
 #: transaction (group commit): at 1,000 DORA/s one fsync'd SQLite transaction per REQUEST cost
 #: ~3x the CPU of the rest of the exchange; a DHCP client retransmits after 4 s (RFC 2131 §4.1)
 COMMIT_LINGER_S = 0.01
+#: ... only while fewer events than this are pending: a backlog already makes a big group
+LINGER_BELOW = 32
 _MAC_LEN = 6
 
 
@@ -267,7 +269,7 @@ class _Committer:
             with cond:
                 while not self._events and not self._stop:
                     cond.wait()
-                lingering = self.linger > 0 and not self._stop
+                lingering = self.linger > 0 and not self._stop and len(self._events) < LINGER_BELOW
             if lingering:
                 time.sleep(self.linger)    # submit() notifies nobody meanwhile: no wake-ups
             with cond:
