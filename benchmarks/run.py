@@ -231,6 +231,11 @@ def dora_rows(d) -> list[tuple[str, str, str, str, str]]:
             ratio, target = "- (generator ceiling)", f">={goal} unresolved"
         rows.append((f"{label}: lossless DORA/s (<1% loss in both exchanges), median [min-max]",
                      rate(sdn), rate(peer), ratio, target))
+        if sdn.get("idle_cpu_pct") is not None and peer.get("idle_cpu_pct") is not None:
+            vs = (f"; vswitchd {sdn['idle_vswitchd_pct']:g} / {peer['idle_vswitchd_pct']:g}"
+                  if sdn.get("idle_vswitchd_pct") is not None else "")
+            rows.append((f"  idle CPU %, server (in every CPU figure below){vs}", f"{sdn['idle_cpu_pct']:g}",
+                         f"{peer['idle_cpu_pct']:g}", "-", "report"))
         for r in d["cpu_rates"]:
             cr = res["ratios"][f"cpu_{r}"]
             sc, pc = sdn["cpu"][str(r)], peer["cpu"][str(r)]
