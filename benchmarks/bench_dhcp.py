@@ -1,4 +1,8 @@
-"""Benchmark 1: DHCP servers side by side with perfdhcp over veth pairs.
+"""DHCP relay-path reference (``run.py --only dhcp-relay``): servers side by side with perfdhcp.
+
+perfdhcp speaks only as a relay agent and tops out near 25,000 DORA/s here (one thread), so
+these numbers are a reference for the relay path, without ratios or targets; the DHCP
+benchmark proper is ``bench_dora`` (dhcpgen, DORA from VIF ports, past its ceiling).
 
 Servers: Kea 2.2 (memfile), dnsmasq, sdn's responder standalone on a raw socket
 (``sdn.dhcp.rawsocket`` via ``benchmarks/rawsocket_server.py``, binding by chaddr among the network's VIFs, leases group-committed to
