@@ -36,6 +36,7 @@ from sqlalchemy import select
 
 from sdn.db import api as db
 from sdn.db import models
+from sdn import nethost
 from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall, tc
 from sdn.linux.iptables import IptablesManager
 from sdn.metrics import AgentMetrics
@@ -133,22 +134,26 @@ class Agent:
         mode = conf.network_manager
         self.dhcp = mode != "flat"
         self.vlan_mode = mode == "vlan"
+        #: this agent's network host name (config ``host``, as the controller's); empty: a
+        #: compute host only (bridges, anti-spoofing, security groups for its VIFs)
+        self.host = (conf.host or "").strip() or None
 
     # -- one reconcile ------------------------------------------------------------------------
 
     def reconcile(self) -> list[str]:
         """Bring the host in line with state; returns the list of changes made."""
-        view = self.state.load()
+        view = self._claim(self.state.load())
         extras = load_extras(self.engine)
         present = interface.link_names(self.ipr)
+        hosted = nethost.hosted_networks(view, self.host)
         plan = desired.plan(view, extras, self.conf, present_ports=present, dhcp=self.dhcp,
-                            vlan_mode=self.vlan_mode)
-        changes = interface.set_ip_forward() if view.networks else []
+                            vlan_mode=self.vlan_mode, hosted=hosted)
+        changes = interface.set_ip_forward() if hosted else []
         if plan.ipv6 is not None:       # before the bridges get their IPv6 addresses
             changes += interface.set_ipv6_forward()
         for b in plan.bridges:
             kw = dict(gateway_cidr=b.gateway_cidr, broadcast=b.broadcast, mac=b.mac,
-                      gateway_v6=b.gateway_v6)
+                      gateway_v6=b.gateway_v6, released=b.released, foreign_mac=b.foreign_mac)
             if b.vlan:
                 try:
                     changes += interface.ensure_vlan_bridge(self.ipr, b.vlan, b.name, b.vlan_parent, **kw)
@@ -193,6 +198,24 @@ class Agent:
         for family in ("ipv4", "ipv6", "eb"):
             self.metrics.rules.labels(family).set(rules.get(family, 0))
         return changes
+
+    def _claim(self, view):
+        """As the controller's claim thread: claim every network with a VIF and no network
+        host for this one (nova's set_network_host; ``claim_networks`` is atomic, so of two
+        racing network hosts one wins) and return the view as it is after the claim. A
+        database that refuses the write postpones the claim to the next reconcile."""
+        if not nethost.networks_to_claim(view, self.host):
+            return view
+        try:
+            claimed = self.state.manager.claim_networks(self.host)
+        except Exception as err:  # noqa: BLE001 - locked or unreachable database: next poll
+            self.metrics.database_errors.labels("claim").inc()
+            LOG.warning("claiming networks postponed: %s", err)
+            return view
+        for net in claimed:
+            LOG.info("network %s (%s) claimed: this is its network host %s", net["label"],
+                     net["cidr"], net["host"])
+        return self.state.load() if claimed else view
 
     def _ipv6_router(self, plan) -> list[str]:
         """Start, update, restart (when dead) or stop the RA/DHCPv6 server of this host."""
