@@ -279,13 +279,13 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
     ``conf`` supplies nova's flags (fixed_range, routing_source_ip, metadata_host/port,
     dmz_cidr, flat_network_bridge, flat_interface, vlan_interface, public_interface,
     use_ipv6). ``dhcp`` is False for FlatManager (no gateway, no dnsmasq: nova's FlatManager
-    never set up a network host). ``present_ports`` are the VIF ports that exist on this host.
+    never set up a network host). ``present_ports``: the links of this host (VIF ports, bridges).
     ``hosted``: ids of the networks this host is the network host of (``sdn.nethost``); only
     they get the gateway, dnsmasq, default SNAT (per network CIDR, since bridged frames of other
     hosts' networks cross this host's netfilter too), metadata, VPN and floating IPs. Other
-    networks get a bridge (uplink, FORWARD rules) only while one of their VIFs is here, and
-    nothing of their router. None: every network is routed here with nova's fixed_range rules
-    (one host routing everything).
+    networks get a bridge (uplink, FORWARD rules) only while one of their VIFs is here or the
+    bridge exists (its gateway released), and nothing of their router. None: every network is
+    routed here, with nova's fixed_range rules (one host routing everything).
     """
     p = HostPlan()
     fixed_range = conf.fixed_range
@@ -293,11 +293,12 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
     routed = {nid for nid in view.networks if hosted is None or nid in hosted}
     # -- bridges and per-bridge FORWARD rules (nova ensure_bridge with a gateway)
     for net in view.networks.values():
-        if net.id not in routed and net.id not in local_nets:
-            continue
-        routes = net.id in routed
         ext = extras.get(net.id, NetworkExtras())
         br = bridge_name(net, ext, conf.flat_network_bridge)
+        # a bridge left from when this host routed the network: kept, its gateway released
+        if net.id not in routed and net.id not in local_nets and br not in present_ports:
+            continue
+        routes = net.id in routed
         parent = ext.bridge_interface or (getattr(conf, "vlan_interface", None) if net.vlan else None)
         if net.vlan and vlan_mode and parent:
             iface, vlan = f"vlan{net.vlan}", net.vlan

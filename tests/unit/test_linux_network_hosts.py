@@ -95,3 +95,17 @@ def test_ipv6_public_side_only_on_a_host_of_a_v6_network():
         "10.34.0.1/26", "fd00:34::1/64", f"{v6.gateway_lla}/64")
     # the VIF's own port is answered (RA, DHCPv6) where the VIF is, as OVS's controller does
     assert set(other.ipv6.ports) == {A1.port_name} == set(host.ipv6.ports)
+
+
+def test_a_network_that_moved_away_keeps_its_bridge_with_the_gateway_released():
+    # h2 routed beta (its bridge br401 is here), beta is h1's now and no VIF of it is on h2
+    moved = StateView(1, {1: ALPHA, 2: dataclasses.replace(BETA, host="h1")}, (A1, B1))
+    hosted = nethost.hosted_networks(moved, "h2")
+    plan = h1_plan({"br401"}, hosted=hosted, view=moved)
+    assert [b.network_id for b in plan.bridges] == [2]
+    bridge = plan.bridges[0]
+    assert bridge.gateway_cidr is None and bridge.released == ("10.34.0.65/26",)
+    assert bridge.foreign_mac == BETA.gateway_mac
+    assert plan.dnsmasq == [] and not rules_of(plan, "ipv4", "nat", "snat")
+    # without the bridge there is nothing to release: no bridge is made for it
+    assert h1_plan(set(), hosted=hosted, view=moved).bridges == []
