@@ -15,6 +15,11 @@ advertisements + DHCPv6 from sdn's codec on a raw socket per VIF tap (``sdn.linu
 whatever the dhcp_driver). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
 
+Several network hosts (nova's set_network_host, ``sdn.nethost``): an agent with a ``host``
+name claims the networks with a VIF and no host, as the controller does, and routes (gateway,
+dnsmasq, NAT, metadata, floating IPs, IPv6 public side) only the networks whose host it is;
+the others it bridges onto their uplink for its own VIFs. ``host =`` (empty): a compute host.
+
 What it does is counted (``sdn.metrics.AgentMetrics``: reconcile durations and outcomes, rules
 held, tables restored, raw-socket DHCP lease events, database errors) and served on
 ``[metrics] listen:agent_port``.
@@ -272,7 +277,11 @@ class Agent:
             return changes
         from sdn.dhcp.rawsocket import bindings_by_port
 
-        wanted = {s.bridge: s.network_id for s in plan.dnsmasq}
+        # per VIF port, as the OpenFlow controller answers the ports of its switch: the VIFs
+        # here are answered here, whichever network host routes their network (dnsmasq, on the
+        # gateway address, runs on the network host only and reaches them over the uplink)
+        wanted = {bridge: vif.network_id for vif in view.vifs
+                  if (bridge := plan.ports.get(vif.port_name)) is not None}
         for bridge in list(self.raw):
             if bridge not in wanted:
                 self.raw.pop(bridge).close()

@@ -6,13 +6,18 @@ Each network host is a hypervisor namespace (``backends.Hypervisor``) running it
 ``floating_range``) on one database. This kernel has no 8021q (ENVIRONMENT.md), so the two
 tenant networks are FlatDHCP networks with a bridge and an uplink each (``--bridge_interface``),
 the uplink a veth whose ends sit in the two hypervisors: the physical segment of that network.
+tenant networks are FlatDHCP networks with a bridge and an uplink each (``--bridge_interface``),
+the uplinks veths to one Linux bridge per network in a "switch" namespace: the physical segments.
 The instances are crossed as in the OVS test: a1 (network alpha, nh1's) is plugged on nh2's
 hypervisor and b1 (beta, nh2's) on nh1's, so each reaches its own network host over the uplink
-while the other hypervisor only bridges and filters it::
+while the other hypervisor only bridges and filters it; c1 (alpha) is on a compute host only
+(an agent with ``host =`` empty)::
 
-    outside ns: eth0 172.30.1.1 ── pub1 [hv1: nh1] ══ uplinks ══ [hv2: nh2] pub2 ── eth1 172.30.2.1
-                (+ 198.51.100.10)     brqa gw, brqb         brqa, brqb gw
-                                            b1                    a1
+    outside ns: eth0 172.30.1.1 ── pub1 [hv1: nh1]          [hv2: nh2] pub2 ── eth1 172.30.2.1
+                (+ 198.51.100.10)     brqa gw, brqb ═╗  ╔═ brqa, brqb gw
+                                            b1     [switch]      a1
+                                                     ║
+                                     [compute: no host] brqa: c1
 
 Which public side a packet used is proven by captures on the outside's two interfaces, each the
 far end of one hypervisor's public interface, and by the source address the outside sees.
@@ -35,7 +40,7 @@ GATEWAY = {"alpha": "10.36.0.1", "beta": "10.36.0.65"}
 
 
 class LinuxLab:
-    def __init__(self, linux, hosts):
+    def __init__(self, linux, hosts, switch):
         self.linux = linux
         suffix = random_suffix(5)
         self.pub = {"nh1": f"sdnq1{suffix}", "nh2": f"sdnq2{suffix}"}
@@ -46,13 +51,18 @@ class LinuxLab:
             config = {"DEFAULT": {"network_manager": "flatdhcp", "host": host,
                                   "public_interface": self.pub[host], "routing_source_ip": h["rsip"],
                                   "floating_range": h["floating"], "metadata_host": h["rsip"]}}
-            if host == "nh2":      # one deployment: nh2's agent reads nh1's database
-                config["database"] = {"connection": f"sqlite:///{self.env['nh1'].workdir / 'sdn.sqlite'}"}
-            self.env[host] = linux.env(config=config)
+            self.env[host] = linux.env(config=self.deployment(config))
+        # a compute host only: no host name, no public interface
+        self.env["compute"] = linux.env(config=self.deployment({"DEFAULT": {
+            "network_manager": "flatdhcp", "host": ""}}))
         self.hv = {host: env.hv for host, env in self.env.items()}
-        for net, name in uplink.items():   # both ends named as the network's bridge_interface
-            sh(["ip", "-n", self.hv["nh1"].name, "link", "add", name, "type", "veth",
-                "peer", "name", name, "netns", self.hv["nh2"].name])
+        for net, name in uplink.items():   # every hypervisor's end named as bridge_interface
+            sh(["ip", "-n", switch.name, "link", "add", f"sw{net}", "type", "bridge"])
+            sh(["ip", "-n", switch.name, "link", "set", f"sw{net}", "up"])
+            for i, hv in enumerate(self.hv.values()):
+                sh(["ip", "-n", hv.name, "link", "add", name, "type", "veth",
+                    "peer", "name", f"p{i}{net}", "netns", switch.name])
+                sh(["ip", "-n", switch.name, "link", "set", f"p{i}{net}", "master", f"sw{net}", "up"])
         cli = self.cli = self.env["nh1"].cli
         for net, cidr in NETS.items():
             cli("network", "create", "--label", net, "--fixed_range_v4", cidr,
@@ -84,10 +94,18 @@ class LinuxLab:
         # beta goes to nh2 deliberately (nova-manage network modify --host)
         cli("network", "modify", "--fixed_range", BETA_NET, "--host", "nh2")
         self.b1, self.h_b1 = self.launch("b1", "beta", on="nh1")
+        self.c1, self.h_c1 = self.launch("c1", "alpha", on="compute")
         self.start("nh2")
+        self.start("compute")
         self.synced()
-        for client in [h.dhclient(wait=False) for h in (self.h_a1, self.h_b1)]:
+        for client in [h.dhclient(wait=False) for h in (self.h_a1, self.h_b1, self.h_c1)]:
             client.wait_bound()
+
+    def deployment(self, config):
+        """One deployment: every agent but nh1's reads nh1's database."""
+        if "nh1" in self.env:
+            config["database"] = {"connection": f"sqlite:///{self.env['nh1'].workdir / 'sdn.sqlite'}"}
+        return config
 
     def start(self, host):
         self.hv[host].start_agent(self.env[host].sdn_exe, self.env[host].config_file)
@@ -141,23 +159,25 @@ class LinuxLab:
 
 @pytest.fixture(scope="module")
 def lab(integration_ready, tmp_path_factory):
-    from tests.integration.backends import LinuxBackend
+    from tests.integration.backends import Hypervisor, LinuxBackend
     from tests.integration.conftest import module_factories
 
     tmp = tmp_path_factory.mktemp("linuxnethosts")
     with module_factories(tmp) as (_bridges, envs, hosts):
         linux = LinuxBackend(envs, hosts, tmp)
+        switch = Hypervisor(tmp)        # a plain namespace holding the segments' bridges
         try:
-            yield LinuxLab(linux, hosts)
+            yield LinuxLab(linux, hosts, switch)
         finally:
             linux.close()
+            switch.close()
 
 
 def test_first_network_host_to_see_a_vif_claims_the_network(lab):
     assert lab.claimed == "nh1"
     assert lab.hosts_of() == {ALPHA_NET: "nh1", BETA_NET: "nh2"}
     assert "claimed: this is its network host nh1" in lab.hv["nh1"].log()
-    assert "claimed" not in lab.hv["nh2"].log()
+    assert "claimed" not in lab.hv["nh2"].log() and "claimed" not in lab.hv["compute"].log()
     # each network's gateway and dnsmasq live on its own network host only; the other
     # hypervisor bridges its VIF onto the uplink (and both instances got their lease)
     assert lab.gateways("nh1") == {"alpha": True, "beta": False}
@@ -170,6 +190,25 @@ def test_first_network_host_to_see_a_vif_claims_the_network(lab):
     # the default SNAT of each network host names its own networks only
     assert f"-s {ALPHA_NET} -j SNAT" in lab.nat("nh1") and BETA_NET not in lab.nat("nh1")
     assert f"-s {BETA_NET} -j SNAT" in lab.nat("nh2") and ALPHA_NET not in lab.nat("nh2")
+
+
+def test_a_compute_host_only_bridges_and_filters_its_vifs(lab):
+    # c1 got its lease from nh1's dnsmasq over the segment, and leaves through nh1
+    assert lab.h_c1.ips() == [lab.c1["address"]]
+    assert lab.hv["compute"].master_of(lab.c1["port_name"]) == lab.bridge["alpha"]
+    server = serve(lab.outside, "tcp-server", 8080)
+    try:
+        reply, seen = snat_source(lab, lab.h_c1, "eth0", "eth1")
+        assert reply == f"ok 8080 {HOSTS['nh1']['rsip']}" and seen["eth0"] and not seen["eth1"]
+    finally:
+        server.kill()
+    # nothing of a router there: no gateway, no dnsmasq, no NAT; its VIF filtered all the same
+    assert lab.gateways("compute") == {"alpha": False, "beta": False}
+    assert lab.dnsmasq_bridges("compute") == set()
+    assert "SNAT" not in lab.nat("compute") and "DNAT" not in lab.nat("compute")
+    assert "SNAT" in lab.nat("nh1")      # positive control: the network host's
+    eb = lab.hv["compute"].ebtables_save()
+    assert f"-i {lab.c1['port_name']} -j sdn-agent-I-{lab.c1['port_name']}" in eb, eb
 
 
 def test_each_instance_snat_leaves_through_its_own_hosts_public_side(lab):
