@@ -262,8 +262,9 @@ class Agent:
         return changes
 
     def _floating_addresses(self, plan, **direction) -> list[str]:
+        bound = frozenset(self.last_plan.floating if self.last_plan else ())
         return interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
-                                          self.conf.floating_range, **direction)
+                                          self.conf.floating_range, bound=bound, **direction)
 
     def _dhcp(self, view, plan) -> list[str]:
         changes = []

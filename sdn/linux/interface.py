@@ -244,9 +244,12 @@ def link_names(ipr: IPRoute) -> set[str]:
 
 
 def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str, *,
-                     add: bool = True, remove: bool = True) -> list[str]:
+                     add: bool = True, remove: bool = True,
+                     bound: frozenset[str] = frozenset()) -> list[str]:
     """Make the ``/32`` addresses inside the ``manage`` CIDR on ``interface`` exactly ``wanted``
-    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched.
+    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched, except
+    those of ``bound`` (what an earlier call bound, e.g. another pool's floating IP of a network
+    this host routed until it moved), removed once no longer wanted.
     ``add``/``remove`` limit it to one direction, so a caller can unbind before and bind after
     it changes the NAT rules."""
     import netaddr
@@ -255,7 +258,8 @@ def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str
     if idx is None:
         return [f"public interface {interface} missing"] if wanted and add else []
     rng = netaddr.IPNetwork(manage)
-    have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx) if p == 32 and netaddr.IPAddress(a) in rng}
+    have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx)
+            if p == 32 and (netaddr.IPAddress(a) in rng or f"{a}/{p}" in bound)}
     changed = []
     for cidr in sorted(wanted - have) if add else ():
         a, p = cidr.split("/")

@@ -26,14 +26,16 @@ far end of one hypervisor's public interface, and by the source address the outs
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
 from tests.integration import netlab
 from tests.integration.netlab import random_suffix, sh, wait_for
 from tests.integration.peers import probe, serve
-from tests.integration.test_network_hosts import (ALPHA_NET, BETA_NET, HOSTS, INTERNET, captured,
-                                                  snat_source)
+from tests.integration.test_network_hosts import (ALPHA_NET, BETA_NET, HOSTS, INTERNET,
+                                                  associate_floating, check_floating_per_network_host,
+                                                  check_snat_per_network_host, snat_source)
 
 NETS = {"alpha": ALPHA_NET, "beta": BETA_NET}
 GATEWAY = {"alpha": "10.36.0.1", "beta": "10.36.0.65"}
@@ -47,6 +49,7 @@ class LinuxLab:
         self.bridge = {"alpha": f"brqa{suffix}", "beta": f"brqb{suffix}"}
         uplink = {"alpha": f"sdnua{suffix}", "beta": f"sdnub{suffix}"}
         self.env = {}
+        self.fips = {}      # instance -> its floating IP, once associated
         for host, h in HOSTS.items():
             config = {"DEFAULT": {"network_manager": "flatdhcp", "host": host,
                                   "public_interface": self.pub[host], "routing_source_ip": h["rsip"],
@@ -156,21 +159,47 @@ class LinuxLab:
     def nat(self, host) -> str:
         return self.hv[host].run(["iptables-save", "-t", "nat"]).stdout
 
+    def floating_held(self, address) -> dict:
+        """Network host -> True: ``address`` is on its public interface and DNATed there;
+        False: neither; else which half it holds."""
+        held = {}
+        for host in HOSTS:
+            bound = f"inet {address}/32" in self.hv[host].run(
+                ["ip", "-4", "addr", "show", "dev", self.pub[host]]).stdout
+            dnat = f"-d {address}/32 -j DNAT" in self.nat(host)
+            held[host] = bound if bound == dnat else f"bound {bound}, DNAT {dnat}"
+        return held
+
+
+class NoBridges:
+    """Bridge factory of the lab's envs: the Linux backend needs no Open vSwitch bridge, so
+    none is made (an env gets a name it never uses)."""
+
+    def __call__(self, name=None, controller_port=None, fail_mode="secure"):
+        return SimpleNamespace(name=name or f"sdnt{random_suffix(4)}")
+
+    def close_all(self) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def lab(integration_ready, tmp_path_factory):
     from tests.integration.backends import Hypervisor, LinuxBackend
-    from tests.integration.conftest import module_factories
+    from tests.integration.conftest import NetnsFactory, SdnEnvFactory
 
     tmp = tmp_path_factory.mktemp("linuxnethosts")
-    with module_factories(tmp) as (_bridges, envs, hosts):
-        linux = LinuxBackend(envs, hosts, tmp)
-        switch = Hypervisor(tmp)        # a plain namespace holding the segments' bridges
+    envs, hosts = SdnEnvFactory(tmp, NoBridges()), NetnsFactory(tmp / "netns")
+    linux = LinuxBackend(envs, hosts, tmp)
+    switch = Hypervisor(tmp)        # a plain namespace holding the segments' bridges
+    try:
+        yield LinuxLab(linux, hosts, switch)
+    finally:
         try:
-            yield LinuxLab(linux, hosts, switch)
-        finally:
             linux.close()
             switch.close()
+            hosts.close_all()
+        finally:
+            envs.close_all()
 
 
 def test_first_network_host_to_see_a_vif_claims_the_network(lab):
@@ -212,69 +241,38 @@ def test_a_compute_host_only_bridges_and_filters_its_vifs(lab):
 
 
 def test_each_instance_snat_leaves_through_its_own_hosts_public_side(lab):
-    server = serve(lab.outside, "tcp-server", 8080)
-    try:
-        for instance, host, own, other in ((lab.h_a1, "nh1", "eth0", "eth1"),
-                                           (lab.h_b1, "nh2", "eth1", "eth0")):
-            reply, seen = snat_source(lab, instance, own, other)
-            assert reply == f"ok 8080 {HOSTS[host]['rsip']}"
-            assert seen[own] and not seen[other], [p.summary() for p in seen[other]]
-    finally:
-        server.kill()
+    check_snat_per_network_host(lab, ((lab.h_a1, "nh1", "eth0", "eth1"),
+                                      (lab.h_b1, "nh2", "eth1", "eth0")))
 
 
 def test_each_network_host_routes_its_own_floating_ip(lab):
-    fip = {}
-    for name, project, host in (("a1", "alpha", "nh1"), ("b1", "beta", "nh2")):
-        fip[name] = lab.cli("floating", "allocate", "--project", project,
-                            "--pool", f"pool-{host}").stdout.strip()
-        lab.cli("floating", "associate", fip[name], "--instance", name, "--project", project)
-    serve(lab.h_a1, "tcp-server", 2222)
-    serve(lab.h_b1, "tcp-server", 2222)
-    out = serve(lab.outside, "tcp-server", 8080)
-    try:
-        for name, host, iface in (("a1", "nh1", "eth0"), ("b1", "nh2", "eth1")):
-            address = fip[name]
-            wait_for(lambda: lab.outside.ping(address, count=1, timeout=1), timeout=20,
-                     what=f"the outside reaching {name}'s floating IP {address}")
-            other_iface = "eth1" if iface == "eth0" else "eth0"
-            reply, seen = captured(lab, iface, other_iface,
-                                   lambda: probe(lab.outside, "tcp", address, 2222, 3))
-            assert reply == f"ok 2222 {HOSTS[host]['gateway']}"
-            assert seen[iface] and not seen[other_iface]
-            # only its own network host holds the address and its NAT rules
-            other = "nh2" if host == "nh1" else "nh1"
-            held = {h: f"inet {address}/32" in lab.hv[h].run(
-                ["ip", "-4", "addr", "show", "dev", lab.pub[h]]).stdout for h in HOSTS}
-            assert held == {host: True, other: False}
-            assert f"-d {address}/32 -j DNAT" in lab.nat(host)
-            assert f"-d {address}/32 -j DNAT" not in lab.nat(other)
-        for instance, name, own, other in ((lab.h_a1, "a1", "eth0", "eth1"),
-                                           (lab.h_b1, "b1", "eth1", "eth0")):
-            reply, seen = snat_source(lab, instance, own, other)
-            assert reply == f"ok 8080 {fip[name]}" and seen[own] and not seen[other]
-    finally:
-        out.kill()
-        for name in fip:
-            lab.cli("floating", "disassociate", fip[name], "--project", name[0] == "a" and "alpha" or "beta")
+    lab.fips.update(check_floating_per_network_host(lab))
 
 
-def test_moving_a_network_moves_its_gateway_dhcp_and_snat_without_a_restart(lab):
+def test_moving_a_network_moves_its_router_without_a_restart(lab):
     agents = {host: hv.agent.pid for host, hv in lab.hv.items()}
+    fip = lab.fips.pop("b1", None) or associate_floating(lab, "b1", "beta", "nh2")
+    assert lab.floating_held(fip) == {"nh1": False, "nh2": True}
     server = serve(lab.outside, "tcp-server", 8080)
     try:
         lab.cli("network", "modify", "--fixed_range", BETA_NET, "--host", "nh1")
-        wait_for(lambda: probe(lab.h_b1, "tcp", INTERNET, 8080, 3)
-                 == f"ok 8080 {HOSTS['nh1']['rsip']}", timeout=20, what="b1 leaving through nh1")
         lab.synced()
-        reply, seen = snat_source(lab, lab.h_b1, "eth0", "eth1")
-        assert reply == f"ok 8080 {HOSTS['nh1']['rsip']}" and seen["eth0"] and not seen["eth1"]
+        # gateway, dnsmasq and b1's floating IP (another pool's: outside nh1's floating_range)
+        # left nh2 and are on nh1
         assert lab.gateways("nh1") == {"alpha": True, "beta": True}
         assert lab.gateways("nh2") == {"alpha": False, "beta": False}
-        assert lab.dnsmasq_bridges("nh2") == set()
         assert lab.dnsmasq_bridges("nh1") == {lab.bridge["alpha"], lab.bridge["beta"]}
+        assert lab.dnsmasq_bridges("nh2") == set()
+        assert lab.floating_held(fip) == {"nh1": True, "nh2": False}
         # the new network host's dnsmasq answers b1 (over the bridge it now routes)
         assert lab.h_b1.renew()["new_ip_address"] == lab.b1["address"]
+        # disassociated: nh1 unbinds the address it bound for beta, though not of its range
+        lab.cli("floating", "disassociate", fip, "--project", "beta")
+        lab.synced()
+        assert lab.floating_held(fip) == {"nh1": False, "nh2": False}
+        reply, seen = wait_for(lambda: (lambda r: r[0] == f"ok 8080 {HOSTS['nh1']['rsip']}" and r)(
+            snat_source(lab, lab.h_b1, "eth0", "eth1")), timeout=20, what="b1 leaving through nh1")
+        assert seen["eth0"] and not seen["eth1"]
         lab.cli("network", "modify", "--fixed_range", BETA_NET, "--host", "nh2")
         wait_for(lambda: probe(lab.h_b1, "tcp", INTERNET, 8080, 3)
                  == f"ok 8080 {HOSTS['nh2']['rsip']}", timeout=20, what="b1 back on nh2")
