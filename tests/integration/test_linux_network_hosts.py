@@ -30,12 +30,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration import netlab
 from tests.integration.netlab import random_suffix, sh, wait_for
 from tests.integration.peers import probe, serve
 from tests.integration.test_network_hosts import (ALPHA_NET, BETA_NET, HOSTS, INTERNET,
                                                   associate_floating, check_floating_per_network_host,
-                                                  check_snat_per_network_host, snat_source)
+                                                  check_snat_per_network_host, make_outside,
+                                                  pools_and_rules, snat_source)
 
 NETS = {"alpha": ALPHA_NET, "beta": BETA_NET}
 GATEWAY = {"alpha": "10.36.0.1", "beta": "10.36.0.65"}
@@ -70,24 +70,15 @@ class LinuxLab:
         for net, cidr in NETS.items():
             cli("network", "create", "--label", net, "--fixed_range_v4", cidr,
                 "--bridge", self.bridge[net], "--bridge_interface", uplink[net])
-        for host, h in HOSTS.items():
-            cli("floating", "create", h["floating"], "--pool", f"pool-{host}", "--host", host)
-        for project in ("alpha", "beta"):
-            for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535")):
-                cli("secgroup-rule", "add", "default", "--project", project, *rule, "0.0.0.0/0")
-
+        pools_and_rules(cli)
         # the outside: eth0 is the far end of hv1's public interface, eth1 of hv2's
-        self.outside = hosts(port_name=self.pub["nh1"])
-        self.outside.add_interface(self.pub["nh2"], netlab.random_mac(), "eth1")
+        self.outside = make_outside(hosts, self.pub)
         for host, h in HOSTS.items():
             hv = self.hv[host]
             sh(["ip", "link", "set", self.pub[host], "netns", hv.name])
             hv.run(["ip", "addr", "add", f"{h['rsip']}/24", "dev", self.pub[host]])
             hv.run(["ip", "link", "set", self.pub[host], "up"])
             hv.run(["ip", "route", "add", "default", "via", h["gateway"]])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh1']['gateway']}/24", "dev", "eth0"])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh2']['gateway']}/24", "dev", "eth1"])
-        self.outside.run(["ip", "addr", "add", f"{INTERNET}/32", "dev", "lo"])
 
         # nh1's agent alone first: the first network host to see a VIF on alpha claims it
         self.start("nh1")

@@ -35,6 +35,26 @@ HOSTS = {"nh1": dict(rsip="172.30.1.2", gateway="172.30.1.1", floating="172.30.1
 ALPHA_NET, BETA_NET = "10.36.0.0/26", "10.36.0.64/26"
 
 
+def pools_and_rules(cli) -> None:
+    """Each network host's floating IP pool, and projects alpha and beta admitting ICMP and TCP."""
+    for host, h in HOSTS.items():
+        cli("floating", "create", h["floating"], "--pool", f"pool-{host}", "--host", host)
+    for project in ("alpha", "beta"):
+        for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535")):
+            cli("secgroup-rule", "add", "default", "--project", project, *rule, "0.0.0.0/0")
+
+
+def make_outside(hosts, pub: dict):
+    """The outside namespace: eth0 is the far end of nh1's public side (``pub["nh1"]``), eth1
+    of nh2's, each with that network host's external gateway address; INTERNET on lo."""
+    outside = hosts(port_name=pub["nh1"])
+    outside.add_interface(pub["nh2"], netlab.random_mac(), "eth1")
+    for host, iface in (("nh1", "eth0"), ("nh2", "eth1")):
+        outside.run(["ip", "addr", "add", f"{HOSTS[host]['gateway']}/24", "dev", iface])
+    outside.run(["ip", "addr", "add", f"{INTERNET}/32", "dev", "lo"])
+    return outside
+
+
 class Lab:
     def __init__(self, envs, hosts):
         self.hosts_factory = hosts
@@ -60,20 +80,10 @@ class Lab:
         cli = self.cli = self.env["nh1"].cli
         cli("network", "create", "--label", "tenants", "--fixed_range_v4", "10.36.0.0/24",
             "--num_networks", "2", "--network_size", "64", "--vlan", "410")
-        for host, h in HOSTS.items():
-            cli("floating", "create", h["floating"], "--pool", f"pool-{host}", "--host", host)
-        for project in ("alpha", "beta"):
-            for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535")):
-                cli("secgroup-rule", "add", "default", "--project", project, *rule, "0.0.0.0/0")
-
-        # the outside: eth0 is the far end of nh1's public port, eth1 of nh2's
-        self.outside = hosts(port_name=self.pub["nh1"])
-        self.outside.add_interface(self.pub["nh2"], netlab.random_mac(), "eth1")
+        pools_and_rules(cli)
+        self.outside = make_outside(hosts, self.pub)
         self.outside.attach(self.br["nh1"])
         sh(["ovs-vsctl", "--timeout=30", "add-port", self.br["nh2"], self.pub["nh2"]])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh1']['gateway']}/24", "dev", "eth0"])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh2']['gateway']}/24", "dev", "eth1"])
-        self.outside.run(["ip", "addr", "add", f"{INTERNET}/32", "dev", "lo"])
 
         # nh1's controller alone first: the first network host to see a VIF on alpha claims it
         self.env["nh1"].start_controller()
