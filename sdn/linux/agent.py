@@ -142,6 +142,8 @@ class Agent:
         #: this agent's network host name (config ``host``, as the controller's); empty: a
         #: compute host only (bridges, anti-spoofing, security groups for its VIFs)
         self.host = (conf.host or "").strip() or None
+        #: a claim the database refused: the next poll reconciles (and claims) again
+        self.claim_failed = False
 
     # -- one reconcile ------------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ class Agent:
         host for this one (nova's set_network_host; ``claim_networks`` is atomic, so of two
         racing network hosts one wins) and return the view as it is after the claim. A
         database that refuses the write postpones the claim to the next reconcile."""
+        self.claim_failed = False
         if not nethost.networks_to_claim(view, self.host):
             return view
         try:
@@ -216,6 +219,7 @@ class Agent:
         except Exception as err:  # noqa: BLE001 - locked or unreachable database: next poll
             self.metrics.database_errors.labels("claim").inc()
             LOG.warning("claiming networks postponed: %s", err)
+            self.claim_failed = True
             return view
         for net in claimed:
             LOG.info("network %s (%s) claimed: this is its network host %s", net["label"],
@@ -355,7 +359,7 @@ class Agent:
             dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
                                          else self.dnsmasq_alive(self._dnsmasq_bridges())))
             dhcp_ok = dhcp_ok and self.ipv6_router_alive()
-            if rev != last_rev or links != last_links or not dhcp_ok:
+            if rev != last_rev or links != last_links or not dhcp_ok or self.claim_failed:
                 started = time.monotonic()
                 try:
                     changes = self.reconcile()

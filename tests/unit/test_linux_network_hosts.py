@@ -109,3 +109,45 @@ def test_a_network_that_moved_away_keeps_its_bridge_with_the_gateway_released():
     assert plan.dnsmasq == [] and not rules_of(plan, "ipv4", "nat", "snat")
     # without the bridge there is nothing to release: no bridge is made for it
     assert h1_plan(set(), hosted=hosted, view=moved).bridges == []
+
+
+class _State:
+    """What Agent._claim reads: the view after a claim, and a manager whose claim may fail."""
+
+    def __init__(self, after, error=None):
+        self.after, self.error, self.claims = after, error, []
+        self.manager = self
+
+    def claim_networks(self, host):
+        self.claims.append(host)
+        if self.error is not None:
+            raise self.error
+        return [{"label": "gamma", "cidr": GAMMA.cidr, "host": host}]
+
+    def load(self):
+        return self.after
+
+
+def _agent(host, state):
+    from sdn.linux.agent import Agent
+    from sdn.metrics import AgentMetrics
+
+    agent = Agent.__new__(Agent)
+    agent.host, agent.state, agent.metrics, agent.claim_failed = host, state, AgentMetrics(), False
+    return agent
+
+
+def test_the_agent_claims_as_the_controller_and_retries_a_refused_claim():
+    after = StateView(2, {**VIEW.networks, 3: dataclasses.replace(GAMMA, host="h1")}, VIEW.vifs)
+    agent = _agent("h1", _State(after))
+    assert agent._claim(VIEW) is after and agent.state.claims == ["h1"]
+    assert agent._claim(after) is after and agent.state.claims == ["h1"]    # nothing left
+    # a compute host claims nothing
+    compute = _agent(None, _State(after))
+    assert compute._claim(VIEW) is VIEW and compute.state.claims == []
+    # a locked database: the view as it was, and the poll loop reconciles again
+    locked = _agent("h1", _State(after, error=RuntimeError("database is locked")))
+    assert locked._claim(VIEW) is VIEW and locked.claim_failed
+    assert locked.metrics.database_errors.labels("claim")._value.get() == 1
+    locked.state.error = None
+    assert locked._claim(VIEW) is after and not locked.claim_failed
