@@ -112,7 +112,9 @@ default_opts = [
     cfg.StrOpt("my_ip", default="127.0.0.1", help="This host's IP address; default of vpn_ip, "
                "routing_source_ip and metadata_host."),
     cfg.StrOpt("host", default=socket.gethostname(), sample_default="<this host's name>",
-               help="Name of this host."),
+               help="Name of this host; a network host's name in networks.host (nova's "
+               "set_network_host). A Linux-backend agent with an empty host is a compute host "
+               "only (bridges and filters its VIFs, routes no network)."),
     cfg.Opt("fixed_range", type=_cidr_type(4), default="10.0.0.0/8", help="Fixed range for instances."),
     cfg.IntOpt("num_networks", default=1, min=1, help="Number of networks to create."),
     cfg.IntOpt("network_size", default=256, min=4, help="Number of addresses in each network."),

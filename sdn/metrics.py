@@ -166,7 +166,7 @@ class AgentMetrics(_Metrics):
       (``dhcp_driver = scapy``), type ``lease``/``release``/``decline``, outcome
       ``recorded``/``refused`` (dnsmasq's go through ``sdn dhcp-bridge``, another process);
     - ``sdn_database_errors_total{operation}``: ``state_read``, ``lease_commit``,
-      ``periodic_write``.
+      ``periodic_write``, ``claim`` (a network host claiming networks).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None):

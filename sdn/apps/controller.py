@@ -47,6 +47,7 @@ from sdn.apps.packet_in import PacketInDispatch
 from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
 from sdn.flows.model import GENERATION_MASK, Desired, Feature, Table
 from sdn.metrics import ControllerMetrics, dpid_label
+from sdn.nethost import networks_to_claim
 from sdn.state import StateSource
 from sdn.view import StateView
 
@@ -349,11 +350,9 @@ class SdnController(app_manager.OSKenApp):
         """Networks with a VIF and no network host, when this controller is a network host
         (router settings with a host, and a connected switch with the public port)."""
         router = self.deps.settings.router
-        if router is None or router.host is None or not self._public_ports():
+        if router is None or not self._public_ports():
             return []
-        view = self.view
-        return sorted({v.network_id for v in view.vifs if v.network_id in view.networks
-                       and view.networks[v.network_id].host is None})
+        return networks_to_claim(self.view, router.host)
 
     def _claim_loop(self):
         """Claims every network that has a VIF and no host for this network host (woken by

@@ -15,6 +15,11 @@ advertisements + DHCPv6 from sdn's codec on a raw socket per VIF tap (``sdn.linu
 whatever the dhcp_driver). Each step is idempotent: a reconcile that finds the host
 right changes nothing (the log says ``no changes``), so restarting the agent is a no-op.
 
+Several network hosts (nova's set_network_host, ``sdn.nethost``): an agent with a ``host``
+name claims the networks with a VIF and no host, as the controller does, and routes (gateway,
+dnsmasq, NAT, metadata, floating IPs, IPv6 public side) only the networks whose host it is;
+the others it bridges onto their uplink for its own VIFs. ``host =`` (empty): a compute host.
+
 What it does is counted (``sdn.metrics.AgentMetrics``: reconcile durations and outcomes, rules
 held, tables restored, raw-socket DHCP lease events, database errors) and served on
 ``[metrics] listen:agent_port``.
@@ -36,6 +41,7 @@ from sqlalchemy import select
 
 from sdn.db import api as db
 from sdn.db import models
+from sdn import nethost
 from sdn.linux import desired, dnsmasq, interface, ipset, iptables_firewall, tc
 from sdn.linux.iptables import IptablesManager
 from sdn.metrics import AgentMetrics
@@ -133,22 +139,28 @@ class Agent:
         mode = conf.network_manager
         self.dhcp = mode != "flat"
         self.vlan_mode = mode == "vlan"
+        #: this agent's network host name (config ``host``, as the controller's); empty: a
+        #: compute host only (bridges, anti-spoofing, security groups for its VIFs)
+        self.host = (conf.host or "").strip() or None
+        #: a claim the database refused: the next poll reconciles (and claims) again
+        self.claim_failed = False
 
     # -- one reconcile ------------------------------------------------------------------------
 
     def reconcile(self) -> list[str]:
         """Bring the host in line with state; returns the list of changes made."""
-        view = self.state.load()
+        view = self._claim(self.state.load())
         extras = load_extras(self.engine)
         present = interface.link_names(self.ipr)
+        hosted = nethost.hosted_networks(view, self.host)
         plan = desired.plan(view, extras, self.conf, present_ports=present, dhcp=self.dhcp,
-                            vlan_mode=self.vlan_mode)
-        changes = interface.set_ip_forward() if view.networks else []
+                            vlan_mode=self.vlan_mode, hosted=hosted)
+        changes = interface.set_ip_forward() if hosted else []
         if plan.ipv6 is not None:       # before the bridges get their IPv6 addresses
             changes += interface.set_ipv6_forward()
         for b in plan.bridges:
             kw = dict(gateway_cidr=b.gateway_cidr, broadcast=b.broadcast, mac=b.mac,
-                      gateway_v6=b.gateway_v6)
+                      gateway_v6=b.gateway_v6, released=b.released, foreign_mac=b.foreign_mac)
             if b.vlan:
                 try:
                     changes += interface.ensure_vlan_bridge(self.ipr, b.vlan, b.name, b.vlan_parent, **kw)
@@ -194,6 +206,26 @@ class Agent:
             self.metrics.rules.labels(family).set(rules.get(family, 0))
         return changes
 
+    def _claim(self, view):
+        """As the controller's claim thread: claim every network with a VIF and no network
+        host for this one (nova's set_network_host; ``claim_networks`` is atomic, so of two
+        racing network hosts one wins) and return the view as it is after the claim. A
+        database that refuses the write postpones the claim to the next reconcile."""
+        self.claim_failed = False
+        if not nethost.networks_to_claim(view, self.host):
+            return view
+        try:
+            claimed = self.state.manager.claim_networks(self.host)
+        except Exception as err:  # noqa: BLE001 - locked or unreachable database: next poll
+            self.metrics.database_errors.labels("claim").inc()
+            LOG.warning("claiming networks postponed: %s", err)
+            self.claim_failed = True
+            return view
+        for net in claimed:
+            LOG.info("network %s (%s) claimed: this is its network host %s", net["label"],
+                     net["cidr"], net["host"])
+        return self.state.load() if claimed else view
+
     def _ipv6_router(self, plan) -> list[str]:
         """Start, update, restart (when dead) or stop the RA/DHCPv6 server of this host."""
         from sdn.linux.ipv6_router import Ipv6RouterServer
@@ -234,8 +266,9 @@ class Agent:
         return changes
 
     def _floating_addresses(self, plan, **direction) -> list[str]:
+        bound = frozenset(self.last_plan.floating if self.last_plan else ())
         return interface.ensure_addresses(self.ipr, self.conf.public_interface, set(plan.floating),
-                                          self.conf.floating_range, **direction)
+                                          self.conf.floating_range, bound=bound, **direction)
 
     def _dhcp(self, view, plan) -> list[str]:
         changes = []
@@ -249,7 +282,11 @@ class Agent:
             return changes
         from sdn.dhcp.rawsocket import bindings_by_port
 
-        wanted = {s.bridge: s.network_id for s in plan.dnsmasq}
+        # per VIF port, as the OpenFlow controller answers the ports of its switch: the VIFs
+        # here are answered here, whichever network host routes their network (dnsmasq, on the
+        # gateway address, runs on the network host only and reaches them over the uplink)
+        wanted = {bridge: vif.network_id for vif in view.vifs
+                  if (bridge := plan.ports.get(vif.port_name)) is not None}
         for bridge in list(self.raw):
             if bridge not in wanted:
                 self.raw.pop(bridge).close()
@@ -322,7 +359,7 @@ class Agent:
             dhcp_ok = (not self.dhcp or (self.raw_dhcp_alive() if self.conf.dhcp_driver != "dnsmasq"
                                          else self.dnsmasq_alive(self._dnsmasq_bridges())))
             dhcp_ok = dhcp_ok and self.ipv6_router_alive()
-            if rev != last_rev or links != last_links or not dhcp_ok:
+            if rev != last_rev or links != last_links or not dhcp_ok or self.claim_failed:
                 started = time.monotonic()
                 try:
                     changes = self.reconcile()

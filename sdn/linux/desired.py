@@ -44,6 +44,11 @@ class BridgeSpec:
     #: network's gateway_v6 and gateway_lla (the RAs' source: guests route via it), () without
     #: a /64. The kernel answers neighbour solicitations for them.
     gateway_v6: tuple[str, ...] = ()
+    #: a network another network host routes, bridged here for this host's VIFs: its gateway
+    #: addresses (v4 ``gateway/prefix``, and gateway_v6/gateway_lla) must not be on this bridge
+    #: and its gateway MAC must not be the bridge's (frames to the gateway go over the uplink)
+    released: tuple[str, ...] = ()
+    foreign_mac: str | None = None
 
 
 @dataclass(frozen=True)
@@ -268,33 +273,50 @@ def antispoof_chain(port_name: str) -> str:
 
 
 def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_ports: set[str],
-         dhcp: bool, vlan_mode: bool) -> HostPlan:
+         dhcp: bool, vlan_mode: bool, hosted: set[int] | None = None) -> HostPlan:
     """The whole host: bridges, iptables/ebtables rules, dnsmasq instances, VIF ports.
 
     ``conf`` supplies nova's flags (fixed_range, routing_source_ip, metadata_host/port,
     dmz_cidr, flat_network_bridge, flat_interface, vlan_interface, public_interface,
     use_ipv6). ``dhcp`` is False for FlatManager (no gateway, no dnsmasq: nova's FlatManager
-    never set up a network host). ``present_ports`` are the VIF ports that exist on this host.
+    never set up a network host). ``present_ports``: the links of this host (VIF ports, bridges).
+    ``hosted``: ids of the networks this host is the network host of (``sdn.nethost``); only
+    they get the gateway, dnsmasq, default SNAT (per network CIDR, since bridged frames of other
+    hosts' networks cross this host's netfilter too), metadata, VPN and floating IPs. Other
+    networks get a bridge (uplink, FORWARD rules) only while one of their VIFs is here or the
+    bridge exists (its gateway released), and nothing of their router. None: every network is
+    routed here, with nova's fixed_range rules (one host routing everything).
     """
     p = HostPlan()
     fixed_range = conf.fixed_range
+    local_nets = {vif.network_id for vif in view.vifs if vif.port_name in present_ports}
+    routed = {nid for nid in view.networks if hosted is None or nid in hosted}
     # -- bridges and per-bridge FORWARD rules (nova ensure_bridge with a gateway)
     for net in view.networks.values():
         ext = extras.get(net.id, NetworkExtras())
         br = bridge_name(net, ext, conf.flat_network_bridge)
+        # a bridge left from when this host routed the network: kept, its gateway released
+        if net.id not in routed and net.id not in local_nets and br not in present_ports:
+            continue
+        routes = net.id in routed
         parent = ext.bridge_interface or (getattr(conf, "vlan_interface", None) if net.vlan else None)
         if net.vlan and vlan_mode and parent:
             iface, vlan = f"vlan{net.vlan}", net.vlan
         else:
             iface, vlan, parent = ext.bridge_interface or (conf.flat_interface if not net.vlan else None), None, None
         prefix = netaddr.IPNetwork(net.cidr).prefixlen
+        gateway = dhcp and routes
         p.bridges.append(BridgeSpec(
             name=br, network_id=net.id, interface=iface, vlan=vlan, vlan_parent=parent,
-            gateway_cidr=f"{net.gateway}/{prefix}" if dhcp else None,
-            broadcast=net.broadcast if dhcp else None, mac=net.gateway_mac if dhcp else None,
-            gateway_v6=bridge_v6_addresses(net) if dhcp else ()))
+            gateway_cidr=f"{net.gateway}/{prefix}" if gateway else None,
+            broadcast=net.broadcast if gateway else None, mac=net.gateway_mac if gateway else None,
+            gateway_v6=bridge_v6_addresses(net) if gateway else (),
+            released=(f"{net.gateway}/{prefix}",) + bridge_v6_addresses(net) if dhcp and not routes else (),
+            foreign_mac=net.gateway_mac if dhcp and not routes else None))
         for family in ("ipv4", "ipv6") if conf.use_ipv6 or net.cidr_v6 else ("ipv4",):
             p.rules += [IptRule(family, "filter", "FORWARD", r) for r in gateway_rules(br, conf)]
+        if not routes:
+            continue
         if dhcp:
             size = netaddr.IPNetwork(net.cidr).size
             p.dnsmasq.append(DnsmasqSpec(
@@ -313,25 +335,30 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
                                    f"-j DNAT --to-destination {net.vpn_private_address}:{VPN_PRIVATE_PORT}"))
 
     # -- L3: nova init_host + metadata_forward/metadata_accept
-    if view.networks:
+    sources = [fixed_range] if hosted is None else sorted(
+        (str(netaddr.IPNetwork(view.networks[nid].cidr).cidr) for nid in routed),
+        key=netaddr.IPNetwork)
+    if routed:
         meta = f"{conf.metadata_host}/32"
-        p.rules.append(IptRule("ipv4", "nat", "snat", f"-s {fixed_range} -j SNAT --to-source {conf.routing_source_ip}"))
+        p.rules += [IptRule("ipv4", "nat", "snat", f"-s {src} -j SNAT --to-source {conf.routing_source_ip}")
+                    for src in sources]
         p.rules.append(IptRule("ipv4", "nat", "POSTROUTING", f"-s {fixed_range} -d {meta} -j ACCEPT"))
         for dmz in conf.dmz_cidr:
             p.rules.append(IptRule("ipv4", "nat", "POSTROUTING",
                                    f"-s {fixed_range} -d {netaddr.IPNetwork(dmz).cidr} -j ACCEPT"))
         p.rules.append(IptRule("ipv4", "nat", "POSTROUTING",
                                f"-s {fixed_range} -d {fixed_range} -m conntrack ! --ctstate DNAT -j ACCEPT"))
-        p.rules.append(IptRule("ipv4", "nat", "PREROUTING",
-                               f"-d {METADATA_IP}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination "
-                               f"{conf.metadata_host}:{conf.metadata_port}"))
+        src_match = [""] if hosted is None else [f"-s {src} " for src in sources]
+        p.rules += [IptRule("ipv4", "nat", "PREROUTING",
+                            f"{src}-d {METADATA_IP}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination "
+                            f"{conf.metadata_host}:{conf.metadata_port}") for src in src_match]
         p.rules.append(IptRule("ipv4", "filter", "INPUT",
                                f"-d {meta} -p tcp -m tcp --dport {conf.metadata_port} -j ACCEPT"))
 
     # -- floating IPs (nova ensure_floating_forward / bind_floating_ip), one set per address
     seen = set()
     for fip in getattr(view, "floating_ips", ()):
-        if fip.address in seen:
+        if fip.address in seen or fip.network_id not in routed:
             continue
         seen.add(fip.address)
         p.floating.append(f"{fip.address}/32")
@@ -366,7 +393,7 @@ def plan(view: StateView, extras: dict[int, NetworkExtras], conf, *, present_por
                                f"--icmpv6-type 136 -j ${nchain}"))
         p.rules += [IptRule("ipv6", "raw", nchain, rule) for rule in na_guard_rules(vif)]
 
-    p.ipv6 = ipv6_router(view, conf, p.ports) if dhcp else None
+    p.ipv6 = ipv6_router(view, conf, p.ports, routed) if dhcp else None
 
     # -- security groups of the filtered VIFs here (nova's IptablesFirewallDriver shape)
     fw = iptables_firewall.plan_firewall(view, p.ports, getattr(conf, "iptables_binary_name", None)
@@ -391,19 +418,25 @@ def bridge_v6_addresses(net: NetworkView) -> tuple[str, ...]:
     return (f"{net.gateway_v6}/{prefix}", f"{net.gateway_lla}/64")
 
 
-def ipv6_router(view: StateView, conf, ports: dict[str, str]) -> Ipv6Router | None:
+def ipv6_router(view: StateView, conf, ports: dict[str, str],
+                hosted: set[int] | None = None) -> Ipv6Router | None:
     """The host's IPv6 router (None when no network has a /64): config public_ip_v6,
-    external_gateway_v6(_mac), and every present VIF port of a network with a /64 (``ports``:
-    tap -> bridge, the VIF ports of this host)."""
-    routed = {nid for nid, net in view.networks.items() if net.cidr_v6 and net.gateway_v6}
-    if not routed:
+    external_gateway_v6(_mac) while it routes a network with a /64 (``hosted``: the networks
+    it routes, None: all), and every present VIF port of a network with a /64 (``ports``: tap
+    -> bridge, the VIF ports of this host). Router advertisements and DHCPv6 are answered on
+    the VIF's own port, whichever network host routes its network (as the OpenFlow backend's
+    controller answers for the ports of its switch): the guest reaches the router at the
+    gateway's MAC, over the uplink when it is another host's."""
+    v6 = {nid for nid, net in view.networks.items() if net.cidr_v6 and net.gateway_v6}
+    if not v6:
         return None
+    public = hosted is None or bool(v6 & hosted)
     router = Ipv6Router(public_interface=conf.public_interface,
-                        public_ip=getattr(conf, "public_ip_v6", None),
-                        gateway=getattr(conf, "external_gateway_v6", None),
-                        gateway_mac=getattr(conf, "external_gateway_v6_mac", None))
+                        public_ip=getattr(conf, "public_ip_v6", None) if public else None,
+                        gateway=getattr(conf, "external_gateway_v6", None) if public else None,
+                        gateway_mac=getattr(conf, "external_gateway_v6_mac", None) if public else None)
     for vif in view.vifs:
-        if vif.network_id in routed and vif.port_name in ports:
+        if vif.network_id in v6 and vif.port_name in ports:
             router.ports[vif.port_name] = Ipv6Port(view.networks[vif.network_id], vif)
     return router
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
+import os
 import socket
 
 from pyroute2 import IPRoute
@@ -44,12 +45,16 @@ def _v4_addrs(ipr: IPRoute, index: int) -> list[tuple[str, int, str | None]]:
 
 def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
                   gateway_cidr: str | None = None, broadcast: str | None = None,
-                  mac: str | None = None, gateway_v6: tuple[str, ...] = ()) -> list[str]:
+                  mac: str | None = None, gateway_v6: tuple[str, ...] = (),
+                  released: tuple[str, ...] = (), foreign_mac: str | None = None) -> list[str]:
     """Create ``bridge`` if missing (forward delay 0, STP off, up); enslave ``interface`` and
     move its IPv4 addresses and default route onto the bridge (nova); put ``gateway_cidr`` on
     the bridge (the gateway/DHCP server address), the IPv6 ``address/prefix``es of
     ``gateway_v6`` (nova's ``ip -6 addr add gateway_v6/netmask_v6 dev bridge``) and set the
-    bridge MAC to ``mac``."""
+    bridge MAC to ``mac``. A network another host routes now: the ``released`` addresses
+    (v4 or v6 ``address/prefix``) are taken off the bridge, and a bridge whose MAC is
+    ``foreign_mac`` (that network's gateway MAC) gets a random locally administered one, so
+    frames for the gateway leave over the uplink instead of ending here."""
     changed = []
     idx = _index(ipr, bridge)
     if idx is None:
@@ -63,6 +68,11 @@ def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
     if mac and link.get("address", "").lower() != mac.lower():
         ipr.link("set", index=idx, address=mac)
         changed.append(f"{bridge} mac {mac}")
+    elif foreign_mac and link.get("address", "").lower() == foreign_mac.lower():
+        new = random_mac()
+        ipr.link("set", index=idx, address=new)
+        changed.append(f"{bridge} mac {new} (was the gateway's: routed elsewhere)")
+    changed += _release_addresses(ipr, idx, bridge, released)
     if not link["flags"] & 1:  # IFF_UP
         ipr.link("set", index=idx, state="up")
         changed.append(f"{bridge} up")
@@ -80,6 +90,29 @@ def ensure_bridge(ipr: IPRoute, bridge: str, interface: str | None = None, *,
             changed.append(f"{bridge} address {gateway_cidr}")
     for cidr in gateway_v6:
         changed += ensure_v6_address(ipr, idx, bridge, cidr)
+    return changed
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC (what the kernel gives a new bridge)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def _release_addresses(ipr: IPRoute, idx: int, bridge: str, released: tuple[str, ...]) -> list[str]:
+    """Delete those of ``released`` (``address/prefix``, v4 or v6) the bridge holds."""
+    changed = []
+    for cidr in released:
+        iface = ipaddress.ip_interface(cidr)
+        family = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+        have = ({(a, p) for a, p, _ in _v4_addrs(ipr, idx)} if iface.version == 4
+                else _v6_addrs(ipr, idx))
+        if (str(iface.ip), iface.network.prefixlen) not in have:
+            continue
+        ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen,
+                 family=family)
+        changed.append(f"{bridge} - {cidr} (routed elsewhere)")
     return changed
 
 
@@ -211,9 +244,12 @@ def link_names(ipr: IPRoute) -> set[str]:
 
 
 def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str, *,
-                     add: bool = True, remove: bool = True) -> list[str]:
+                     add: bool = True, remove: bool = True,
+                     bound: frozenset[str] = frozenset()) -> list[str]:
     """Make the ``/32`` addresses inside the ``manage`` CIDR on ``interface`` exactly ``wanted``
-    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched.
+    (floating IPs: nova's bind/unbind_floating_ip). Other addresses are never touched, except
+    those of ``bound`` (what an earlier call bound, e.g. another pool's floating IP of a network
+    this host routed until it moved), removed once no longer wanted.
     ``add``/``remove`` limit it to one direction, so a caller can unbind before and bind after
     it changes the NAT rules."""
     import netaddr
@@ -222,7 +258,8 @@ def ensure_addresses(ipr: IPRoute, interface: str, wanted: set[str], manage: str
     if idx is None:
         return [f"public interface {interface} missing"] if wanted and add else []
     rng = netaddr.IPNetwork(manage)
-    have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx) if p == 32 and netaddr.IPAddress(a) in rng}
+    have = {f"{a}/{p}" for a, p, _ in _v4_addrs(ipr, idx)
+            if p == 32 and (netaddr.IPAddress(a) in rng or f"{a}/{p}" in bound)}
     changed = []
     for cidr in sorted(wanted - have) if add else ():
         a, p = cidr.split("/")

@@ -35,6 +35,26 @@ HOSTS = {"nh1": dict(rsip="172.30.1.2", gateway="172.30.1.1", floating="172.30.1
 ALPHA_NET, BETA_NET = "10.36.0.0/26", "10.36.0.64/26"
 
 
+def pools_and_rules(cli) -> None:
+    """Each network host's floating IP pool, and projects alpha and beta admitting ICMP and TCP."""
+    for host, h in HOSTS.items():
+        cli("floating", "create", h["floating"], "--pool", f"pool-{host}", "--host", host)
+    for project in ("alpha", "beta"):
+        for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535")):
+            cli("secgroup-rule", "add", "default", "--project", project, *rule, "0.0.0.0/0")
+
+
+def make_outside(hosts, pub: dict):
+    """The outside namespace: eth0 is the far end of nh1's public side (``pub["nh1"]``), eth1
+    of nh2's, each with that network host's external gateway address; INTERNET on lo."""
+    outside = hosts(port_name=pub["nh1"])
+    outside.add_interface(pub["nh2"], netlab.random_mac(), "eth1")
+    for host, iface in (("nh1", "eth0"), ("nh2", "eth1")):
+        outside.run(["ip", "addr", "add", f"{HOSTS[host]['gateway']}/24", "dev", iface])
+    outside.run(["ip", "addr", "add", f"{INTERNET}/32", "dev", "lo"])
+    return outside
+
+
 class Lab:
     def __init__(self, envs, hosts):
         self.hosts_factory = hosts
@@ -60,20 +80,10 @@ class Lab:
         cli = self.cli = self.env["nh1"].cli
         cli("network", "create", "--label", "tenants", "--fixed_range_v4", "10.36.0.0/24",
             "--num_networks", "2", "--network_size", "64", "--vlan", "410")
-        for host, h in HOSTS.items():
-            cli("floating", "create", h["floating"], "--pool", f"pool-{host}", "--host", host)
-        for project in ("alpha", "beta"):
-            for rule in (("icmp", "-1", "-1"), ("tcp", "1", "65535")):
-                cli("secgroup-rule", "add", "default", "--project", project, *rule, "0.0.0.0/0")
-
-        # the outside: eth0 is the far end of nh1's public port, eth1 of nh2's
-        self.outside = hosts(port_name=self.pub["nh1"])
-        self.outside.add_interface(self.pub["nh2"], netlab.random_mac(), "eth1")
+        pools_and_rules(cli)
+        self.outside = make_outside(hosts, self.pub)
         self.outside.attach(self.br["nh1"])
         sh(["ovs-vsctl", "--timeout=30", "add-port", self.br["nh2"], self.pub["nh2"]])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh1']['gateway']}/24", "dev", "eth0"])
-        self.outside.run(["ip", "addr", "add", f"{HOSTS['nh2']['gateway']}/24", "dev", "eth1"])
-        self.outside.run(["ip", "addr", "add", f"{INTERNET}/32", "dev", "lo"])
 
         # nh1's controller alone first: the first network host to see a VIF on alpha claims it
         self.env["nh1"].start_controller()
@@ -102,6 +112,10 @@ class Lab:
     def flows_mentioning(self, address: str) -> dict:
         return {host: [f for f in netlab.dump_flows(br) if address in f]
                 for host, br in self.br.items()}
+
+    def floating_held(self, address: str) -> dict:
+        """Network host -> whether its router holds flows for floating IP ``address``."""
+        return {host: bool(flows) for host, flows in self.flows_mentioning(address).items()}
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +156,65 @@ def test_first_network_host_to_see_a_vif_claims_the_network(lab):
     assert "claimed: this is its network host nh1" in lab.env["nh1"].controller_log()
 
 
-def test_each_instance_snat_leaves_through_its_own_hosts_public_port(lab):
+def check_snat_per_network_host(lab, instances) -> None:
+    """Each of ``instances`` ((its namespace, its network host, that host's side of the
+    outside, the other side)) connects out with its network host's routing_source_ip, through
+    that host's public port only (shared with test_linux_network_hosts.py)."""
     server = serve(lab.outside, "tcp-server", 8080)
     try:
-        for instance, host, own, other in ((lab.h_a1, "nh1", "eth0", "eth1"),
-                                           (lab.h_b1, "nh2", "eth1", "eth0")):
+        for instance, host, own, other in instances:
             reply, seen = snat_source(lab, instance, own, other)
             assert reply == f"ok 8080 {HOSTS[host]['rsip']}"
             assert seen[own] and not seen[other], [p.summary() for p in seen[other]]
     finally:
         server.kill()
+
+
+def associate_floating(lab, name: str, project: str, host: str) -> str:
+    """A floating IP of ``host``'s pool, associated to instance ``name``."""
+    address = lab.cli("floating", "allocate", "--project", project,
+                      "--pool", f"pool-{host}").stdout.strip()
+    lab.cli("floating", "associate", address, "--instance", name, "--project", project)
+    return address
+
+
+def check_floating_per_network_host(lab) -> dict:
+    """a1 (alpha, nh1's) and b1 (beta, nh2's) get a floating IP of their network host's pool;
+    each is reached through its own network host's public side only, which alone holds it
+    (``lab.floating_held(address)``: {network host: True/False}), and each instance leaves with
+    its floating IP there. Returns {instance: floating IP}."""
+    fip = {name: associate_floating(lab, name, project, host)
+           for name, project, host in (("a1", "alpha", "nh1"), ("b1", "beta", "nh2"))}
+    serve(lab.h_a1, "tcp-server", 2222)
+    serve(lab.h_b1, "tcp-server", 2222)
+    out = serve(lab.outside, "tcp-server", 8080)
+    try:
+        for name, host, iface in (("a1", "nh1", "eth0"), ("b1", "nh2", "eth1")):
+            address = fip[name]
+            wait_for(lambda: lab.outside.ping(address, count=1, timeout=1), timeout=20,
+                     what=f"the outside reaching {name}'s floating IP {address}")
+            other_iface = "eth1" if iface == "eth0" else "eth0"
+            # inbound: the instance sees the outside's own address on that public side
+            reply, seen = captured(lab, iface, other_iface,
+                                   lambda: probe(lab.outside, "tcp", address, 2222, 3))
+            assert reply == f"ok 2222 {HOSTS[host]['gateway']}"
+            assert seen[iface] and not seen[other_iface]
+            # only its own network host holds it
+            other = "nh2" if host == "nh1" else "nh1"
+            assert lab.floating_held(address) == {host: True, other: False}
+        # outbound: each leaves with its floating IP, through its own public port
+        for instance, name, own, other in ((lab.h_a1, "a1", "eth0", "eth1"),
+                                           (lab.h_b1, "b1", "eth1", "eth0")):
+            reply, seen = snat_source(lab, instance, own, other)
+            assert reply == f"ok 8080 {fip[name]}" and seen[own] and not seen[other]
+    finally:
+        out.kill()
+    return fip
+
+
+def test_each_instance_snat_leaves_through_its_own_hosts_public_port(lab):
+    check_snat_per_network_host(lab, ((lab.h_a1, "nh1", "eth0", "eth1"),
+                                      (lab.h_b1, "nh2", "eth1", "eth0")))
 
 
 def test_moving_a_network_moves_its_snat(lab):
@@ -172,33 +235,4 @@ def test_moving_a_network_moves_its_snat(lab):
 
 
 def test_each_network_host_routes_its_own_floating_ip(lab):
-    fip = {}
-    for name, project, host in (("a1", "alpha", "nh1"), ("b1", "beta", "nh2")):
-        fip[name] = lab.env["nh1"].cli("floating", "allocate", "--project", project,
-                                       "--pool", f"pool-{host}").stdout.strip()
-        lab.cli("floating", "associate", fip[name], "--instance", name, "--project", project)
-    serve(lab.h_a1, "tcp-server", 2222)
-    serve(lab.h_b1, "tcp-server", 2222)
-    out = serve(lab.outside, "tcp-server", 8080)
-    try:
-        for name, host, iface in (("a1", "nh1", "eth0"), ("b1", "nh2", "eth1")):
-            address = fip[name]
-            wait_for(lambda: lab.outside.ping(address, count=1, timeout=1), timeout=20,
-                     what=f"the outside reaching {name}'s floating IP {address}")
-            other_iface = "eth1" if iface == "eth0" else "eth0"
-            # inbound: the instance sees the outside's own address on that public side
-            reply, seen = captured(lab, iface, other_iface,
-                                   lambda: probe(lab.outside, "tcp", address, 2222, 3))
-            assert reply == f"ok 2222 {HOSTS[host]['gateway']}"
-            assert seen[iface] and not seen[other_iface]
-            # only its own network host holds flows for it
-            flows = lab.flows_mentioning(address)
-            other = "nh2" if host == "nh1" else "nh1"
-            assert flows[host] and not flows[other], flows[other]
-        # outbound: each leaves with its floating IP, through its own public port
-        for instance, name, own, other in ((lab.h_a1, "a1", "eth0", "eth1"),
-                                           (lab.h_b1, "b1", "eth1", "eth0")):
-            reply, seen = snat_source(lab, instance, own, other)
-            assert reply == f"ok 8080 {fip[name]}" and seen[own] and not seen[other]
-    finally:
-        out.kill()
+    check_floating_per_network_host(lab)
