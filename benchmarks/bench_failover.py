@@ -1,7 +1,10 @@
 """Failover time of several controllers (docs/HA.md): master killed with SIGKILL -> first
-DHCPACK answered by the new master, median of ``RUNS``, per lease length.
+DHCPACK answered by the new master, median of ``RUNS``, per lease length and state database
+(SQLite, and PostgreSQL: a database of the benchmark's own throw-away cluster, tests/pg.py,
+with PostgreSQL's durable defaults as bench_alloc.py uses; the controllers are woken by NOTIFY
+and hold the holder lock as a session advisory lock).
 
-Set-up: one SQLite state database, one userspace bridge connected to two ``sdn controller``
+Set-up: one state database, one userspace bridge connected to two ``sdn controller``
 processes (``bench-a``, ``bench-b``), one VIF in a namespace. Each run kills whichever
 controller holds the deployment lease (read from ``leader_leases``), sends a DHCPREQUEST every
 20 ms from the VIF (``tests/integration/dhcp_probe.py``, a raw socket: no client backoff in the
@@ -10,6 +13,7 @@ rejoined as SLAVE before the next run. The number is lease expiry + the slave's 
 (a third of the lease) + role request + the first packet-in answered.
 
     .venv/bin/python benchmarks/bench_failover.py [--runs 10] [--leases 1,3]
+        [--databases sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import lib  # noqa: E402
 from sdn.apps.mastership import DEPLOYMENT  # noqa: E402
 from sdn.db import leader  # noqa: E402
+from tests import pg  # noqa: E402
 
 RUNS = 10
 LEASES = (1.0, 3.0)
+DATABASES = ("sqlite", "postgresql")
 CIDR = "10.77.0.0/24"
 MAC = "fa:16:3e:77:00:05"
 PROBE = lib.REPO / "tests" / "integration" / "dhcp_probe.py"
@@ -68,14 +74,17 @@ def probe(ns: str, address: str) -> dict:
     return json.loads(out.stdout)
 
 
-def failover(work: Path, lease: float, runs: int, log) -> dict:
+def failover(work: Path, lease: float, runs: int, log, database: str = "sqlite",
+             db_url: str | None = None) -> dict:
+    """``runs`` failovers on one bridge and database (``db_url``: an empty PostgreSQL database;
+    None: SQLite). Returns {lease_s, database, runs, seconds, median_s, min_s, max_s}."""
     cl = lib.Cleanup()
     try:
-        tag = f"{int(lease * 1000)}"
+        tag = f"{int(lease * 1000)}-{database}"
         port_a, port_b = lib.netlab.free_tcp_port(), lib.netlab.free_tcp_port()
         conf_a, engine, _mgr, net = lib.new_state(
             work / f"failover-{tag}", port_a, CIDR,
-            ovs={"mastership_lease": lease, "controller_id": "bench-a"})
+            ovs={"mastership_lease": lease, "controller_id": "bench-a"}, db_url=db_url)
         text = conf_a.read_text().replace(f"ofp_tcp_listen_port = {port_a}",
                                           f"ofp_tcp_listen_port = {port_b}")
         conf_b = conf_a.with_name("sdn-b.conf")
@@ -106,11 +115,13 @@ def failover(work: Path, lease: float, runs: int, log) -> dict:
             if answer["ack_at"] is None:
                 raise RuntimeError(f"run {i}: no DHCPACK within 30 s of killing {master.name}")
             times.append(round(answer["ack_at"] - killed_at, 3))
-            log(f"    lease {lease:g}s run {i}: killed {master.name}, DHCP answered by "
+            log(f"    {database} lease {lease:g}s run {i}: killed {master.name}, DHCP answered by "
                 f"{slave.name} after {times[-1]:.3f}s")
             master.start()                       # rejoins as SLAVE (asserted by test_ha.py)
-        return {"lease_s": lease, "runs": runs, "seconds": times,
-                "median_s": round(statistics.median(times), 3), "max_s": max(times)}
+        engine.dispose()
+        return {"lease_s": lease, "database": database, "runs": runs, "seconds": times,
+                "median_s": round(statistics.median(times), 3), "min_s": min(times),
+                "max_s": max(times)}
     finally:
         cl.run()
 
@@ -157,9 +168,24 @@ def feed_skip(work: Path, log, vifs: int = 1000) -> dict:
     return out
 
 
-def run(work: Path, log, runs: int = RUNS, leases=LEASES) -> dict:
-    return {"leases": [failover(work, lease, runs, log) for lease in leases],
-            "feed": feed_skip(work, log)}
+def run(work: Path, log, runs: int = RUNS, leases=LEASES, databases=DATABASES) -> dict:
+    """{"leases": [failover() per lease and database], "feed": feed_skip()}; one PostgreSQL
+    cluster for the whole step, a fresh database per lease."""
+    cluster = pg.Cluster.start(durable=True) if "postgresql" in databases else None
+    try:
+        results = []
+        for lease in leases:
+            for database in databases:
+                url = (cluster.url(cluster.create_database(f"failover_{int(lease * 1000)}"))
+                       if database == "postgresql" else None)
+                results.append(failover(work, lease, runs, log, database, url))
+            log("    lease {:g}s, median [min-max] of {}: {}".format(lease, runs, "  ".join(
+                f"{r['database']} {r['median_s']:.3f}s [{r['min_s']:.3f}-{r['max_s']:.3f}]"
+                for r in results if r["lease_s"] == lease)))
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return {"leases": results, "feed": feed_skip(work, log)}
 
 
 def main() -> int:
@@ -167,10 +193,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=RUNS)
     ap.add_argument("--leases", default=",".join(f"{v:g}" for v in LEASES),
                     help="lease lengths in seconds, comma-separated")
+    ap.add_argument("--databases", default=",".join(DATABASES),
+                    help="state databases, comma-separated (sqlite, postgresql)")
     ap.add_argument("--out", default="var/bench")
     args = ap.parse_args()
     res = run(Path(args.out).resolve() / "work", lambda m: print(m, flush=True), args.runs,
-              [float(v) for v in args.leases.split(",")])
+              [float(v) for v in args.leases.split(",")], args.databases.split(","))
     print(json.dumps(res, indent=1))
     return 0
 

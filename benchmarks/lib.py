@@ -121,10 +121,12 @@ def bridge(cl: Cleanup, name: str, controller_port: int | None = None) -> str:
     return name
 
 
-def write_conf(workdir: Path, port: int, ovs: dict | None = None, **defaults) -> Path:
+def write_conf(workdir: Path, port: int, ovs: dict | None = None, db_url: str | None = None,
+               **defaults) -> Path:
+    """``db_url``: the state database (default: a SQLite file in ``workdir``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sections = {"DEFAULT": {"network_manager": "flatdhcp", "dhcp_lease_time": 3600, **defaults},
-                "database": {"connection": f"sqlite:///{workdir / 'sdn.sqlite'}"},
+                "database": {"connection": db_url or f"sqlite:///{workdir / 'sdn.sqlite'}"},
                 "ovs": {"ofp_listen_host": "127.0.0.1", "ofp_tcp_listen_port": port,
                         "dhcp_rate_limit": 0, **(ovs or {})}}
     return netlab.write_sdn_conf(workdir / "sdn.conf", sections)
@@ -134,12 +136,14 @@ def load_conf(path: Path):
     return sdn_config.load(["--config-file", str(path)], conf=sdn_config.make_conf())
 
 
-def new_state(workdir: Path, port: int, cidr: str, ovs: dict | None = None, **defaults):
-    """Config + migrated SQLite + one flat DHCP network; returns (conf_path, engine, manager, net).
-    ``workdir`` is emptied first; ``ovs`` adds options of the [ovs] section."""
+def new_state(workdir: Path, port: int, cidr: str, ovs: dict | None = None,
+              db_url: str | None = None, **defaults):
+    """Config + migrated SQLite (or the empty database ``db_url``) + one flat DHCP network;
+    returns (conf_path, engine, manager, net). ``workdir`` is emptied first; ``ovs`` adds
+    options of the [ovs] section."""
     import shutil
     shutil.rmtree(workdir, ignore_errors=True)
-    conf_path = write_conf(workdir, port, ovs, **defaults)
+    conf_path = write_conf(workdir, port, ovs, db_url, **defaults)
     conf = load_conf(conf_path)
     engine = db.get_engine(conf.database.connection)
     db.sync(engine)

@@ -58,6 +58,7 @@ class FloatingIps:
         pool = self.conf.default_floating_pool if pool is None else validation.required(pool, "the pool", "--pool")
         first, last = int(netaddr.IPAddress(addresses[0])), int(netaddr.IPAddress(addresses[-1]))
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_ADDRESS_SPACE, "")   # racing overlapping creations
             for net in session.scalars(select(models.Network).order_by(models.Network.id)):
                 cidr = netaddr.IPNetwork(net.cidr)
                 if cidr.first <= last and first <= cidr.last:

@@ -115,6 +115,7 @@ class NetworkManager:
         dns1, dns2 = (None if dns is None else validation.ipv4_address(dns, "DNS server") for dns in (dns1, dns2))
 
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_ADDRESS_SPACE, "")   # racing overlapping creations
             floating = floating_ips_in(session, subnets[0].first, subnets[-1].last)
             for subnet in subnets:
                 self._check_overlap(session, subnet, floating)
@@ -525,6 +526,7 @@ class NetworkManager:
         IPv4 or IPv6). Raises InvalidCidr, InvalidMac, AddressPairExists."""
         ip_cidr = validation.address_or_cidr(ip)
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_INSTANCE, instance_name)   # a racing identical pair waits
             vif = _vif_of(session, instance_name)
             mac = validation.unicast_mac(mac) if mac is not None else vif.address
             if any(p.mac == mac and p.ip_cidr == ip_cidr for p in vif.allowed_address_pairs):

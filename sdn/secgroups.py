@@ -41,10 +41,29 @@ def describe_rule(rule: dict) -> str:
     return f"{rule['direction']} {rule['ethertype']} {rule['protocol']}{ports} {side} {remote}"
 
 
+def _find(session: Session, project_id: str, name: str) -> models.SecurityGroup | None:
+    return session.scalar(select(models.SecurityGroup).where(
+        models.SecurityGroup.project_id == project_id, models.SecurityGroup.name == name))
+
+
+def _lock_name(session: Session, project_id: str, name: str) -> None:
+    """Serialise with every transaction creating this group or changing its rules (``db.lock_key``):
+    of two racing creators the second sees the first's group."""
+    db.lock_key(session, db.LOCK_SECGROUP, f"{project_id}/{name}")
+
+
+def _find_or_lock(session: Session, project_id: str, name: str) -> models.SecurityGroup | None:
+    """The group, or None after taking its name's lock (so creating it cannot race)."""
+    group = _find(session, project_id, name)
+    if group is None:
+        _lock_name(session, project_id, name)
+        group = _find(session, project_id, name)
+    return group
+
+
 def ensure_default(session: Session, project_id: str) -> models.SecurityGroup:
     """The project's ``default`` group, created (with its egress rules) if missing."""
-    group = session.scalar(select(models.SecurityGroup).where(
-        models.SecurityGroup.project_id == project_id, models.SecurityGroup.name == DEFAULT))
+    group = _find_or_lock(session, project_id, DEFAULT)
     return group if group is not None else _new_group(session, DEFAULT, project_id, DEFAULT, True)
 
 
@@ -52,8 +71,7 @@ def ensure_vpn_group(session: Session, project_id: str) -> models.SecurityGroup:
     """nova cloudpipe's group for a project's VPN instance: ``<project>-vpn`` admitting
     OpenVPN (UDP 1194) and ICMP from anywhere (created on first use)."""
     name = project_id + "-vpn"
-    group = session.scalar(select(models.SecurityGroup).where(
-        models.SecurityGroup.project_id == project_id, models.SecurityGroup.name == name))
+    group = _find_or_lock(session, project_id, name)
     if group is None:
         group = _new_group(session, name, project_id, "cloudpipe VPN", True)
         group.rules += [models.SecurityGroupRule(direction="ingress", ethertype="IPv4",
@@ -78,8 +96,7 @@ def _new_group(session: Session, name: str, project_id: str, description: str,
 def _group(session: Session, name: str, project_id: str) -> models.SecurityGroup:
     if name == DEFAULT:
         return ensure_default(session, project_id)
-    group = session.scalar(select(models.SecurityGroup).where(
-        models.SecurityGroup.project_id == project_id, models.SecurityGroup.name == name))
+    group = _find(session, project_id, name)
     if group is None:
         raise exception.SecurityGroupNotFound(project=project_id, name=name)
     return group
@@ -136,9 +153,8 @@ class SecurityGroups:
         validation.secgroup_name(name)
         validation.required(project_id, "a security group's project", "--project")
         with db.transaction(self.engine) as session:
-            exists = session.scalar(select(models.SecurityGroup.id).where(
-                models.SecurityGroup.project_id == project_id, models.SecurityGroup.name == name))
-            if exists is not None:
+            _lock_name(session, project_id, name)
+            if _find(session, project_id, name) is not None:
                 raise exception.SecurityGroupExists(project=project_id, name=name)
             group = _new_group(session, name, project_id, description or name, stateful)
             return self._describe(session, group)
@@ -240,6 +256,7 @@ class SecurityGroups:
         protocol, bad ports), SecurityGroupNotFound, SecurityGroupCrossProject,
         SecurityGroupRuleExists. Returns the rule as a dict."""
         with db.transaction(self.engine) as session:
+            _lock_name(session, project_id, group_name)   # a racing identical rule waits, then is refused
             group = _group(session, group_name, project_id)
             spec = self._rule_spec(session, group, direction=direction, ethertype=ethertype,
                                    protocol=protocol, from_port=from_port, to_port=to_port,
@@ -278,6 +295,7 @@ class SecurityGroups:
     def add_instance(self, instance_name: str, group_name: str) -> list[str]:
         """Put an instance in one more group of its project; returns its groups."""
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_INSTANCE, instance_name)   # two racing adds: one row
             inst = _instance(session, instance_name)
             group = _group(session, group_name, inst.project_id)
             groups = self._groups_of(session, inst)
@@ -336,6 +354,7 @@ class SecurityGroups:
         instance, before any tenant rule. Raises Invalid, ProviderRuleExists."""
         spec = self._provider_spec(protocol, from_port, to_port, cidr)
         with db.transaction(self.engine) as session:
+            db.lock_key(session, db.LOCK_PROVIDER_RULES, "")
             for rule in session.scalars(select(models.ProviderFirewallRule)):
                 if all(getattr(rule, k) == v for k, v in spec.items()):
                     raise exception.ProviderRuleExists(rule_id=rule.id)

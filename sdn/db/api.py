@@ -187,11 +187,25 @@ def explain(err: sa_exc.DBAPIError, url: str) -> exception.SdnError:
 #: two purposes never share a lock by a hash collision
 LOCK_PROJECT_NETWORKS = 0x5D01
 LOCK_HOSTNAME = 0x5D02
+#: a project's security group by name (key ``project/name``): creating it, changing its rules
+LOCK_SECGROUP = 0x5D03
+#: the provider firewall rules (one key): adding one checks all of them
+LOCK_PROVIDER_RULES = 0x5D04
+#: the address space (one key): network CIDRs and VLANs, floating ranges; each creation checks
+#: the others for overlaps
+LOCK_ADDRESS_SPACE = 0x5D05
+#: an instance's allowed address pairs (key: the instance's name)
+LOCK_INSTANCE = 0x5D06
 
 
 def lock_key(session: Session, namespace: int, key: str) -> None:
     """Serialise this write transaction with every other one that locks (``namespace``,
     ``key``) until it commits or rolls back.
+
+    Every check-then-insert of something that must exist once (a name, a rule, an address)
+    takes the lock of what it checks before the check: a concurrent duplicate then waits, sees
+    the first one's row and is refused with the same error as a later duplicate, never with the
+    database's unique violation (``explain`` words one that escapes anyway).
 
     PostgreSQL: ``pg_advisory_xact_lock(namespace, crc32(key))`` (a hash collision only
     serialises two keys more than needed). SQLite: nothing to do, ``BEGIN IMMEDIATE`` already
