@@ -32,6 +32,16 @@ def _not_post_commit_check(record: logging.LogRecord) -> bool:
 logging.getLogger(impl_idl.__name__).addFilter(_not_post_commit_check)
 
 
+def _reason(err: Exception) -> str:
+    """``err`` as one line. Some ovsdbapp exceptions cannot render themselves (their ``msg`` is
+    set only when the constructor's kwargs fit the message template; a timeout during
+    connection set-up produced one whose ``str()`` raised AttributeError)."""
+    try:
+        return str(err) or err.__class__.__name__
+    except Exception:   # noqa: BLE001 - describing an error must not raise another
+        return f"{err.__class__.__name__}{err.args!r}"
+
+
 class Ovs:
     """A connection to ovsdb-server at ``ovsdb_connection`` (e.g. ``unix:/var/run/openvswitch/db.sock``)."""
 
@@ -47,7 +57,7 @@ class Ovs:
                                                   helper_tables=list(tables) if tables else None)
             self.api = impl_idl.OvsdbIdl(connection.Connection(idl=idl, timeout=timeout))
         except Exception as err:  # ovsdbapp raises assorted errors for an unreachable server
-            raise exception.OvsError(what=f"a connection to {ovsdb_connection}", reason=err) from None
+            raise exception.OvsError(what=f"a connection to {ovsdb_connection}", reason=_reason(err)) from None
 
     def _commit(self, what: str, commands) -> None:
         try:
@@ -57,7 +67,7 @@ class Ovs:
         except exception.SdnError:
             raise
         except Exception as err:  # surfaced to the operator as one line
-            raise exception.OvsError(what=what, reason=err) from None
+            raise exception.OvsError(what=what, reason=_reason(err)) from None
 
     def ensure_bridge(self, name: str, datapath_type: str, controller_target: str | None,
                       fail_mode: str = "secure", protocols: str = "OpenFlow13",
