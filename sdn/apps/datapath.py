@@ -89,6 +89,55 @@ def error_text(type_: int, code: int) -> str:
     return f"{name}/{codes.get(code, f'code {code}')}"
 
 
+class Liveness:
+    """Echo bookkeeping of one switch connection: is the switch still answering?
+
+    The controller sends an echo request every interval; the switch is dead when more than
+    ``max_misses`` of them stay unanswered (os-ken's rule). Except while a bundle commit of
+    this switch is outstanding (bundle opened, its barrier not yet answered): ovs-vswitchd
+    parses the bundle-adds and commits on its main thread, so a ~130k-flow bundle delays
+    every echo reply by seconds. Echo requests sent in that window are not counted; the
+    window itself is bounded by the sync unit's ``reply_timeout`` on the barrier, after which
+    unanswered echoes count again. Thread-safe: the echo loop, the receive thread and the
+    sync worker call it.
+    """
+
+    def __init__(self, max_misses: int):
+        self.max_misses = max_misses
+        self._lock = threading.Lock()
+        self._counted: set[int] = set()     # xids of unanswered echoes that count
+        self._excused: set[int] = set()     # xids sent while a commit was outstanding
+        self._commits = 0
+
+    def echo_sent(self, xid: int) -> None:
+        with self._lock:
+            (self._excused if self._commits else self._counted).add(xid)
+
+    def echo_answered(self, xid: int) -> None:
+        with self._lock:
+            self._counted.discard(xid)
+            self._excused.discard(xid)
+
+    def commit_started(self) -> None:
+        with self._lock:
+            self._commits += 1
+
+    def commit_ended(self) -> None:
+        """The commit's barrier was answered, or the sync gave up waiting for it."""
+        with self._lock:
+            self._commits = max(0, self._commits - 1)
+            if not self._commits:       # the switch was busy for us: forgive those echoes
+                self._excused.clear()
+
+    @property
+    def misses(self) -> int:
+        """Unanswered echo requests that count against the switch."""
+        return len(self._counted)
+
+    def alive(self) -> bool:
+        return len(self._counted) <= self.max_misses
+
+
 class DatapathSync:
     """The sync unit of one datapath ``dp`` (an os-ken Datapath, or anything with ``id``,
     ``xid``, ``ofproto_parser``, ``set_xid(msg)``, ``send_msg(msg)`` and ``send(bytes)``).
@@ -314,6 +363,7 @@ class DatapathSync:
         started = time.monotonic()
         desired = self._compile(dict(self.ports))
         flows = reconcile.index(desired.flows)
+        compiled = time.monotonic()
         if full:
             if self._name_tables and not self._named:   # once per connection, best effort
                 self._named = True
@@ -338,8 +388,11 @@ class DatapathSync:
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_MODIFY)
                    for g in group_plan.modify]
         self._send_step(before, "meter/group mods")
+        planned = time.monotonic()
+        sent = committed = planned
         if plan:
-            self._send_bundle(plan)
+            sent = self._send_bundle(plan)
+            committed = time.monotonic()
         zones = reconcile.ct_zones(flows)
         gone_zones = reconcile.ct_zones(self.installed) - zones
         # flushed again at the next audit: a packet on a datapath flow cached before the
@@ -359,13 +412,18 @@ class DatapathSync:
         self.last_sync = dict(kind="full" if full else "incremental", added=len(plan.adds),
                               deleted=len(plan.deletes), stale=len(plan.stale_cookies),
                               meter_mods=meter_mods, group_mods=group_mods, flows=len(flows),
-                              seconds=time.monotonic() - started)
+                              seconds=time.monotonic() - started,
+                              # where the time went: compile, plan (+ meter/group step),
+                              # encode + send the bundle, the switch's commit up to the barrier
+                              phases=dict(compile=compiled - started, plan=planned - compiled,
+                                          send=sent - planned, commit=committed - sent))
         self._count_sync(self.last_sync, flows)
         LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, "
-                 "%d meter and %d group mods, gen %d, %d flows, %.3fs", self.dpid,
+                 "%d meter and %d group mods, gen %d, %d flows, %.3fs (%s)", self.dpid,
                  self.last_sync["kind"], len(plan.adds), len(plan.deletes),
                  len(plan.stale_cookies), meter_mods, group_mods, self.generation, len(flows),
-                 self.last_sync["seconds"])
+                 self.last_sync["seconds"],
+                 ", ".join(f"{k} {v:.3f}s" for k, v in self.last_sync["phases"].items()))
 
     def _count_sync(self, done: dict, flows: dict) -> None:
         m, label = self.metrics, self._label
@@ -454,8 +512,9 @@ class DatapathSync:
             self.dp.send_msg(msg)
         self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp), what)
 
-    def _send_bundle(self, plan: reconcile.Plan) -> None:
-        """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier."""
+    def _send_bundle(self, plan: reconcile.Plan) -> float:
+        """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier; returns when
+        (monotonic) the last byte of the bundle was handed to the connection."""
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
         waiter = self._begin()
         # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
@@ -463,14 +522,25 @@ class DatapathSync:
         # one while the next is packed
         chunks = ofmsgs.plan_bundle_adds(self.dp, bundle_id, plan.deletes, plan.adds,
                                          self.generation, plan.stale_cookies)
-        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+        # echoes the switch leaves unanswered while it parses and commits are not misses
+        liveness: Liveness | None = getattr(self.dp, "liveness", None)
+        if liveness is not None:
+            liveness.commit_started()
         try:
-            for chunk in chunks:
-                self.dp.send(chunk)
-        except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
-            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST))
-            self._waiter = None
-            raise
-        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
-        self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
-                   f"bundle {bundle_id} ({len(plan.adds)} adds, {len(plan.deletes)} deletes)")
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+            try:
+                for chunk in chunks:
+                    self.dp.send(chunk)
+            except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
+                self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id,
+                                                    ofp.ONF_BCT_DISCARD_REQUEST))
+                self._waiter = None
+                raise
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+            sent = time.monotonic()
+            self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
+                       f"bundle {bundle_id} ({len(plan.adds)} adds, {len(plan.deletes)} deletes)")
+            return sent
+        finally:
+            if liveness is not None:
+                liveness.commit_ended()

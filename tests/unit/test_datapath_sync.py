@@ -12,9 +12,10 @@ import time
 
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn.apps import ofmsgs
-from sdn.apps.datapath import DatapathGone, DatapathRejected, DatapathSync
+from sdn.apps.datapath import DatapathGone, DatapathRejected, DatapathSync, Liveness
 from sdn.flows import l2, reconcile
 from sdn.flows import model as m
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
@@ -538,3 +539,69 @@ def test_a_filtered_vif_that_goes_away_takes_its_conntrack_zone_with_it():
     unit.step("audit")
     unit.step("audit")
     assert [e for e in fake.log[log_mark:] if e[0] == "ct_flush_zone"] == flushed
+
+
+# ---- liveness: echoes a switch leaves unanswered while it commits our bundle (issue 13) -------
+
+def test_liveness_counts_unanswered_echoes_outside_a_bundle_commit_only():
+    live = Liveness(max_misses=3)
+    for xid in (1, 2, 3):
+        live.echo_sent(xid)
+    assert live.alive() and live.misses == 3
+    live.echo_sent(4)
+    assert not live.alive()                       # os-ken's rule: more than max_misses
+    live.echo_answered(4)
+    live.echo_answered(1)
+    assert live.alive() and live.misses == 2
+    # a commit in flight: however many echoes go unanswered, none counts ...
+    live.commit_started()
+    for xid in range(10, 30):
+        live.echo_sent(xid)
+    assert live.alive() and live.misses == 2      # ... but those sent before it still do
+    live.commit_ended()                           # the switch was busy for us: forgiven
+    assert live.alive() and live.misses == 2
+    live.echo_sent(30)
+    live.echo_sent(31)
+    assert not live.alive()                       # after the commit, misses count again
+
+
+def test_liveness_excuses_until_the_last_of_overlapping_commits_ends():
+    live = Liveness(max_misses=1)
+    live.commit_started()
+    live.commit_started()
+    for xid in range(5):
+        live.echo_sent(xid)
+    live.commit_ended()
+    live.echo_sent(5)                 # one commit still outstanding: not counted
+    assert live.alive() and live.misses == 0
+    live.commit_ended()
+    live.commit_ended()               # an extra end never makes the count negative
+    live.echo_sent(6)
+    live.echo_sent(7)
+    assert not live.alive()
+
+
+@pytest.mark.parametrize("reject", [None, (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_GROUP)])
+def test_a_bundle_commit_excuses_echoes_from_open_to_barrier(reject):
+    """The sync unit holds the commit window open from the bundle's open to its barrier's
+    answer (or failure): echoes sent meanwhile do not count, and the window closes after."""
+    fake = FakeSwitch(reject_next=reject)
+    fake.liveness = Liveness(max_misses=1)
+    seen = []
+
+    def echo_during_bundle(r):
+        if r.bundle_id is not None or isinstance(r.msg, parser.ONFBundleCtrlMsg):
+            fake.liveness.echo_sent(1000 + len(seen))     # unanswered: the switch is busy
+            seen.append(fake.liveness.alive())
+    fake.on_receive = echo_during_bundle
+    unit = unit_on(fake, State())
+    if reject:
+        with pytest.raises(DatapathRejected):
+            unit.step("full")
+    else:
+        unit.step("full")
+    assert len(seen) > 2 and all(seen)
+    assert fake.liveness.misses == 0
+    fake.liveness.echo_sent(1)
+    fake.liveness.echo_sent(2)
+    assert not fake.liveness.alive()
