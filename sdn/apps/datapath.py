@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from sdn.apps import ofmsgs
+from sdn.apps import ofmsgs, ofwire
 from sdn.flows import reconcile
 from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.flows.model import (COOKIE_APP, COOKIE_APP_MASK, GENERATION_MASK, Desired, Flow,
-                             GroupEntry, is_sdn_id)
+                             Group, GroupEntry, Meter, is_sdn_id)
 
 LOG = logging.getLogger("sdn.datapath")
 
@@ -148,6 +148,10 @@ class DatapathSync:
     ``metrics`` (a ``sdn.metrics.ControllerMetrics``) counts syncs, audits and what they sent.
     Times are seconds.
 
+    ``streaming``: ``compile`` also takes ``flow_sink`` (``compile_datapath``'s): an
+    incremental sync then sends each feature's new flows into the open bundle while the
+    next feature compiles, so the switch parses while sdn compiles (``_BundleStream``).
+
     Several controllers (``sdn.apps.mastership``): ``role()`` returns ``(master,
     generation_id)``, the role this controller must hold on the switch now; the worker sends
     a role request (OpenFlow 1.3 §7.3.9) whenever that changes, and as SLAVE writes nothing
@@ -163,8 +167,10 @@ class DatapathSync:
                  deep_audit_every: int = 10, start: bool = True,
                  metrics: ControllerMetrics | None = None,
                  role: Callable[[], tuple[bool, int]] | None = None,
-                 foreign_generation: Callable[[int], bool] | None = None):
+                 foreign_generation: Callable[[int], bool] | None = None,
+                 streaming: bool = False):
         self.dp = dp
+        self._streaming = streaming
         self.dpid: int = dp.id
         self.metrics = metrics if metrics is not None else ControllerMetrics()
         self._label = dpid_label(self.dpid)
@@ -361,7 +367,14 @@ class DatapathSync:
     def sync(self, full: bool) -> None:
         """Make the switch hold the compiled desired state (see the module docstring)."""
         started = time.monotonic()
-        desired = self._compile(dict(self.ports))
+        stream = _BundleStream(self) if self._streaming and not full else None
+        try:
+            desired = (self._compile(dict(self.ports)) if stream is None
+                       else self._compile(dict(self.ports), flow_sink=stream.feed))
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
         flows = reconcile.index(desired.flows)
         compiled = time.monotonic()
         if full:
@@ -387,11 +400,19 @@ class DatapathSync:
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_ADD) for g in group_plan.add]
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_MODIFY)
                    for g in group_plan.modify]
-        self._send_step(before, "meter/group mods")
+        to_send = plan
+        if stream is not None and stream.bundle_id is not None:
+            # the bundle is open with the adds streamed so far: meter and group mods go
+            # outside it, confirmed (with those adds) by a barrier before the rest, the flows
+            # applying them among it, joins the bundle
+            stream.confirm(before)
+            to_send = stream.rest(plan, flows)
+        else:
+            self._send_step(before, "meter/group mods")
         planned = time.monotonic()
         sent = committed = planned
-        if plan:
-            sent = self._send_bundle(plan)
+        if to_send or (stream is not None and stream.bundle_id is not None):
+            sent = self._send_bundle(to_send, stream.bundle_id if stream is not None else None)
             committed = time.monotonic()
         zones = reconcile.ct_zones(flows)
         gone_zones = reconcile.ct_zones(self.installed) - zones
@@ -512,10 +533,14 @@ class DatapathSync:
             self.dp.send_msg(msg)
         self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp), what)
 
-    def _send_bundle(self, plan: reconcile.Plan) -> float:
+    def _liveness(self) -> Liveness | None:
+        return getattr(self.dp, "liveness", None)
+
+    def _send_bundle(self, plan: reconcile.Plan, opened: int | None = None) -> float:
         """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier; returns when
-        (monotonic) the last byte of the bundle was handed to the connection."""
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
+        (monotonic) the last byte of the bundle was handed to the connection. ``opened``: the
+        id of a bundle a ``_BundleStream`` opened (and marked as a commit in flight)."""
+        bundle_id = opened if opened is not None else next(self._bundle_ids) & 0xFFFFFFFF
         waiter = self._begin()
         # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
         # with its own xid from dp's counter; encoded chunk by chunk, so the switch parses
@@ -523,11 +548,12 @@ class DatapathSync:
         chunks = ofmsgs.plan_bundle_adds(self.dp, bundle_id, plan.deletes, plan.adds,
                                          self.generation, plan.stale_cookies)
         # echoes the switch leaves unanswered while it parses and commits are not misses
-        liveness: Liveness | None = getattr(self.dp, "liveness", None)
-        if liveness is not None:
+        liveness = self._liveness()
+        if liveness is not None and opened is None:
             liveness.commit_started()
         try:
-            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+            if opened is None:
+                self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
             try:
                 for chunk in chunks:
                     self.dp.send(chunk)
@@ -544,3 +570,80 @@ class DatapathSync:
         finally:
             if liveness is not None:
                 liveness.commit_ended()
+
+
+def _applies_entries(flow: Flow) -> bool:
+    """True if ``flow`` applies a group or meter (which must exist before it is added)."""
+    return any(isinstance(a, (Group, Meter)) for a in flow.actions)
+
+
+class _BundleStream:
+    """The adds of one incremental sync, sent into an open bundle while the compile runs.
+
+    ``feed`` gets each feature's flows (``compile_datapath(flow_sink=...)``) and sends those
+    that differ from what is installed, except flows applying a group or meter (the group and
+    meter mods come when the compile is done): the bundle is opened at the first of them.
+    Nothing applies before the commit (ONF bundles are atomic), so a failed compile or step
+    only discards it (``abort``). Runs on the sync worker only."""
+
+    def __init__(self, sync: DatapathSync):
+        self.sync = sync
+        self.dp = sync.dp
+        self.installed = sync.installed
+        self.generation = sync.generation
+        self.streamed: dict[tuple, Flow] = {}
+        self.bundle_id: int | None = None
+        self.waiter: _Waiter | None = None
+
+    def feed(self, flows: list[Flow]) -> None:
+        installed = self.installed
+        adds = [f for f in flows if installed.get(f.key) != f and not _applies_entries(f)]
+        if not adds:
+            return
+        if self.bundle_id is None:
+            self.bundle_id = next(self.sync._bundle_ids) & 0xFFFFFFFF
+            self.waiter = self.sync._begin()
+            liveness = self.sync._liveness()
+            if liveness is not None:
+                liveness.commit_started()     # ended by _send_bundle or abort
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, self.bundle_id,
+                                                ofp.ONF_BCT_OPEN_REQUEST))
+        streamed = self.streamed
+        for f in adds:
+            streamed[f.key] = f
+        for chunk in ofwire.bundled_flow_adds(self.dp, self.bundle_id, adds, self.generation):
+            self.dp.send(chunk)
+
+    def confirm(self, before: list) -> None:
+        """Send the meter/group mods ``before`` (outside the bundle) and a barrier; raises,
+        discarding the bundle, if the switch refused any of them or a streamed add."""
+        try:
+            for msg in before:
+                self.dp.send_msg(msg)
+            self.sync._wait(self.waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
+                            f"meter/group mods and {len(self.streamed)} streamed adds of bundle "
+                            f"{self.bundle_id}")
+        except BaseException:
+            self.abort()
+            raise
+
+    def rest(self, plan: reconcile.Plan, flows: dict[tuple, Flow]) -> reconcile.Plan:
+        """What ``plan`` (the full diff) still needs: adds not streamed, or streamed in
+        another version than the final one (a later duplicate key wins), and the deletes."""
+        streamed = self.streamed
+        adds = [f for f in plan.adds if f.key not in streamed]
+        adds += [flows[k] for k, f in streamed.items() if flows[k] != f]
+        return reconcile.Plan(adds=adds, deletes=plan.deletes)
+
+    def abort(self) -> None:
+        if self.bundle_id is None:
+            return
+        try:
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, self.bundle_id,
+                                                ofp.ONF_BCT_DISCARD_REQUEST))
+        finally:
+            self.sync._waiter = None
+            liveness = self.sync._liveness()
+            if liveness is not None:
+                liveness.commit_ended()
+            self.bundle_id = None

@@ -43,14 +43,27 @@ class State:
     def __init__(self, view=VIEW, settings=CompileSettings(dhcp_rate_pps=RATE)):
         self.view, self.settings = view, settings
 
-    def compile(self, ports) -> m.Desired:
+    def compile(self, ports, flow_sink=None) -> m.Desired:
         return compile_datapath(self.view, bind_ports(self.view, ports, frozenset({"s1-trunk"})),
-                                self.settings)
+                                self.settings, flow_sink)
+
+
+#: every test runs twice: incremental syncs sending flows after the compile, and streaming
+#: them into the open bundle while it runs (DatapathSync(streaming=True), the controller's)
+_STREAMING = [False]
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["batch", "streamed"])
+def streaming(request):
+    _STREAMING[0] = request.param
+    yield request.param
+    _STREAMING[0] = False
 
 
 def unit_on(fake, state, ports=PORTS, *, start=False, generations=None, **kw):
     """A DatapathSync of ``fake`` whose ports are known (as after the port-desc reply)."""
     gens = generations or itertools.count(7)
+    kw.setdefault("streaming", _STREAMING[0])
     unit = DatapathSync(fake, state.compile, lambda: next(gens), start=start,
                         reply_timeout=kw.pop("reply_timeout", 5), **kw)
     fake.unit = unit
@@ -605,3 +618,64 @@ def test_a_bundle_commit_excuses_echoes_from_open_to_barrier(reject):
     fake.liveness.echo_sent(1)
     fake.liveness.echo_sent(2)
     assert not fake.liveness.alive()
+
+
+# ---- streaming: an incremental sync's adds go into the open bundle while the compile runs ---
+
+def _bundle_adds(received):
+    return [r for r in received if r.bundle_id is not None]
+
+
+def test_a_streamed_sync_sends_adds_before_the_compile_ends_and_groups_before_their_users(
+        streaming):
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    seen_at_compile_end = []
+
+    class Watching(State):
+        def compile(self, ports, flow_sink=None):
+            desired = super().compile(ports, flow_sink)
+            seen_at_compile_end.append(len(_bundle_adds(fake.received[mark:])))
+            return desired
+    watching = Watching(dataclasses.replace(VIEW, revision=2, vifs=VIEW.vifs + (A4,)))
+    unit._compile = watching.compile
+    unit.port_changed(A4.port_name, 4)
+    mark = len(fake.received)
+    unit.step("incremental")
+    assert_holds(fake, unit, watching)
+    sent = fake.received[mark:]
+    assert (seen_at_compile_end[0] > 0) == streaming      # the switch had work meanwhile
+    # a flow applying a group or meter is added only after the group/meter mods
+    mods = [i for i, r in enumerate(sent)
+            if isinstance(r.msg, (parser.OFPGroupMod, parser.OFPMeterMod))]
+    users = [i for i, r in enumerate(sent) if r.bundle_id is not None and any(
+        isinstance(inst, parser.OFPInstructionMeter) or any(
+            isinstance(a, parser.OFPActionGroup) for a in getattr(inst, "actions", []))
+        for inst in r.msg.instructions)]
+    assert mods and users and max(mods) < min(users)
+
+
+def test_a_streamed_duplicate_key_ends_as_its_last_version(streaming):
+    """A later flow with the key of an earlier one wins (reconcile.index): when an earlier
+    version was already streamed, the last one is added after it, also when the last equals
+    what the switch held before (so the plain diff would not send it)."""
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    installed = next(f for f in unit.installed.values() if f.feature == Feature.PORT_SECURITY
+                     and not any(isinstance(a, (m.Group, m.Meter)) for a in f.actions))
+    variant = dataclasses.replace(installed, actions=(), goto=None)     # same key: a drop
+
+    class Duplicating(State):
+        def compile(self, ports, flow_sink=None):
+            if flow_sink is not None:
+                flow_sink([variant])                 # streamed: it differs from the switch's
+            desired = super().compile(ports, flow_sink)
+            desired.flows.insert(0, variant)         # ... and the compile's own version wins
+            return desired
+    dup = Duplicating(dataclasses.replace(VIEW, revision=2, vifs=VIEW.vifs + (A4,)))
+    unit._compile = dup.compile
+    unit.port_changed(A4.port_name, 4)
+    unit.step("incremental")
+    assert_holds(fake, unit, dup)
