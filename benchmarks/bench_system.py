@@ -155,7 +155,7 @@ def flow_programming(work: Path, n: int, log, runs: int = FLOW_RUNS) -> dict:
         # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
         # fits in one OpenFlow message (16-bit length)
         nets = -(-n // PER_NETWORK)
-        br = lib.bridge(cl, "bbflow", port)
+        br = lib.bridge(cl, f"bbflow{n}", port)   # per size: a 10k bridge takes minutes to delete
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         _patch_ports(br, ["tap" + u[:11] for u in uuids])
         warm = _sdn_once(work, 0, n, br, port, uuids, nets, log)
