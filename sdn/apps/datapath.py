@@ -412,7 +412,8 @@ class DatapathSync:
         planned = time.monotonic()
         sent = committed = planned
         if to_send or (stream is not None and stream.bundle_id is not None):
-            sent = self._send_bundle(to_send, stream.bundle_id if stream is not None else None)
+            sent = (self._send_bundle(to_send) if stream is None or stream.bundle_id is None
+                    else self._send_bundle(to_send, stream.bundle_id, stream.waiter))
             committed = time.monotonic()
         zones = reconcile.ct_zones(flows)
         gone_zones = reconcile.ct_zones(self.installed) - zones
@@ -536,12 +537,14 @@ class DatapathSync:
     def _liveness(self) -> Liveness | None:
         return getattr(self.dp, "liveness", None)
 
-    def _send_bundle(self, plan: reconcile.Plan, opened: int | None = None) -> float:
+    def _send_bundle(self, plan: reconcile.Plan, opened: int | None = None,
+                     waiter: _Waiter | None = None) -> float:
         """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier; returns when
         (monotonic) the last byte of the bundle was handed to the connection. ``opened``: the
-        id of a bundle a ``_BundleStream`` opened (and marked as a commit in flight)."""
+        id of a bundle a ``_BundleStream`` opened (and marked as a commit in flight), with
+        its ``waiter`` if no barrier confirmed what it sent yet."""
         bundle_id = opened if opened is not None else next(self._bundle_ids) & 0xFFFFFFFF
-        waiter = self._begin()
+        waiter = waiter if waiter is not None else self._begin()
         # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
         # with its own xid from dp's counter; encoded chunk by chunk, so the switch parses
         # one while the next is packed
@@ -616,13 +619,18 @@ class _BundleStream:
 
     def confirm(self, before: list) -> None:
         """Send the meter/group mods ``before`` (outside the bundle) and a barrier; raises,
-        discarding the bundle, if the switch refused any of them or a streamed add."""
+        discarding the bundle, if the switch refused any of them or a streamed add. With no
+        mods there is nothing to wait for: the commit's barrier answers for the streamed adds
+        too (``waiter`` stays in flight)."""
+        if not before:
+            return
         try:
             for msg in before:
                 self.dp.send_msg(msg)
             self.sync._wait(self.waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
                             f"meter/group mods and {len(self.streamed)} streamed adds of bundle "
                             f"{self.bundle_id}")
+            self.waiter = None
         except BaseException:
             self.abort()
             raise

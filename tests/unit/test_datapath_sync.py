@@ -679,3 +679,21 @@ def test_a_streamed_duplicate_key_ends_as_its_last_version(streaming):
     unit.port_changed(A4.port_name, 4)
     unit.step("incremental")
     assert_holds(fake, unit, dup)
+
+
+def test_a_streamed_sync_without_group_or_meter_mods_waits_for_one_barrier(streaming):
+    """Only flows change (a VIF's MAC): the commit's barrier answers for the streamed
+    adds too, so the sync costs one round trip, as the batch path does."""
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    vif = VIEW.vifs[0]
+    state.view = dataclasses.replace(VIEW, revision=2, vifs=(
+        dataclasses.replace(vif, mac="fa:16:3e:00:00:99"),) + VIEW.vifs[1:])
+    mark, log_mark = len(fake.received), len(fake.log)
+    unit.step("incremental")
+    assert_holds(fake, unit, state)
+    sent = fake.received[mark:]
+    assert [r for r in sent if r.bundle_id is not None]
+    assert len([r for r in sent if isinstance(r.msg, parser.OFPBarrierRequest)]) == 1
+    assert not applied(fake, log_mark, {"meter_add", "meter_modify", "group_add", "group_modify"})
