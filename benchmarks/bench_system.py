@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import statistics
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -26,15 +28,22 @@ def _syncs(log: Path) -> list[tuple[float, str, int, int]]:
 def _patch_ports(br: str, names: list[str]) -> None:
     """Cheap VIF ports: OVS patch ports (no kernel device), named tap<uuid[:11]>.
 
-    ``--no-wait``: waiting for ovs-vswitchd to reconfigure after every batch (each pass is
-    O(ports)) timed out at 10k ports on a loaded machine; one wait at the end for every port
-    to have its ofport instead."""
-    for i in range(0, len(names), 2000):
-        cmd = ["ovs-vsctl", "--no-wait", "--timeout=300"]
-        for name in names[i:i + 2000]:
-            cmd += ["--", "add-port", br, name, "--", "set", "Interface", name, "type=patch",
-                    f"options:peer=none{name[3:]}"]
-        lib.sh(cmd, timeout=600)
+    Inserted with ``ovsdb-client transact`` in batches (one transaction each, not waiting for
+    ovs-vswitchd): ``ovs-vsctl`` spent 30-50 s of CPU per 2,000 ports at 10k ports on the loaded
+    machine and hit its timeout; then one wait for every port to have its ofport."""
+    for i in range(0, len(names), PORT_BATCH):
+        ops: list = ["Open_vSwitch"]
+        refs = []
+        for k, name in enumerate(names[i:i + PORT_BATCH]):
+            ops.append({"op": "insert", "table": "Interface", "uuid-name": f"i{k}",
+                        "row": {"name": name, "type": "patch",
+                                "options": ["map", [["peer", "none" + name[3:]]]]}})
+            ops.append({"op": "insert", "table": "Port", "uuid-name": f"p{k}",
+                        "row": {"name": name, "interfaces": ["named-uuid", f"i{k}"]}})
+            refs.append(["named-uuid", f"p{k}"])
+        ops.append({"op": "mutate", "table": "Bridge", "where": [["name", "==", br]],
+                    "mutations": [["ports", "insert", ["set", refs]]]})
+        lib.sh(["ovsdb-client", "transact", json.dumps(ops)], timeout=600)
     want = set(names)
 
     def all_numbered():
@@ -45,6 +54,9 @@ def _patch_ports(br: str, names: list[str]) -> None:
     lib.wait_for(all_numbered, 600, 1.0, what=f"{len(names)} patch ports numbered")
 
 
+PORT_BATCH = 250   # ports per ovsdb-client transaction (its JSON is one argv string: < 128 KiB)
+
+
 def _count_flows(br: str) -> int:
     out = lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "dump-aggregate", br], timeout=120).stdout
     return int(re.search(r"flow_count=(\d+)", out).group(1))
@@ -53,8 +65,89 @@ def _count_flows(br: str) -> int:
 # ------------------------------------------------------------------ 2. flow programming
 
 PER_NETWORK = 1000
+FLOW_RUNS = 3      # alternating pairs (bundle, sdn) per size: the machine is shared and noisy
+PHASES_RE = re.compile(r"\((compile [^)]*)\)\s*$")
 
-def flow_programming(work: Path, n: int, log) -> dict:
+
+def _clear_switch(br: str) -> None:
+    """Every flow and group off ``br`` (both sides start from the same empty bridge)."""
+    lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", br], timeout=600)
+    lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "del-groups", br], timeout=600)
+
+
+def _vswitchd_cpu() -> float:
+    """ovs-vswitchd's CPU seconds so far (user + system, /proc/PID/stat)."""
+    pid = Path("/var/run/openvswitch/ovs-vswitchd.pid").read_text().strip()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spread(values: list[float]) -> dict:
+    return dict(median=round(statistics.median(values), 3), min=round(min(values), 3),
+                max=round(max(values), 3), runs=[round(v, 3) for v in values])
+
+
+def _sdn_once(work: Path, k: int, n: int, br: str, port: int, uuids: list[str], nets: int,
+              log) -> dict:
+    """One sdn run on the emptied bridge: fresh state and controller, first (empty) sync, then
+    one transaction adding ``n`` VIFs; timed to the barrier-confirmed sync's log line."""
+    cl = lib.Cleanup()
+    try:
+        run_dir = work / f"flows{n}" / f"sdn{k}"
+        conf, engine, mgr, net = lib.new_state(run_dir, port, "10.64.0.0/22")
+        net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
+            "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
+        ctl_log = run_dir / "controller.log"
+        ctl = lib.start_controller(cl, conf, ctl_log)
+        lib.wait_for(lambda: _syncs(ctl_log), 120, what="first full sync")
+        rss_before = lib.rss_mb(ctl.pid)
+        cpu0 = _vswitchd_cpu()
+        t0 = time.time()
+        with lib.db.transaction(engine) as session:   # one state revision for all N
+            for j, net_id in enumerate(net_ids):
+                lo, hi = j * PER_NETWORK, min(n, (j + 1) * PER_NETWORK)
+                lib.add_vifs(engine, net_id, [lib.mac_n(0x02AA00000000, i) for i in range(lo, hi)],
+                             uuids=uuids[lo:hi], session=session)
+        written = time.time()   # the VIFs exist in state from here (the insert is in sdn_seconds)
+        done = lib.wait_for(lambda: [s for s in _syncs(ctl_log) if s[0] >= t0 - 1 and s[2] >= 10 * n],
+                            900, 0.05, what=f"{n} VIFs programmed")[0]
+        switch_cpu = _vswitchd_cpu() - cpu0
+        line = [ln for ln in ctl_log.read_text(errors="replace").splitlines()
+                if "incremental sync" in ln and f" {done[2]} added" in ln][-1]
+        phases = PHASES_RE.search(line)
+        res = dict(seconds=done[0] - t0, added=done[2], total=done[3],
+                   state_write=written - t0, after_write=done[0] - written,
+                   switch_cpu=switch_cpu, rss_mb=lib.rss_mb(ctl.pid), rss_idle_mb=rss_before,
+                   sync_phases=phases.group(1) if phases else "")
+        log(f"    sdn run {k}: {res['added']} flows in {res['seconds']:.2f}s (state write "
+            f"{res['state_write']:.2f}s; sync {res['sync_phases']}; ovs-vswitchd CPU "
+            f"{switch_cpu:.2f}s)")
+        return res
+    finally:
+        cl.run()
+
+
+def _bundle_once(k: int, br: str, flows_file: Path, groups_file: Path, log) -> dict:
+    """``ovs-ofctl add-groups`` then ``--bundle add-flows`` of the same flows on the emptied
+    bridge (the same bridge, ports and datapath type as sdn's runs), timed from the first
+    process start to the last one's exit (it waits for the commit's reply)."""
+    _clear_switch(br)
+    cpu0 = _vswitchd_cpu()
+    t = time.monotonic()
+    lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "add-groups", br, str(groups_file)], timeout=600)
+    lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", br, str(flows_file)], timeout=900)
+    seconds = time.monotonic() - t
+    res = dict(seconds=seconds, switch_cpu=_vswitchd_cpu() - cpu0, flows=_count_flows(br))
+    log(f"    bundle run {k}: {res['flows']} flows in {seconds:.2f}s (ovs-vswitchd CPU "
+        f"{res['switch_cpu']:.2f}s)")
+    return res
+
+
+def flow_programming(work: Path, n: int, log, runs: int = FLOW_RUNS) -> dict:
+    """sdn (one state transaction of ``n`` VIFs -> barrier-confirmed sync) against ``ovs-ofctl
+    --bundle`` adding the same flows and groups, on one bridge with the same ``n`` ports:
+    a warm-up sdn run yields the flows and groups, then ``runs`` alternating pairs (bundle,
+    sdn); the ratio is the median of the per-pair flow rates' ratios."""
     cl = lib.Cleanup()
     try:
         port = lib.netlab.free_tcp_port()
@@ -62,57 +155,51 @@ def flow_programming(work: Path, n: int, log) -> dict:
         # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
         # fits in one OpenFlow message (16-bit length)
         nets = -(-n // PER_NETWORK)
-        conf, engine, mgr, net = lib.new_state(work / f"flows{n}", port, "10.64.0.0/22")
-        net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
-            "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
-        br = lib.bridge(cl, "bbflow", port)
+        br = lib.bridge(cl, f"bbflow{n}", port)   # per size: a 10k bridge takes minutes to delete
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         _patch_ports(br, ["tap" + u[:11] for u in uuids])
-        ctl_log = work / f"flows{n}" / "controller.log"
-        ctl = lib.start_controller(cl, conf, ctl_log)
-        lib.wait_for(lambda: _syncs(ctl_log), 120, what="first full sync")
-        rss_before = lib.rss_mb(ctl.pid)
-        t0 = time.time()
-        with lib.db.transaction(engine) as session:   # one state revision for all N
-            for k, net_id in enumerate(net_ids):
-                lo, hi = k * PER_NETWORK, min(n, (k + 1) * PER_NETWORK)
-                lib.add_vifs(engine, net_id, [lib.mac_n(0x02AA00000000, i) for i in range(lo, hi)],
-                             uuids=uuids[lo:hi], session=session)
-        written = time.time()   # the VIFs exist in state from here (the insert is in sdn_seconds)
-        done = lib.wait_for(lambda: [s for s in _syncs(ctl_log) if s[0] >= t0 - 1 and s[2] >= 10 * n],
-                            600, 0.1, what=f"{n} VIFs programmed")[0]
-        elapsed = done[0] - t0
-        flows_total, flows_added = done[3], done[2]
-        rss = lib.rss_mb(ctl.pid)
+        warm = _sdn_once(work, 0, n, br, port, uuids, nets, log)
         on_switch = _count_flows(br)
-        dump = work / f"flows{n}" / "flows.txt"
+        flows_file = work / f"flows{n}" / "flows.txt"
         text = lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "--no-stats", "dump-flows", br],
                       timeout=300).stdout
-        dump.write_text("\n".join(line.strip() for line in text.splitlines()
-                                  if line.strip() and "cookie=" in line) + "\n")
+        flows_file.write_text("\n".join(line.strip() for line in text.splitlines()
+                                        if line.strip() and "cookie=" in line) + "\n")
         # the flood groups the flows apply: the reference adds them too (leaves first), timed
         groups = [line.strip() for line in lib.sh(
             ["ovs-ofctl", "-O", "OpenFlow13", "dump-groups", br], timeout=300).stdout.splitlines()
             if line.strip().startswith("group_id=")]
         groups_file = work / f"flows{n}" / "groups.txt"
         groups_file.write_text("".join(g + "\n" for g in sorted(groups, key=lambda g: "group:" in g)))
-        lib.kill_group(ctl)
-        cmp_br = lib.bridge(cl, "bbflowcmp")
-        t = time.monotonic()
-        lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "add-groups", cmp_br, str(groups_file)], timeout=600)
-        lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "--bundle", "add-flows", cmp_br, str(dump)], timeout=600)
-        bundle_s = time.monotonic() - t
-        bundle_flows = _count_flows(cmp_br)
-        res = dict(vifs=n, flows_added=flows_added, flows_total=flows_total, flows_on_switch=on_switch,
-                   sdn_seconds=round(elapsed, 3), sdn_flows_per_s=round(flows_added / elapsed),
-                   bundle_seconds=round(bundle_s, 3), bundle_flows=bundle_flows,
-                   bundle_flows_per_s=round(bundle_flows / bundle_s),
-                   controller_rss_mb=round(rss, 1), controller_rss_idle_mb=round(rss_before, 1),
-                   state_write_seconds=round(written - t0, 3),
-                   sdn_seconds_after_write=round(done[0] - written, 3))
-        res["ratio"] = round(res["sdn_flows_per_s"] / res["bundle_flows_per_s"], 3)
-        log(f"    {n} VIFs: sdn {flows_added} flows in {elapsed:.2f}s; bundle {bundle_flows} in "
-            f"{bundle_s:.2f}s; RSS {rss:.0f} MB")
+        pairs = []
+        for k in range(1, runs + 1):
+            bundle = _bundle_once(k, br, flows_file, groups_file, log)
+            _clear_switch(br)
+            sdn = _sdn_once(work, k, n, br, port, uuids, nets, log)
+            pairs.append((bundle, sdn))
+        sdn_rate = [s["added"] / s["seconds"] for _, s in pairs]
+        bundle_rate = [b["flows"] / b["seconds"] for b, _ in pairs]
+        ratios = [s / b for s, b in zip(sdn_rate, bundle_rate)]
+        last_b, last_s = pairs[-1]
+        res = dict(vifs=n, pairs=runs, flows_added=last_s["added"], flows_total=last_s["total"],
+                   flows_on_switch=on_switch, bundle_flows=last_b["flows"],
+                   sdn_seconds=round(statistics.median(s["seconds"] for _, s in pairs), 3),
+                   bundle_seconds=round(statistics.median(b["seconds"] for b, _ in pairs), 3),
+                   sdn_flows_per_s=round(statistics.median(sdn_rate)),
+                   bundle_flows_per_s=round(statistics.median(bundle_rate)),
+                   ratio=round(statistics.median(ratios), 3), ratio_spread=_spread(ratios),
+                   sdn_seconds_spread=_spread([s["seconds"] for _, s in pairs]),
+                   bundle_seconds_spread=_spread([b["seconds"] for b, _ in pairs]),
+                   state_write_seconds=round(statistics.median(s["state_write"] for _, s in pairs), 3),
+                   sdn_seconds_after_write=round(statistics.median(s["after_write"] for _, s in pairs), 3),
+                   sdn_sync_phases=[s["sync_phases"] for _, s in pairs],
+                   switch_cpu_seconds=dict(sdn=_spread([s["switch_cpu"] for _, s in pairs]),
+                                           bundle=_spread([b["switch_cpu"] for b, _ in pairs])),
+                   controller_rss_mb=round(max(s["rss_mb"] for _, s in pairs + [(None, warm)]), 1),
+                   controller_rss_idle_mb=round(warm["rss_idle_mb"], 1))
+        log(f"    {n} VIFs: ratio median {res['ratio']:.2f} (min {min(ratios):.2f}, max "
+            f"{max(ratios):.2f}, {runs} pairs); sdn median {res['sdn_seconds']:.2f}s, bundle "
+            f"median {res['bundle_seconds']:.2f}s; RSS {res['controller_rss_mb']:.0f} MB")
         return res
     finally:
         cl.run()

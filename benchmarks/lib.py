@@ -199,13 +199,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})")   # logging: ",", oslo.log: "."
 
 
 def log_time(line: str) -> float:
     import datetime
     m = _LOG_TS.match(line)
-    return datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return datetime.datetime.strptime(f"{m.group(1)},{m.group(2)}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "condition"):

@@ -237,8 +237,9 @@ ovs_opts = [
                     "relay speaks for many clients."),
     cfg.IntOpt("echo_misses", default=3, min=1, max=3600,
                help="OpenFlow echo requests (one a second) a switch may leave unanswered in a "
-                    "row before the controller drops it. A switch committing a bundle of "
-                    "~100k flows on a loaded host answers nothing for several seconds."),
+                    "row before the controller drops it. Echoes sent while one of the "
+                    "controller's bundles is open or committing on that switch do not count "
+                    "(it answers nothing while it commits ~100k flows)."),
     cfg.FloatOpt("mastership_lease", default=3.0, min=0,
                  help="Seconds of the deployment lease that makes one of several controllers "
                       "MASTER of every switch (the others SLAVE; docs/HA.md). A master that "

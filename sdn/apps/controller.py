@@ -141,13 +141,13 @@ class SdnController(app_manager.OSKenApp):
 
     # ---- compilation, per switch ------------------------------------------------------------
 
-    def _compile(self, dpid: int, ports: dict[str, int]) -> Desired:
+    def _compile(self, dpid: int, ports: dict[str, int], flow_sink=None) -> Desired:
         view = self.view
         binding = bind_ports(view, ports, self.deps.trunk_names, self.deps.public_name,
                              self.deps.relay_names)
         self.bindings[dpid] = binding
         settings = dataclasses.replace(self.deps.settings, router=self.gateway.settings())
-        return compile_datapath(view, binding, settings)
+        return compile_datapath(view, binding, settings, flow_sink)
 
     def _next_generation(self) -> int:
         with self._generation_lock:
@@ -227,7 +227,8 @@ class SdnController(app_manager.OSKenApp):
         if old is not None:      # a new connection of the same datapath replaces the old one
             old.close()
         self.units[dp.id] = DatapathSync(
-            dp, lambda ports, dpid=dp.id: self._compile(dpid, ports), self._next_generation,
+            dp, lambda ports, flow_sink=None, dpid=dp.id: self._compile(dpid, ports, flow_sink),
+            self._next_generation, streaming=True,
             name_tables=self._name_tables, reply_timeout=self.deps.reply_timeout,
             audit_interval=self.deps.audit_interval, metrics=self.metrics,
             role=self.deps.mastership.role if self.deps.mastership is not None else None,

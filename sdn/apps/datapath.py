@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from sdn.apps import ofmsgs
+from sdn.apps import ofmsgs, ofwire
 from sdn.flows import reconcile
 from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.flows.model import (COOKIE_APP, COOKIE_APP_MASK, GENERATION_MASK, Desired, Flow,
-                             GroupEntry, is_sdn_id)
+                             Group, GroupEntry, Meter, is_sdn_id)
 
 LOG = logging.getLogger("sdn.datapath")
 
@@ -89,6 +89,55 @@ def error_text(type_: int, code: int) -> str:
     return f"{name}/{codes.get(code, f'code {code}')}"
 
 
+class Liveness:
+    """Echo bookkeeping of one switch connection: is the switch still answering?
+
+    The controller sends an echo request every interval; the switch is dead when more than
+    ``max_misses`` of them stay unanswered (os-ken's rule). Except while a bundle commit of
+    this switch is outstanding (bundle opened, its barrier not yet answered): ovs-vswitchd
+    parses the bundle-adds and commits on its main thread, so a ~130k-flow bundle delays
+    every echo reply by seconds. Echo requests sent in that window are not counted; the
+    window itself is bounded by the sync unit's ``reply_timeout`` on the barrier, after which
+    unanswered echoes count again. Thread-safe: the echo loop, the receive thread and the
+    sync worker call it.
+    """
+
+    def __init__(self, max_misses: int):
+        self.max_misses = max_misses
+        self._lock = threading.Lock()
+        self._counted: set[int] = set()     # xids of unanswered echoes that count
+        self._excused: set[int] = set()     # xids sent while a commit was outstanding
+        self._commits = 0
+
+    def echo_sent(self, xid: int) -> None:
+        with self._lock:
+            (self._excused if self._commits else self._counted).add(xid)
+
+    def echo_answered(self, xid: int) -> None:
+        with self._lock:
+            self._counted.discard(xid)
+            self._excused.discard(xid)
+
+    def commit_started(self) -> None:
+        with self._lock:
+            self._commits += 1
+
+    def commit_ended(self) -> None:
+        """The commit's barrier was answered, or the sync gave up waiting for it."""
+        with self._lock:
+            self._commits = max(0, self._commits - 1)
+            if not self._commits:       # the switch was busy for us: forgive those echoes
+                self._excused.clear()
+
+    @property
+    def misses(self) -> int:
+        """Unanswered echo requests that count against the switch."""
+        return len(self._counted)
+
+    def alive(self) -> bool:
+        return len(self._counted) <= self.max_misses
+
+
 class DatapathSync:
     """The sync unit of one datapath ``dp`` (an os-ken Datapath, or anything with ``id``,
     ``xid``, ``ofproto_parser``, ``set_xid(msg)``, ``send_msg(msg)`` and ``send(bytes)``).
@@ -98,6 +147,10 @@ class DatapathSync:
     generation for a full sync; ``name_tables(dpid)`` (optional) names the tables in OVSDB.
     ``metrics`` (a ``sdn.metrics.ControllerMetrics``) counts syncs, audits and what they sent.
     Times are seconds.
+
+    ``streaming``: ``compile`` also takes ``flow_sink`` (``compile_datapath``'s): an
+    incremental sync then sends each feature's new flows into the open bundle while the
+    next feature compiles, so the switch parses while sdn compiles (``_BundleStream``).
 
     Several controllers (``sdn.apps.mastership``): ``role()`` returns ``(master,
     generation_id)``, the role this controller must hold on the switch now; the worker sends
@@ -114,8 +167,10 @@ class DatapathSync:
                  deep_audit_every: int = 10, start: bool = True,
                  metrics: ControllerMetrics | None = None,
                  role: Callable[[], tuple[bool, int]] | None = None,
-                 foreign_generation: Callable[[int], bool] | None = None):
+                 foreign_generation: Callable[[int], bool] | None = None,
+                 streaming: bool = False):
         self.dp = dp
+        self._streaming = streaming
         self.dpid: int = dp.id
         self.metrics = metrics if metrics is not None else ControllerMetrics()
         self._label = dpid_label(self.dpid)
@@ -312,8 +367,16 @@ class DatapathSync:
     def sync(self, full: bool) -> None:
         """Make the switch hold the compiled desired state (see the module docstring)."""
         started = time.monotonic()
-        desired = self._compile(dict(self.ports))
+        stream = _BundleStream(self) if self._streaming and not full else None
+        try:
+            desired = (self._compile(dict(self.ports)) if stream is None
+                       else self._compile(dict(self.ports), flow_sink=stream.feed))
+        except BaseException:
+            if stream is not None:
+                stream.abort()
+            raise
         flows = reconcile.index(desired.flows)
+        compiled = time.monotonic()
         if full:
             if self._name_tables and not self._named:   # once per connection, best effort
                 self._named = True
@@ -337,9 +400,21 @@ class DatapathSync:
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_ADD) for g in group_plan.add]
         before += [ofmsgs.group_mod(self.dp, g, g.group_id, ofp.OFPGC_MODIFY)
                    for g in group_plan.modify]
-        self._send_step(before, "meter/group mods")
-        if plan:
-            self._send_bundle(plan)
+        to_send = plan
+        if stream is not None and stream.bundle_id is not None:
+            # the bundle is open with the adds streamed so far: meter and group mods go
+            # outside it, confirmed (with those adds) by a barrier before the rest, the flows
+            # applying them among it, joins the bundle
+            stream.confirm(before)
+            to_send = stream.rest(plan, flows)
+        else:
+            self._send_step(before, "meter/group mods")
+        planned = time.monotonic()
+        sent = committed = planned
+        if to_send or (stream is not None and stream.bundle_id is not None):
+            sent = (self._send_bundle(to_send) if stream is None or stream.bundle_id is None
+                    else self._send_bundle(to_send, stream.bundle_id, stream.waiter))
+            committed = time.monotonic()
         zones = reconcile.ct_zones(flows)
         gone_zones = reconcile.ct_zones(self.installed) - zones
         # flushed again at the next audit: a packet on a datapath flow cached before the
@@ -359,13 +434,18 @@ class DatapathSync:
         self.last_sync = dict(kind="full" if full else "incremental", added=len(plan.adds),
                               deleted=len(plan.deletes), stale=len(plan.stale_cookies),
                               meter_mods=meter_mods, group_mods=group_mods, flows=len(flows),
-                              seconds=time.monotonic() - started)
+                              seconds=time.monotonic() - started,
+                              # where the time went: compile, plan (+ meter/group step),
+                              # encode + send the bundle, the switch's commit up to the barrier
+                              phases=dict(compile=compiled - started, plan=planned - compiled,
+                                          send=sent - planned, commit=committed - sent))
         self._count_sync(self.last_sync, flows)
         LOG.info("datapath %016x %s sync: %d added, %d deleted, %d stale cookies, "
-                 "%d meter and %d group mods, gen %d, %d flows, %.3fs", self.dpid,
+                 "%d meter and %d group mods, gen %d, %d flows, %.3fs (%s)", self.dpid,
                  self.last_sync["kind"], len(plan.adds), len(plan.deletes),
                  len(plan.stale_cookies), meter_mods, group_mods, self.generation, len(flows),
-                 self.last_sync["seconds"])
+                 self.last_sync["seconds"],
+                 ", ".join(f"{k} {v:.3f}s" for k, v in self.last_sync["phases"].items()))
 
     def _count_sync(self, done: dict, flows: dict) -> None:
         m, label = self.metrics, self._label
@@ -454,23 +534,124 @@ class DatapathSync:
             self.dp.send_msg(msg)
         self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp), what)
 
-    def _send_bundle(self, plan: reconcile.Plan) -> None:
-        """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier."""
-        bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        waiter = self._begin()
+    def _liveness(self) -> Liveness | None:
+        return getattr(self.dp, "liveness", None)
+
+    def _send_bundle(self, plan: reconcile.Plan, opened: int | None = None,
+                     waiter: _Waiter | None = None) -> float:
+        """Apply ``plan`` atomically in one ONF bundle, confirmed by a barrier; returns when
+        (monotonic) the last byte of the bundle was handed to the connection. ``opened``: the
+        id of a bundle a ``_BundleStream`` opened (and marked as a commit in flight), with
+        its ``waiter`` if no barrier confirmed what it sent yet."""
+        bundle_id = opened if opened is not None else next(self._bundle_ids) & 0xFFFFFFFF
+        waiter = waiter if waiter is not None else self._begin()
         # struct-packed bundle-adds (byte-equal to os-ken's, see sdn/apps/ofwire.py), each
         # with its own xid from dp's counter; encoded chunk by chunk, so the switch parses
         # one while the next is packed
         chunks = ofmsgs.plan_bundle_adds(self.dp, bundle_id, plan.deletes, plan.adds,
                                          self.generation, plan.stale_cookies)
-        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+        # echoes the switch leaves unanswered while it parses and commits are not misses
+        liveness = self._liveness()
+        if liveness is not None and opened is None:
+            liveness.commit_started()
         try:
-            for chunk in chunks:
-                self.dp.send(chunk)
-        except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
-            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST))
-            self._waiter = None
+            if opened is None:
+                self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_OPEN_REQUEST))
+            try:
+                for chunk in chunks:
+                    self.dp.send(chunk)
+            except Exception:   # a flow that cannot be encoded: nothing of the plan may apply
+                self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id,
+                                                    ofp.ONF_BCT_DISCARD_REQUEST))
+                self._waiter = None
+                raise
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
+            sent = time.monotonic()
+            self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
+                       f"bundle {bundle_id} ({len(plan.adds)} adds, {len(plan.deletes)} deletes)")
+            return sent
+        finally:
+            if liveness is not None:
+                liveness.commit_ended()
+
+
+def _applies_entries(flow: Flow) -> bool:
+    """True if ``flow`` applies a group or meter (which must exist before it is added)."""
+    return any(isinstance(a, (Group, Meter)) for a in flow.actions)
+
+
+class _BundleStream:
+    """The adds of one incremental sync, sent into an open bundle while the compile runs.
+
+    ``feed`` gets each feature's flows (``compile_datapath(flow_sink=...)``) and sends those
+    that differ from what is installed, except flows applying a group or meter (the group and
+    meter mods come when the compile is done): the bundle is opened at the first of them.
+    Nothing applies before the commit (ONF bundles are atomic), so a failed compile or step
+    only discards it (``abort``). Runs on the sync worker only."""
+
+    def __init__(self, sync: DatapathSync):
+        self.sync = sync
+        self.dp = sync.dp
+        self.installed = sync.installed
+        self.generation = sync.generation
+        self.streamed: dict[tuple, Flow] = {}
+        self.bundle_id: int | None = None
+        self.waiter: _Waiter | None = None
+
+    def feed(self, flows: list[Flow]) -> None:
+        installed = self.installed
+        adds = [f for f in flows if installed.get(f.key) != f and not _applies_entries(f)]
+        if not adds:
+            return
+        if self.bundle_id is None:
+            self.bundle_id = next(self.sync._bundle_ids) & 0xFFFFFFFF
+            self.waiter = self.sync._begin()
+            liveness = self.sync._liveness()
+            if liveness is not None:
+                liveness.commit_started()     # ended by _send_bundle or abort
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, self.bundle_id,
+                                                ofp.ONF_BCT_OPEN_REQUEST))
+        streamed = self.streamed
+        for f in adds:
+            streamed[f.key] = f
+        for chunk in ofwire.bundled_flow_adds(self.dp, self.bundle_id, adds, self.generation):
+            self.dp.send(chunk)
+
+    def confirm(self, before: list) -> None:
+        """Send the meter/group mods ``before`` (outside the bundle) and a barrier; raises,
+        discarding the bundle, if the switch refused any of them or a streamed add. With no
+        mods there is nothing to wait for: the commit's barrier answers for the streamed adds
+        too (``waiter`` stays in flight)."""
+        if not before:
+            return
+        try:
+            for msg in before:
+                self.dp.send_msg(msg)
+            self.sync._wait(self.waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
+                            f"meter/group mods and {len(self.streamed)} streamed adds of bundle "
+                            f"{self.bundle_id}")
+            self.waiter = None
+        except BaseException:
+            self.abort()
             raise
-        self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST))
-        self._wait(waiter, self.dp.ofproto_parser.OFPBarrierRequest(self.dp),
-                   f"bundle {bundle_id} ({len(plan.adds)} adds, {len(plan.deletes)} deletes)")
+
+    def rest(self, plan: reconcile.Plan, flows: dict[tuple, Flow]) -> reconcile.Plan:
+        """What ``plan`` (the full diff) still needs: adds not streamed, or streamed in
+        another version than the final one (a later duplicate key wins), and the deletes."""
+        streamed = self.streamed
+        adds = [f for f in plan.adds if f.key not in streamed]
+        adds += [flows[k] for k, f in streamed.items() if flows[k] != f]
+        return reconcile.Plan(adds=adds, deletes=plan.deletes)
+
+    def abort(self) -> None:
+        if self.bundle_id is None:
+            return
+        try:
+            self.dp.send_msg(ofmsgs.bundle_ctrl(self.dp, self.bundle_id,
+                                                ofp.ONF_BCT_DISCARD_REQUEST))
+        finally:
+            self.sync._waiter = None
+            liveness = self.sync._liveness()
+            if liveness is not None:
+                liveness.commit_ended()
+            self.bundle_id = None

@@ -29,6 +29,8 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_common, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from sdn.apps.datapath import Liveness
+
 LOG = logging.getLogger("sdn.fastdp")
 
 _HEADER = struct.Struct("!BBHI")                 # version, type, length, xid
@@ -77,6 +79,7 @@ class FastDatapath(osken_controller.Datapath):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._write_lock = threading.Lock()
+        self.liveness = Liveness(self.max_unreplied_echo_requests)
 
     def send_now(self, buf: bytes) -> bool:
         """Write ``buf`` (whole OpenFlow messages) on this thread, between the send thread's
@@ -114,6 +117,25 @@ class FastDatapath(osken_controller.Datapath):
             except hub.QueueEmpty:
                 pass
             self._close_write()
+
+    def _echo_request_loop(self):
+        """os-ken's echo loop, with misses counted by ``Liveness``: echoes left unanswered
+        while this switch commits one of our bundles do not count."""
+        if not self.max_unreplied_echo_requests:
+            return
+        while self.send_q and self.liveness.alive():
+            echo_req = self.ofproto_parser.OFPEchoRequest(self)
+            self.liveness.echo_sent(self.set_xid(echo_req))
+            self.send_msg(echo_req)
+            hub.sleep(self.echo_request_interval)
+        if self.send_q:
+            LOG.warning("datapath %s: %d echo requests unanswered, dropping it",
+                        "%016x" % self.id if self.id is not None else self.address,
+                        self.liveness.misses)
+        self.close()
+
+    def acknowledge_echo_reply(self, xid):
+        self.liveness.echo_answered(xid)
 
     @osken_controller._deactivate
     def _recv_loop(self):

@@ -5,7 +5,6 @@ The only place where flow data meets os-ken's parser classes; everything above i
 
 from __future__ import annotations
 
-import itertools
 
 from os_ken.ofproto import nicira_ext, ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -166,10 +165,9 @@ def plan_bundle_adds(dp, bundle_id: int, deletes, adds, generation: int, stale_c
     ``bundle_add(dp, bundle_id, flow_delete_strict(...))`` etc., packed by ``sdn.apps.ofwire``
     (~40x cheaper), with xids from ``dp``'s counter; yields chunks for ``dp.send``, encoding
     lazily so that the switch parses one chunk while the next is packed."""
-    msgs = itertools.chain((ofwire.flow_delete_strict(f) for f in deletes),
-                           (ofwire.flow_add(f, generation) for f in adds),
-                           (ofwire.delete_cookie(c) for c in stale_cookies))
-    return ofwire.bundle_adds(dp, bundle_id, msgs)
+    yield from ofwire.bundle_adds(dp, bundle_id, (ofwire.flow_delete_strict(f) for f in deletes))
+    yield from ofwire.bundled_flow_adds(dp, bundle_id, adds, generation)     # the bulk
+    yield from ofwire.bundle_adds(dp, bundle_id, (ofwire.delete_cookie(c) for c in stale_cookies))
 
 
 #: MeterEntry.unit -> OpenFlow meter flag

@@ -295,3 +295,42 @@ def bundle_adds(dp, bundle_id: int, messages, chunk: int = 1 << 18):
             out, size = [], 0
     if out:
         yield b"".join(out)
+
+
+# ---- the hot loop: a plan's flow adds packed straight into bundle-adds ------------------------
+
+#: a bundle-add header and its inner flow mod's fixed part, packed at once (one xid in both)
+_BUNDLED_FLOW_MOD = struct.Struct("!BBHIIIIxxH" + _FLOW_MOD.format[1:])
+_BUNDLED_LEN = _BUNDLED_FLOW_MOD.size
+
+
+def bundled_flow_adds(dp, bundle_id: int, flows, generation: int, chunk: int = 1 << 18):
+    """``bundle_adds(dp, bundle_id, (flow_add(f, generation) for f in flows))`` in one pass:
+    the same bytes and xids (a fresh one of ``dp`` per message), without building each flow
+    mod and copying it into its bundle-add (~2x cheaper per flow). Yields chunks of about
+    ``chunk`` bytes."""
+    pack = _BUNDLED_FLOW_MOD.pack
+    version, experimenter, flow_mod = ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER, ofp.OFPT_FLOW_MOD
+    onf, add_message, flags = (ofproto_common.ONF_EXPERIMENTER_ID, ofp.ONF_ET_BUNDLE_ADD_MESSAGE,
+                               BUNDLE_FLAGS)
+    add, no_buffer = ofp.OFPFC_ADD, ofp.OFP_NO_BUFFER
+    cookies: dict = {}
+    out: list[bytes] = []
+    size = 0
+    for f in flows:
+        cookie = cookies.get(f.feature)
+        if cookie is None:
+            cookie = cookies[f.feature] = m.cookie(f.feature, generation)
+        body = match(f.match)
+        insts = instructions(f.actions, f.goto)
+        inner = _FLOW_MOD_LEN + len(body) + len(insts)
+        dp.xid = xid = (dp.xid + 1) & _MAX_XID
+        out += (pack(version, experimenter, _BUNDLE_ADD_LEN + inner, xid, onf, add_message,
+                     bundle_id, flags, version, flow_mod, inner, xid, cookie, 0, int(f.table),
+                     add, 0, 0, f.priority, no_buffer, 0, 0, 0), body, insts)
+        size += _BUNDLE_ADD_LEN + inner
+        if size >= chunk:
+            yield b"".join(out)
+            out, size = [], 0
+    if out:
+        yield b"".join(out)

@@ -12,7 +12,7 @@ deterministic order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sdn.flows import (arp_responder, classifier, dhcp, dhcpv6, l2, nd, pipeline, port_security,
                        qos, router, security_groups)
@@ -30,8 +30,13 @@ FEATURES = (pipeline, classifier, port_security, security_groups, dhcp, arp_resp
 
 
 def compile_datapath(view: StateView, binding: Binding,
-                     settings: CompileSettings | None = None) -> Desired:
+                     settings: CompileSettings | None = None,
+                     flow_sink: Callable[[list[Flow]], None] | None = None) -> Desired:
     """Everything datapath ``binding`` must hold for ``view`` under ``settings``.
+
+    ``flow_sink`` (optional) is handed each feature's flows as soon as that feature is
+    compiled, so a caller can start sending them while the rest compiles (the result still
+    holds every flow).
 
     Raises ValueError when two features claim one meter or group id (a programming error).
     """
@@ -42,7 +47,10 @@ def compile_datapath(view: StateView, binding: Binding,
         dp = dataclasses.replace(dp, ingress_filtered=frozenset(filtered))
     desired = Desired(flows=[], meters={}, groups={})
     for feature in FEATURES:
+        start = len(desired.flows)
         _collect(desired, feature.compile(dp))
+        if flow_sink is not None and len(desired.flows) > start:
+            flow_sink(desired.flows[start:])
     return desired
 
 

@@ -12,9 +12,10 @@ import time
 
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn.apps import ofmsgs
-from sdn.apps.datapath import DatapathGone, DatapathRejected, DatapathSync
+from sdn.apps.datapath import DatapathGone, DatapathRejected, DatapathSync, Liveness
 from sdn.flows import l2, reconcile
 from sdn.flows import model as m
 from sdn.flows.compiler import CompileSettings, bind_ports, compile_datapath
@@ -42,14 +43,27 @@ class State:
     def __init__(self, view=VIEW, settings=CompileSettings(dhcp_rate_pps=RATE)):
         self.view, self.settings = view, settings
 
-    def compile(self, ports) -> m.Desired:
+    def compile(self, ports, flow_sink=None) -> m.Desired:
         return compile_datapath(self.view, bind_ports(self.view, ports, frozenset({"s1-trunk"})),
-                                self.settings)
+                                self.settings, flow_sink)
+
+
+#: every test runs twice: incremental syncs sending flows after the compile, and streaming
+#: them into the open bundle while it runs (DatapathSync(streaming=True), the controller's)
+_STREAMING = [False]
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["batch", "streamed"])
+def streaming(request):
+    _STREAMING[0] = request.param
+    yield request.param
+    _STREAMING[0] = False
 
 
 def unit_on(fake, state, ports=PORTS, *, start=False, generations=None, **kw):
     """A DatapathSync of ``fake`` whose ports are known (as after the port-desc reply)."""
     gens = generations or itertools.count(7)
+    kw.setdefault("streaming", _STREAMING[0])
     unit = DatapathSync(fake, state.compile, lambda: next(gens), start=start,
                         reply_timeout=kw.pop("reply_timeout", 5), **kw)
     fake.unit = unit
@@ -538,3 +552,148 @@ def test_a_filtered_vif_that_goes_away_takes_its_conntrack_zone_with_it():
     unit.step("audit")
     unit.step("audit")
     assert [e for e in fake.log[log_mark:] if e[0] == "ct_flush_zone"] == flushed
+
+
+# ---- liveness: echoes a switch leaves unanswered while it commits our bundle (issue 13) -------
+
+def test_liveness_counts_unanswered_echoes_outside_a_bundle_commit_only():
+    live = Liveness(max_misses=3)
+    for xid in (1, 2, 3):
+        live.echo_sent(xid)
+    assert live.alive() and live.misses == 3
+    live.echo_sent(4)
+    assert not live.alive()                       # os-ken's rule: more than max_misses
+    live.echo_answered(4)
+    live.echo_answered(1)
+    assert live.alive() and live.misses == 2
+    # a commit in flight: however many echoes go unanswered, none counts ...
+    live.commit_started()
+    for xid in range(10, 30):
+        live.echo_sent(xid)
+    assert live.alive() and live.misses == 2      # ... but those sent before it still do
+    live.commit_ended()                           # the switch was busy for us: forgiven
+    assert live.alive() and live.misses == 2
+    live.echo_sent(30)
+    live.echo_sent(31)
+    assert not live.alive()                       # after the commit, misses count again
+
+
+def test_liveness_excuses_until_the_last_of_overlapping_commits_ends():
+    live = Liveness(max_misses=1)
+    live.commit_started()
+    live.commit_started()
+    for xid in range(5):
+        live.echo_sent(xid)
+    live.commit_ended()
+    live.echo_sent(5)                 # one commit still outstanding: not counted
+    assert live.alive() and live.misses == 0
+    live.commit_ended()
+    live.commit_ended()               # an extra end never makes the count negative
+    live.echo_sent(6)
+    live.echo_sent(7)
+    assert not live.alive()
+
+
+@pytest.mark.parametrize("reject", [None, (ofp.OFPET_BAD_ACTION, ofp.OFPBAC_BAD_OUT_GROUP)])
+def test_a_bundle_commit_excuses_echoes_from_open_to_barrier(reject):
+    """The sync unit holds the commit window open from the bundle's open to its barrier's
+    answer (or failure): echoes sent meanwhile do not count, and the window closes after."""
+    fake = FakeSwitch(reject_next=reject)
+    fake.liveness = Liveness(max_misses=1)
+    seen = []
+
+    def echo_during_bundle(r):
+        if r.bundle_id is not None or isinstance(r.msg, parser.ONFBundleCtrlMsg):
+            fake.liveness.echo_sent(1000 + len(seen))     # unanswered: the switch is busy
+            seen.append(fake.liveness.alive())
+    fake.on_receive = echo_during_bundle
+    unit = unit_on(fake, State())
+    if reject:
+        with pytest.raises(DatapathRejected):
+            unit.step("full")
+    else:
+        unit.step("full")
+    assert len(seen) > 2 and all(seen)
+    assert fake.liveness.misses == 0
+    fake.liveness.echo_sent(1)
+    fake.liveness.echo_sent(2)
+    assert not fake.liveness.alive()
+
+
+# ---- streaming: an incremental sync's adds go into the open bundle while the compile runs ---
+
+def _bundle_adds(received):
+    return [r for r in received if r.bundle_id is not None]
+
+
+def test_a_streamed_sync_sends_adds_before_the_compile_ends_and_groups_before_their_users(
+        streaming):
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    seen_at_compile_end = []
+
+    class Watching(State):
+        def compile(self, ports, flow_sink=None):
+            desired = super().compile(ports, flow_sink)
+            seen_at_compile_end.append(len(_bundle_adds(fake.received[mark:])))
+            return desired
+    watching = Watching(dataclasses.replace(VIEW, revision=2, vifs=VIEW.vifs + (A4,)))
+    unit._compile = watching.compile
+    unit.port_changed(A4.port_name, 4)
+    mark = len(fake.received)
+    unit.step("incremental")
+    assert_holds(fake, unit, watching)
+    sent = fake.received[mark:]
+    assert (seen_at_compile_end[0] > 0) == streaming      # the switch had work meanwhile
+    # a flow applying a group or meter is added only after the group/meter mods
+    mods = [i for i, r in enumerate(sent)
+            if isinstance(r.msg, (parser.OFPGroupMod, parser.OFPMeterMod))]
+    users = [i for i, r in enumerate(sent) if r.bundle_id is not None and any(
+        isinstance(inst, parser.OFPInstructionMeter) or any(
+            isinstance(a, parser.OFPActionGroup) for a in getattr(inst, "actions", []))
+        for inst in r.msg.instructions)]
+    assert mods and users and max(mods) < min(users)
+
+
+def test_a_streamed_duplicate_key_ends_as_its_last_version(streaming):
+    """A later flow with the key of an earlier one wins (reconcile.index): when an earlier
+    version was already streamed, the last one is added after it, also when the last equals
+    what the switch held before (so the plain diff would not send it)."""
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    installed = next(f for f in unit.installed.values() if f.feature == Feature.PORT_SECURITY
+                     and not any(isinstance(a, (m.Group, m.Meter)) for a in f.actions))
+    variant = dataclasses.replace(installed, actions=(), goto=None)     # same key: a drop
+
+    class Duplicating(State):
+        def compile(self, ports, flow_sink=None):
+            if flow_sink is not None:
+                flow_sink([variant])                 # streamed: it differs from the switch's
+            desired = super().compile(ports, flow_sink)
+            desired.flows.insert(0, variant)         # ... and the compile's own version wins
+            return desired
+    dup = Duplicating(dataclasses.replace(VIEW, revision=2, vifs=VIEW.vifs + (A4,)))
+    unit._compile = dup.compile
+    unit.port_changed(A4.port_name, 4)
+    unit.step("incremental")
+    assert_holds(fake, unit, dup)
+
+
+def test_a_streamed_sync_without_group_or_meter_mods_waits_for_one_barrier(streaming):
+    """Only flows change (a VIF's MAC): the commit's barrier answers for the streamed
+    adds too, so the sync costs one round trip, as the batch path does."""
+    fake, state = FakeSwitch(), State()
+    unit = unit_on(fake, state)
+    unit.step("full")
+    vif = VIEW.vifs[0]
+    state.view = dataclasses.replace(VIEW, revision=2, vifs=(
+        dataclasses.replace(vif, mac="fa:16:3e:00:00:99"),) + VIEW.vifs[1:])
+    mark, log_mark = len(fake.received), len(fake.log)
+    unit.step("incremental")
+    assert_holds(fake, unit, state)
+    sent = fake.received[mark:]
+    assert [r for r in sent if r.bundle_id is not None]
+    assert len([r for r in sent if isinstance(r.msg, parser.OFPBarrierRequest)]) == 1
+    assert not applied(fake, log_mark, {"meter_add", "meter_modify", "group_add", "group_modify"})

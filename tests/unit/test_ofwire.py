@@ -174,6 +174,19 @@ def test_bundle_adds_allocate_fresh_xids_from_the_datapath_counter():
     assert dp.xid == (0xFFFFFFFE + 50) & 0xFFFFFFFF
 
 
+@pytest.mark.parametrize("chunk", [1, 1000, 1 << 18])
+def test_bundled_flow_adds_equal_bundle_adds_of_flow_adds(chunk):
+    """The fused hot loop packs the bytes of bundle_add(flow_add) for every compiled flow (all
+    features, EXTRA's rich actions), with the same xids, across the xid wrap."""
+    flows = FLOWS + EXTRA
+    dp, ref_dp = Dp(), Dp()
+    dp.xid = ref_dp.xid = 0xFFFFFFF0
+    fused = list(ofwire.bundled_flow_adds(dp, BUNDLE, flows, GEN, chunk=chunk))
+    ref = b"".join(ofwire.bundle_adds(ref_dp, BUNDLE, [ofwire.flow_add(f, GEN) for f in flows]))
+    assert b"".join(fused) == ref and dp.xid == ref_dp.xid
+    assert len(fused) == (len(flows) if chunk == 1 else len(fused))
+
+
 def test_plan_stream_is_what_the_os_ken_bundle_loop_sent():
     """The bytes DatapathSync._send_bundle sends equal the old os-ken loop: deletes, adds, stale cookies,
     each bundle-add with the next xid of the datapath."""
