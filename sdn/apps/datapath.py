@@ -377,7 +377,9 @@ class DatapathSync:
             m.group_mods.labels(label).inc(done["group_mods"])
         if done["meter_mods"]:
             m.meter_mods.labels(label).inc(done["meter_mods"])
-        per_feature = collections.Counter(f.feature for f in flows.values())
+        per_feature = getattr(flows, "per_feature", None)    # an incremental compile's count
+        if per_feature is None:
+            per_feature = collections.Counter(f.feature for f in flows.values())
         m.set_flows(self.dpid, per_feature)
 
     def audit(self) -> bool:
