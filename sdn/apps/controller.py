@@ -22,6 +22,7 @@ thread and the lease committer.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -96,6 +97,20 @@ class ControllerDeps:
     listen_url: str | None = None
 
 
+#: a compile that changed at least this many flows leaves them to the permanent generation of
+#: the garbage collector (gc.freeze): they live until the next such compile, and at 10k VIFs
+#: (~400k flows, millions of objects) every full collection walking them cost seconds of
+#: port-up latency (benchmarks/bench_portup.py)
+FREEZE_AFTER_FLOWS = 10_000
+
+
+def _freeze_after_bulk(desired: Desired) -> None:
+    changed = getattr(getattr(desired.flows, "flow_index", None), "changed", None)
+    if changed is not None and len(changed) >= FREEZE_AFTER_FLOWS:
+        gc.collect(1)        # young garbage first: what is frozen is never collected
+        gc.freeze()
+
+
 class SdnController(app_manager.OSKenApp):
     """The os-ken app: wires switch events to sync units and packet-ins to features."""
 
@@ -154,7 +169,9 @@ class SdnController(app_manager.OSKenApp):
         # one incremental compiler per switch (sdn.flows.incremental: equal to
         # compile_datapath, recompiling only the VIFs and networks whose views changed)
         compiler = self._compilers.setdefault(dpid, IncrementalCompiler())
-        return compiler.compile(view, binding, settings)
+        desired = compiler.compile(view, binding, settings)
+        _freeze_after_bulk(desired)
+        return desired
 
     def _next_generation(self) -> int:
         with self._generation_lock:
