@@ -78,7 +78,8 @@ class _GcTime:
         return s
 
 
-def stages(work: Path, n: int, reps: int, log) -> dict:
+def stages(work: Path, n: int, reps: int, log,
+           paths: tuple[str, ...] = ("reference", "incremental")) -> dict:
     """Stage times (ms, median and max over ``reps`` port-ups) of the reference path (full
     load + full compile + full diff) and of the incremental one, on the same state."""
     from sdn.flows import reconcile
@@ -91,7 +92,7 @@ def stages(work: Path, n: int, reps: int, log) -> dict:
     settings = CompileSettings(dhcp_rate_pps=100)
     gc_time = _GcTime()
     out = {}
-    for path in ("reference", "incremental"):
+    for path in paths:
         view = state.load()
         ports = {v.port_name: i + 1 for i, v in enumerate(view.vifs)}
         compiler = IncrementalCompiler()
@@ -284,6 +285,8 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--reps", type=int, default=REPS)
     ap.add_argument("--part", default="stages,e2e")
+    ap.add_argument("--paths", default="reference,incremental",
+                    help="stages: which paths to time")
     ap.add_argument("--sdn-root", type=Path, default=None,
                     help="run the controller from this checkout (a baseline)")
     ap.add_argument("--out", default="var/bench")
@@ -293,7 +296,8 @@ def main() -> int:
     res = {}
     for n in (int(s) for s in args.sizes.split(",")):
         if "stages" in args.part:
-            res[f"stages_{n}"] = stages(work, n, args.reps, lambda m: print(m, flush=True))
+            res[f"stages_{n}"] = stages(work, n, args.reps, lambda m: print(m, flush=True),
+                                        tuple(args.paths.split(",")))
         if "e2e" in args.part:
             res[f"e2e_{n}"] = e2e(work, n, args.reps, lambda m: print(m, flush=True),
                                   args.sdn_root)
