@@ -154,31 +154,16 @@ def stages(work: Path, n: int, reps: int, log,
 # ------------------------------------------------------------------------------ end to end
 
 def _probe_main(iface: str) -> int:
-    """In the client namespace: wait for "MAC ADDRESS" on stdin, then send DHCPREQUESTs every
-    PROBE_INTERVAL until an ACK; print {"ack_at": unix time, "requests": n}."""
-    import select
-    import socket
+    """In the client namespace: wait for "MAC ADDRESS" on stdin, then send DHCPREQUESTs from
+    MAC every PROBE_INTERVAL until an ACK (``tests/integration/dhcp_probe.py``); print
+    {"ack_at": unix time, ...}."""
     sys.path.insert(0, str(lib.REPO / "tests" / "integration"))
-    from dhcp_probe import ETH_P_IP, ack_for, request_frame
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
-    sock.bind((iface, 0))
+    from dhcp_probe import probe
     print("ready", flush=True)
     mac, address = sys.stdin.readline().split()
-    xid = int.from_bytes(os.urandom(4), "big")
-    frame = request_frame(bytes.fromhex(mac.replace(":", "")), xid, address)
-    deadline, next_send, requests = time.time() + 60, 0.0, 0
-    while time.time() < deadline:
-        now = time.time()
-        if now >= next_send:
-            sock.send(frame)
-            requests += 1
-            next_send = now + PROBE_INTERVAL
-        ready, _, _ = select.select([sock], [], [], max(0.0, next_send - time.time()))
-        if ready and ack_for(sock.recv(4096), xid) is not None:
-            print(json.dumps({"ack_at": time.time(), "requests": requests}), flush=True)
-            return 0
-    print(json.dumps({"ack_at": None, "requests": requests}), flush=True)
-    return 1
+    answer = probe(iface, address, PROBE_INTERVAL, 60.0, bytes.fromhex(mac.replace(":", "")))
+    print(json.dumps(answer), flush=True)
+    return 0 if answer["ack_at"] else 1
 
 
 def _cpu_seconds(pid: int) -> float:
