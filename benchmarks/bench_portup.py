@@ -29,6 +29,7 @@ import argparse
 import gc
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -171,13 +172,26 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[.,](\d{3})")
+
+
+def _log_time(line: str) -> float | None:
+    """The time of an oslo.log line (``2026-11-30 15:24:38.124 ...``; ``,`` also taken)."""
+    import datetime
+    m = _LOG_TS.match(line)
+    if m is None:
+        return None
+    return datetime.datetime.strptime(f"{m.group(1)}.{m.group(2)}",
+                                      "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
 def _sync_ends(log_path: Path, after: float) -> list[tuple[float, int]]:
     from benchmarks.bench_system import SYNC_RE
     out = []
     for line in log_path.read_text(errors="replace").splitlines():
-        m = SYNC_RE.search(line)
-        if m and lib.log_time(line) >= after - 0.002:
-            out.append((lib.log_time(line), int(m.group(2))))
+        m, at = SYNC_RE.search(line), _log_time(line)
+        if m and at is not None and at >= after - 0.002:
+            out.append((at, int(m.group(2))))
     return out
 
 
