@@ -4,6 +4,7 @@ revisions, writes DHCP lease events."""
 from __future__ import annotations
 
 import datetime
+import os
 
 from sdn import leases
 from sdn import manager as managers
@@ -37,8 +38,33 @@ class StateSource:
     def revision(self) -> int:
         return db.current_revision(self.engine)
 
+    def write_marker(self):
+        """A cheap token that changes when a transaction commits to a SQLite file database
+        (size and modification time of the file and its write-ahead log: two ``stat`` calls,
+        no query), or None where there is none (PostgreSQL notifies instead; in-memory).
+        Coarse file timestamps may hide a commit: readers keep a slower revision poll."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        marks = []
+        for path in (url.database, url.database + "-wal"):
+            try:
+                st = os.stat(path)
+            except OSError:
+                marks.append(None)
+            else:
+                marks.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(marks)
+
     def load(self) -> StateView:
         return db.load_views(self.engine, **self._view_opts)
+
+    def refresh(self, old: StateView) -> tuple[StateView, list | None]:
+        """The view at the current revision, derived from ``old`` reading only what the change
+        feed says changed where it can (``sdn.db.viewdelta``), and the changes since ``old``
+        (None: the feed does not reach back that far)."""
+        from sdn.db import viewdelta
+        return viewdelta.refresh(self.engine, old, **self._view_opts)
 
     def changes_since(self, revision: int, upto: int | None = None):
         """The change feed after ``revision`` (up to ``upto``): a list of

@@ -22,6 +22,7 @@ thread and the lease committer.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -44,7 +45,8 @@ from sdn.apps.acl_log import AclLog
 from sdn.apps import mastership as roles
 from sdn.apps.statefeed import datapath_affected, touched
 from sdn.apps.packet_in import PacketInDispatch
-from sdn.flows.compiler import Binding, CompileSettings, bind_ports, compile_datapath
+from sdn.flows.compiler import Binding, CompileSettings, bind_ports
+from sdn.flows.incremental import IncrementalCompiler
 from sdn.flows.model import GENERATION_MASK, Desired, Feature, Table
 from sdn.metrics import ControllerMetrics, dpid_label
 from sdn.nethost import networks_to_claim
@@ -75,6 +77,9 @@ class ControllerDeps:
     ovsdb_connection: str | None = None
     packet_in: PacketInDispatch = field(default_factory=PacketInDispatch)
     poll_interval: float = 0.1
+    #: SQLite: seconds between looks at the database file's size and time (``StateSource.
+    #: write_marker``, two stat calls); a change reads the revision at once
+    watch_interval: float = 0.005
     maintenance_interval: float = 10.0
     audit_interval: float = 1.0
     reply_timeout: float = 15.0
@@ -93,6 +98,20 @@ class ControllerDeps:
     listen_url: str | None = None
 
 
+#: a compile that changed at least this many flows leaves them to the permanent generation of
+#: the garbage collector (gc.freeze): they live until the next such compile, and at 10k VIFs
+#: (~400k flows, millions of objects) every full collection walking them cost seconds of
+#: port-up latency (benchmarks/bench_portup.py)
+FREEZE_AFTER_FLOWS = 10_000
+
+
+def _freeze_after_bulk(desired: Desired) -> None:
+    changed = getattr(getattr(desired.flows, "flow_index", None), "changed", None)
+    if changed is not None and len(changed) >= FREEZE_AFTER_FLOWS:
+        gc.collect(1)        # young garbage first: what is frozen is never collected
+        gc.freeze()
+
+
 class SdnController(app_manager.OSKenApp):
     """The os-ken app: wires switch events to sync units and packet-ins to features."""
 
@@ -107,6 +126,7 @@ class SdnController(app_manager.OSKenApp):
         self.view: StateView = self.state.load()
         self.units: dict[int, DatapathSync] = {}
         self.bindings: dict[int, Binding] = {}
+        self._compilers: dict[int, IncrementalCompiler] = {}
         self._generation = int(time.time() * 1000) & GENERATION_MASK
         self._generation_lock = threading.Lock()
         self._ovs = None
@@ -147,7 +167,13 @@ class SdnController(app_manager.OSKenApp):
                              self.deps.relay_names)
         self.bindings[dpid] = binding
         settings = dataclasses.replace(self.deps.settings, router=self.gateway.settings())
-        return compile_datapath(view, binding, settings, flow_sink)
+        # one incremental compiler per switch (sdn.flows.incremental: equal to
+        # compile_datapath, recompiling only the VIFs and networks whose views changed);
+        # what it recompiles streams into the sync's open bundle (``flow_sink``)
+        compiler = self._compilers.setdefault(dpid, IncrementalCompiler())
+        desired = compiler.compile(view, binding, settings, flow_sink)
+        _freeze_after_bulk(desired)
+        return desired
 
     def _next_generation(self) -> int:
         with self._generation_lock:
@@ -323,14 +349,23 @@ class SdnController(app_manager.OSKenApp):
         failing = False
         wait = self.deps.poll_interval if not self.deps.listen_url else max(
             1.0, self.deps.poll_interval)
+        marker = self.state.write_marker
+        mark, read_at = marker(), time.monotonic()
         while True:
-            self._wake.wait(wait)
+            if mark is None:
+                self._wake.wait(wait)
+            else:   # SQLite: a commit changes the file or its log; read when it did (or every wait)
+                while not self._wake.wait(self.deps.watch_interval):
+                    now, previous = marker(), mark
+                    mark = now
+                    if now != previous or time.monotonic() - read_at >= wait:
+                        break
+                read_at = time.monotonic()
             self._wake.clear()
             try:
                 current = self.state.revision()
                 if current != revision:
-                    view = self.state.load()
-                    feed = self.state.changes_since(revision, upto=view.revision)
+                    view, feed = self.state.refresh(self.view)
                     self.view, revision = view, view.revision
                     # an empty feed for a new revision: a change the recorder did not see (every switch)
                     self._request_changed(None if not feed else touched(feed))

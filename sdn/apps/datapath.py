@@ -457,7 +457,9 @@ class DatapathSync:
             m.group_mods.labels(label).inc(done["group_mods"])
         if done["meter_mods"]:
             m.meter_mods.labels(label).inc(done["meter_mods"])
-        per_feature = collections.Counter(f.feature for f in flows.values())
+        per_feature = getattr(flows, "per_feature", None)    # an incremental compile's count
+        if per_feature is None:
+            per_feature = collections.Counter(f.feature for f in flows.values())
         m.set_flows(self.dpid, per_feature)
 
     def audit(self) -> bool:
@@ -637,11 +639,16 @@ class _BundleStream:
 
     def rest(self, plan: reconcile.Plan, flows: dict[tuple, Flow]) -> reconcile.Plan:
         """What ``plan`` (the full diff) still needs: adds not streamed, or streamed in
-        another version than the final one (a later duplicate key wins), and the deletes."""
+        another version than the final one (a later duplicate key wins), and the deletes
+        (with streamed adds the final result dropped)."""
         streamed = self.streamed
         adds = [f for f in plan.adds if f.key not in streamed]
-        adds += [flows[k] for k, f in streamed.items() if flows[k] != f]
-        return reconcile.Plan(adds=adds, deletes=plan.deletes)
+        adds += [flows[k] for k, f in streamed.items() if k in flows and flows[k] != f]
+        # a streamed add the final result does not hold (an incremental compile that fell
+        # back to the full one) is deleted again inside the same bundle
+        deletes = plan.deletes + [f for k, f in streamed.items()
+                                  if k not in flows and k not in self.installed]
+        return reconcile.Plan(adds=adds, deletes=deletes)
 
     def abort(self) -> None:
         if self.bundle_id is None:

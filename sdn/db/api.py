@@ -242,24 +242,8 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
     """
     with read_transaction(engine) as session:
         revision = session.scalar(select(models.StateRevision.value).where(models.StateRevision.id == 1))
-        vpn_running = set(session.scalars(
-            select(models.FixedIp.address).join(models.Network, models.Network.vpn_private_address
-                                                == models.FixedIp.address)
-            .where(models.FixedIp.allocated.is_(True))))
-        networks = {}
-        for net in session.scalars(select(models.Network).order_by(models.Network.id)):
-            networks[net.id] = view.NetworkView(
-                id=net.id, label=net.label or "", cidr=net.cidr, netmask=net.netmask, gateway=net.gateway,
-                broadcast=net.broadcast, dns=tuple(d for d in (net.dns1, net.dns2) if d), vlan=net.vlan,
-                project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
-                mtu=mtu, vpn_public_address=net.vpn_public_address, vpn_public_port=net.vpn_public_port,
-                vpn_private_address=net.vpn_private_address,
-                vpn_running=net.vpn_private_address in vpn_running, host=net.host,
-                host_routes=(("169.254.169.254/32", net.gateway),) if metadata_route and net.gateway
-                else (),
-                cidr_v6=net.cidr_v6, gateway_v6=net.gateway_v6, ipv6_ra_mode=net.ipv6_ra_mode,
-                ipv6_address_mode=net.ipv6_address_mode, dns_v6=split_list(net.dns_v6),
-                ra_interval=ra_interval)
+        networks = network_views(session, domain=domain, lease_time=lease_time, mtu=mtu,
+                                  metadata_route=metadata_route, ra_interval=ra_interval)
         floating_ips = tuple(
             view.FloatingView(address=address, fixed_address=fixed, network_id=network_id,
                               project_id=project_id)
@@ -268,41 +252,8 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                        models.FloatingIp.project_id)
                 .join(models.FixedIp, models.FloatingIp.fixed_ip_id == models.FixedIp.id)
                 .order_by(models.FloatingIp.id)))
-        addresses: dict[int, list[str]] = {}
-        for vif_id, address in session.execute(
-                select(models.FixedIp.virtual_interface_id, models.FixedIp.address)
-                .where(models.FixedIp.allocated.is_(True), models.FixedIp.virtual_interface_id.is_not(None))
-                .order_by(models.FixedIp.id)):
-            addresses.setdefault(vif_id, []).append(address)
-        # Core rows, not ORM objects: at 10k VIFs the ORM load (identity map, selectinload)
-        # was most of a state reload, which the controller does on every revision change
-        pairs: dict[int, list[tuple[str, str]]] = {}
-        for vif_id, mac, ip_cidr in session.execute(
-                select(models.AllowedAddressPair.vif_id, models.AllowedAddressPair.mac,
-                       models.AllowedAddressPair.ip_cidr).order_by(models.AllowedAddressPair.id)):
-            pairs.setdefault(vif_id, []).append((mac, ip_cidr))
-        Vif, Inst = models.VirtualInterface, models.Instance
-        groups_of: dict[str, list[int]] = {}
-        Member = models.SecurityGroupInstance
-        for uuid, gid in session.execute(select(Member.instance_uuid, Member.security_group_id)
-                                         .order_by(Member.security_group_id)):
-            groups_of.setdefault(uuid, []).append(gid)
-        vifs = tuple(
-            view.VifView(uuid=uuid, mac=mac, network_id=network_id, instance=name, hostname=hostname,
-                         addresses=tuple(addresses.get(vif_id, ())), project_id=project_id,
-                         port_security=port_security,
-                         allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
-                         security_groups=tuple(groups_of.get(inst_uuid, ())),
-                         rx_kbps=rx_kbps, tx_kbps=tx_kbps,
-                         addresses_v6=_addresses_v6(networks.get(network_id), mac, project_id,
-                                                    ipv6_backend))
-            for (vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid,
-                 rx_kbps, tx_kbps)
-            in session.execute(
-                select(Vif.id, Vif.uuid, Vif.address, Vif.network_id, Vif.port_security, Inst.name,
-                       Inst.hostname, Inst.project_id, Inst.uuid, Inst.rx_kbps, Inst.tx_kbps)
-                .join(Inst, Vif.instance_uuid == Inst.uuid).order_by(Vif.id)))
-        return view.StateView(revision=revision or 0, networks=networks, vifs=vifs,
+        return view.StateView(revision=revision or 0, networks=networks,
+                              vifs=vif_views(session, networks, ipv6_backend),
                               floating_ips=floating_ips, security_groups=_security_groups(session),
                               provider_rules=tuple(
                                   view.ProviderRuleView(id=r.id, cidr=r.cidr, protocol=r.protocol,
@@ -310,6 +261,79 @@ def load_views(engine: Engine, *, domain: str = "novalocal", lease_time: int = 1
                                   for r in session.scalars(select(models.ProviderFirewallRule)
                                                            .order_by(models.ProviderFirewallRule.id))),
                               allow_same_net_traffic=allow_same_net_traffic)
+
+
+def network_views(session: Session, *, domain: str = "novalocal", lease_time: int = 120,
+                  mtu: int | None = None, metadata_route: bool = False,
+                  ra_interval: int = 10) -> dict[int, view.NetworkView]:
+    """Every network by id (``load_views``' options)."""
+    vpn_running = set(session.scalars(
+        select(models.FixedIp.address).join(models.Network, models.Network.vpn_private_address
+                                            == models.FixedIp.address)
+        .where(models.FixedIp.allocated.is_(True))))
+    networks = {}
+    for net in session.scalars(select(models.Network).order_by(models.Network.id)):
+        networks[net.id] = view.NetworkView(
+            id=net.id, label=net.label or "", cidr=net.cidr, netmask=net.netmask, gateway=net.gateway,
+            broadcast=net.broadcast, dns=tuple(d for d in (net.dns1, net.dns2) if d), vlan=net.vlan,
+            project_id=net.project_id, dhcp_server=net.gateway, domain=domain, lease_time=lease_time,
+            mtu=mtu, vpn_public_address=net.vpn_public_address, vpn_public_port=net.vpn_public_port,
+            vpn_private_address=net.vpn_private_address,
+            vpn_running=net.vpn_private_address in vpn_running, host=net.host,
+            host_routes=(("169.254.169.254/32", net.gateway),) if metadata_route and net.gateway
+            else (),
+            cidr_v6=net.cidr_v6, gateway_v6=net.gateway_v6, ipv6_ra_mode=net.ipv6_ra_mode,
+            ipv6_address_mode=net.ipv6_address_mode, dns_v6=split_list(net.dns_v6),
+            ra_interval=ra_interval)
+    return networks
+
+
+def vif_views(session: Session, networks: dict[int, view.NetworkView], ipv6_backend: str,
+              network_ids: list[int] | None = None) -> tuple[view.VifView, ...]:
+    """The VIFs (of ``network_ids`` only, if given), by id, as ``load_views`` builds them."""
+    Vif, Inst, Fixed = models.VirtualInterface, models.Instance, models.FixedIp
+    Pair, Member = models.AllowedAddressPair, models.SecurityGroupInstance
+    of_vifs = select(Vif.id)
+    if network_ids is not None:
+        of_vifs = of_vifs.where(Vif.network_id.in_(network_ids))
+    addresses: dict[int, list[str]] = {}
+    for vif_id, address in session.execute(
+            select(Fixed.virtual_interface_id, Fixed.address)
+            .where(Fixed.allocated.is_(True), Fixed.virtual_interface_id.is_not(None),
+                   *(() if network_ids is None else (Fixed.virtual_interface_id.in_(of_vifs),)))
+            .order_by(Fixed.id)):
+        addresses.setdefault(vif_id, []).append(address)
+    # Core rows, not ORM objects: at 10k VIFs the ORM load (identity map, selectinload)
+    # was most of a state reload, which the controller does on every revision change
+    pairs: dict[int, list[tuple[str, str]]] = {}
+    for vif_id, mac, ip_cidr in session.execute(
+            select(Pair.vif_id, Pair.mac, Pair.ip_cidr)
+            .where(*(() if network_ids is None else (Pair.vif_id.in_(of_vifs),)))
+            .order_by(Pair.id)):
+        pairs.setdefault(vif_id, []).append((mac, ip_cidr))
+    groups_of: dict[str, list[int]] = {}
+    members = select(Member.instance_uuid, Member.security_group_id)
+    if network_ids is not None:
+        members = members.where(Member.instance_uuid.in_(
+            select(Vif.instance_uuid).where(Vif.network_id.in_(network_ids))))
+    for uuid, gid in session.execute(members.order_by(Member.security_group_id)):
+        groups_of.setdefault(uuid, []).append(gid)
+    rows = (select(Vif.id, Vif.uuid, Vif.address, Vif.network_id, Vif.port_security, Inst.name,
+                   Inst.hostname, Inst.project_id, Inst.uuid, Inst.rx_kbps, Inst.tx_kbps)
+            .join(Inst, Vif.instance_uuid == Inst.uuid).order_by(Vif.id))
+    if network_ids is not None:
+        rows = rows.where(Vif.network_id.in_(network_ids))
+    return tuple(
+        view.VifView(uuid=uuid, mac=mac, network_id=network_id, instance=name, hostname=hostname,
+                     addresses=tuple(addresses.get(vif_id, ())), project_id=project_id,
+                     port_security=port_security,
+                     allowed_address_pairs=tuple(pairs.get(vif_id, ())), id=vif_id,
+                     security_groups=tuple(groups_of.get(inst_uuid, ())),
+                     rx_kbps=rx_kbps, tx_kbps=tx_kbps,
+                     addresses_v6=_addresses_v6(networks.get(network_id), mac, project_id,
+                                                ipv6_backend))
+        for (vif_id, uuid, mac, network_id, port_security, name, hostname, project_id, inst_uuid,
+             rx_kbps, tx_kbps) in session.execute(rows))
 
 
 def split_list(text: str | None) -> tuple[str, ...]:

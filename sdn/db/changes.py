@@ -198,16 +198,22 @@ def since(engine: Engine, revision: int, upto: int | None = None
     from sdn.db.api import read_transaction
 
     with read_transaction(engine) as session:
-        current = session.scalar(select(models.StateRevision.value)
-                                 .where(models.StateRevision.id == 1)) or 0
-        if upto is not None:
-            current = min(current, upto)
-        if current <= revision:
-            return current, []
-        rows = session.execute(select(models.StateChange.revision, models.StateChange.changes)
-                               .where(models.StateChange.revision > revision,
-                                      models.StateChange.revision <= current)
-                               .order_by(models.StateChange.revision)).all()
+        return since_in(session, revision, upto)
+
+
+def since_in(session: Session, revision: int, upto: int | None = None
+             ) -> tuple[int, list[Change]] | None:
+    """:func:`since` inside the caller's read transaction."""
+    current = session.scalar(select(models.StateRevision.value)
+                             .where(models.StateRevision.id == 1)) or 0
+    if upto is not None:
+        current = min(current, upto)
+    if current <= revision:
+        return current, []
+    rows = session.execute(select(models.StateChange.revision, models.StateChange.changes)
+                           .where(models.StateChange.revision > revision,
+                                  models.StateChange.revision <= current)
+                           .order_by(models.StateChange.revision)).all()
     if [r.revision for r in rows] != list(range(revision + 1, current + 1)):
         return None
     return current, [Change.from_dict(d) for r in rows for d in json.loads(r.changes)]

@@ -27,6 +27,19 @@ def compile(dp: DatapathContext) -> list[Flow]:
     return flows
 
 
+# Per-port split (``sdn.flows.incremental``): a VIF's flow reads its port and its network.
+def port_scope(_dp: DatapathContext) -> tuple:
+    return ()
+
+
+def compile_port(dp: DatapathContext, port: int, vif) -> list[Flow]:
+    return compile_vif(port, dp.network_of(vif))
+
+
+def compile_shared(dp: DatapathContext) -> list[Flow]:
+    return [f for trunk in dp.binding.trunks for f in compile_trunk(trunk, dp.networks)]
+
+
 def compile_vif(ofport: int, network: NetworkView) -> list[Flow]:
     """Classify untagged frames from VIF ``ofport`` into ``network``."""
     return [flow(Feature.CLASSIFIER, Table.CLASSIFY, PRIO_PORT,

@@ -36,6 +36,23 @@ def compile(dp: DatapathContext) -> list:
     return out
 
 
+# Per-port split (``sdn.flows.incremental``): a VIF's punt flow and meter read its port and
+# the rate.
+def port_scope(dp: DatapathContext) -> tuple:
+    return (dp.settings.dhcp_rate_pps,)
+
+
+def compile_port(dp: DatapathContext, port: int, _vif) -> list:
+    rate = dp.settings.dhcp_rate_pps
+    return compile_vif(port, rate) + compile_meters((port,), rate)
+
+
+def compile_shared(dp: DatapathContext) -> list:
+    rate = dp.settings.relay_rate_pps
+    return ([f for relay in dp.binding.relays for f in compile_relay(relay, rate)]
+            + compile_meters(dp.binding.relays, rate))
+
+
 def compile_vif(ofport: int, rate_pps: int | None = None) -> list[Flow]:
     """Send udp 68->67 from VIF ``ofport`` to the controller, through its meter if
     ``rate_pps`` is set."""

@@ -27,6 +27,19 @@ def compile(dp: DatapathContext) -> list:
     return nd.ipv6_vif_punts(dp, Feature.DHCPV6, lambda port, _net, rate: compile_vif(port, rate))
 
 
+# Per-port split (``sdn.flows.incremental``)
+port_scope = nd.port_scope
+
+
+def compile_port(dp: DatapathContext, port: int, vif) -> list:
+    return nd.ipv6_vif_punt(dp, Feature.DHCPV6, lambda p, _net, rate: compile_vif(p, rate),
+                            port, vif)
+
+
+def compile_shared(_dp: DatapathContext) -> list:
+    return []
+
+
 def compile_vif(ofport: int, rate_pps: int | None = None) -> list[Flow]:
     """Send udp 546->547 from VIF ``ofport`` to the controller (through its meter if
     ``rate_pps``)."""

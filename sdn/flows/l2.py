@@ -28,6 +28,8 @@ one datapath whose ids collide mod 4,096 take the next free slots in id order.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sdn.flows.context import DatapathContext
 from sdn.flows.model import (EthType, Feature, Flow, Group, GroupEntry, Output, PushVlan, Reg, Resubmit,
                              SetField, Table, entry_id, flow, vlan_vid)
@@ -57,6 +59,39 @@ def compile(dp: DatapathContext) -> list:
     out += [flow(Feature.L2, Table.OUTPUT, PRIO_OUTPUT, {Reg.DST_PORT: port}, [Output(port)])
             for port, _ in dp.vifs]
     return out
+
+
+# Split for ``sdn.flows.incremental``: a VIF's output flow per port; lookup flows and flood
+# groups per network, from exactly what network_inputs returns.
+def port_scope(_dp: DatapathContext) -> tuple:
+    return ()
+
+
+def compile_port(_dp: DatapathContext, port: int, _vif: VifView) -> list:
+    return [flow(Feature.L2, Table.OUTPUT, PRIO_OUTPUT, {Reg.DST_PORT: port}, [Output(port)])]
+
+
+def compile_shared(_dp: DatapathContext) -> list:
+    return []
+
+
+def network_inputs(dp: DatapathContext, network: NetworkView) -> tuple:
+    """Everything :func:`compile_network` reads for ``network`` here (compared with ==)."""
+    local = tuple(dp.local_by_net.get(network.id, ()))
+    return (network, local, tuple(dp.remote_by_net.get(network.id, ())), dp.binding.trunks,
+            dp.gateway_remote(network), _slots(tuple(n.id for n in dp.networks))[network.id],
+            dp.ingress_filtered & {port for port, _ in local})
+
+
+def compile_network_part(_dp: DatapathContext, inputs: tuple) -> list:
+    network, local, remote, trunks, gateway_remote, index, filtered = inputs
+    return compile_network(network, list(local), list(remote), list(trunks),
+                           gateway_remote=gateway_remote, index=index, filtered=filtered)
+
+
+@lru_cache(maxsize=4)
+def _slots(network_ids: tuple[int, ...]) -> dict[int, int]:
+    return flood_slots(list(network_ids))
 
 
 def _to_trunks(network: NetworkView, trunks: list[int]) -> list:

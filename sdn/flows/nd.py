@@ -55,6 +55,29 @@ def ipv6_vif_punts(dp: DatapathContext, feature: Feature,
     return out
 
 
+def ipv6_vif_punt(dp: DatapathContext, feature: Feature,
+                  compile_vif: Callable[[int, NetworkView, int | None], list[Flow]],
+                  port: int, vif) -> list:
+    """One VIF's share of :func:`ipv6_vif_punts` (the per-port split, ``sdn.flows.incremental``)."""
+    net, rate = dp.network_of(vif), dp.settings.dhcp_rate_pps
+    if not net.cidr_v6:
+        return []
+    return compile_vif(port, net, rate) + (
+        [MeterEntry(feature, entry_id(feature, port), rate)] if rate else [])
+
+
+def port_scope(dp: DatapathContext) -> tuple:
+    return (dp.settings.dhcp_rate_pps,)
+
+
+def compile_port(dp: DatapathContext, port: int, vif) -> list:
+    return ipv6_vif_punt(dp, Feature.ND, compile_vif, port, vif)
+
+
+def compile_shared(_dp: DatapathContext) -> list:
+    return []
+
+
 def punt(meter: int | None) -> list:
     """Actions sending a packet to the controller, through ``meter`` first when given."""
     return ([Meter(meter)] if meter else []) + [Controller()]

@@ -87,6 +87,20 @@ def compile(dp: DatapathContext) -> list[Flow]:
     return flows
 
 
+# Per-port split (``sdn.flows.incremental``): compile(dp) == compile_shared + compile_port of
+# every VIF; a port's flows read only its port and VIF.
+def port_scope(_dp: DatapathContext) -> tuple:
+    return ()
+
+
+def compile_port(_dp: DatapathContext, port: int, vif: VifView) -> list[Flow]:
+    return compile_vif(port, vif)
+
+
+def compile_shared(_dp: DatapathContext) -> list[Flow]:
+    return []
+
+
 def compile_vif(port: int, vif: VifView) -> list[Flow]:
     """Anti-spoof flows for VIF ``vif`` on ``port``; one open flow if port security is off."""
     f = Feature.PORT_SECURITY

@@ -69,6 +69,20 @@ def compile(dp: DatapathContext) -> list:
     return out
 
 
+# Per-port split (``sdn.flows.incremental``): a VIF's meters and flows read its port, the VIF
+# and its network.
+def port_scope(_dp: DatapathContext) -> tuple:
+    return ()
+
+
+def compile_port(dp: DatapathContext, port: int, vif: VifView) -> list:
+    return compile_vif(port, vif, dp.network_of(vif)) if limited(port, vif) else []
+
+
+def compile_shared(_dp: DatapathContext) -> list:
+    return []
+
+
 def compile_vif(ofport: int, vif: VifView, network) -> list:
     """The meters and flows of VIF ``vif`` on ``ofport`` in ``network``."""
     out: list = []

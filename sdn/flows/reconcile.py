@@ -33,8 +33,10 @@ class Plan:
 
 
 def index(flows: Iterable[Flow]) -> dict[tuple, Flow]:
-    """Flows by switch identity (table, priority, match). A later duplicate key wins."""
-    return {f.key: f for f in flows}
+    """Flows by switch identity (table, priority, match). A later duplicate key wins. An
+    incremental compile's flows (``sdn.flows.incremental.FlowList``) carry theirs."""
+    built = getattr(flows, "flow_index", None)
+    return built if built is not None else {f.key: f for f in flows}
 
 
 def plan_full(desired: Mapping[tuple, Flow], installed_cookies: Iterable[int],
@@ -48,7 +50,14 @@ def plan_full(desired: Mapping[tuple, Flow], installed_cookies: Iterable[int],
 
 def plan_incremental(installed: Mapping[tuple, Flow], desired: Mapping[tuple, Flow]) -> Plan:
     """Diff: flows to add or replace (new key, or same key with other actions/feature) and flows
-    to delete (key no longer desired)."""
+    to delete (key no longer desired). When ``desired`` was derived from ``installed`` by an
+    incremental compile (``sdn.flows.incremental.FlowIndex``), only its changed keys are
+    looked at."""
+    changed = getattr(desired, "changed", None)
+    if changed is not None and getattr(desired, "base", None) is installed:
+        adds = [desired[k] for k in changed if k in desired and installed.get(k) != desired[k]]
+        deletes = [installed[k] for k in changed if k in installed and k not in desired]
+        return Plan(adds=adds, deletes=deletes)
     adds = [f for k, f in desired.items() if installed.get(k) != f]
     deletes = [f for k, f in installed.items() if k not in desired]
     return Plan(adds=adds, deletes=deletes)
@@ -106,5 +115,8 @@ def plan_groups(installed: Mapping[int, GroupEntry | None],
 def ct_zones(flows: dict[tuple, Flow]) -> set[int]:
     """The conntrack zones ``flows`` send packets through (numbered zones; a zone taken from a
     register is also numbered in the flow that loads it)."""
+    known = getattr(flows, "zones", None)    # an incremental compile's FlowIndex counted them
+    if known is not None:
+        return set(known)
     return {a.zone for f in flows.values() for a in f.actions
             if isinstance(a, Ct) and isinstance(a.zone, int)}

@@ -129,40 +129,102 @@ def compile(dp: DatapathContext) -> list[Flow]:
                 _group_labels(out, side, view.security_groups[gid])
         used_remotes: dict[tuple[int, str], set[int]] = defaultdict(set)
         for port, vif in local:
-            is_stateful = port in stateful
-            _entry(out, side, port, vif, is_stateful)
-            if is_stateful:
-                _validity(out, side, port, vif, view)
-            if side is INGRESS:
-                for cidr in firewall.same_net_cidrs(view, vif):
-                    ether = firewall.ethertype_of(cidr)
-                    out.add(_f(side.rules, PRIO_SAME_NET,
-                               {side.port_reg: port, "eth_type": _ETH[ether],
-                                f"{_IP_FIELD[ether]}_src": _prefix(cidr)},
-                               _admit(LABEL_SAME_NET, is_stateful), goto=side.accept))
-            for rule in firewall.rules_of(view, vif, side.direction):
-                _rule(out, side, port, rule, is_stateful, used_remotes)
+            _port_side(out, side, port, vif, port in stateful, view, used_remotes)
         if side is INGRESS:
-            for p in firewall.provider_rules(view):
-                ether = firewall.ethertype_of(p.cidr)
-                for match in _proto_matches(ether, p.protocol, p.port_min, p.port_max):
-                    out.add(_f(side.rules, PRIO_PROVIDER,
-                               {**match, f"{_IP_FIELD[ether]}_src": _prefix(p.cidr)},
-                               goto=side.drop))
+            _provider(out, side, view)
         for (group, ether), rule_ids in sorted(used_remotes.items()):
             for address in members.get(group, {}).get(ether, ()):
                 out.conj(side.rules, PRIO_CONJ,
                          {"eth_type": _ETH[ether],
                           f"{_IP_FIELD[ether]}_{side.remote_end}": _prefix(address)},
                          [Conjunction(r, 1, 2) for r in sorted(rule_ids)])
-    flows = out.flows()
+    return out.flows() + _drop_log(dp)
+
+
+def _drop_log(dp: DatapathContext) -> list:
     rate = dp.settings.acl_log_rate_pps
-    if rate:    # a metered sample of every drop to the controller's log (sdn.apps.acl_log)
-        meter = entry_id(Feature.SECURITY_GROUPS, 0)
-        flows.append(MeterEntry(Feature.SECURITY_GROUPS, meter, rate))
-        flows += [_f(side.drop, PRIO_LOG, {}, [Meter(meter), Controller(LOG_BYTES)])
-                  for side in SIDES]
-    return flows
+    if not rate:
+        return []
+    # a metered sample of every drop to the controller's log (sdn.apps.acl_log)
+    meter = entry_id(Feature.SECURITY_GROUPS, 0)
+    return [MeterEntry(Feature.SECURITY_GROUPS, meter, rate),
+            *(_f(side.drop, PRIO_LOG, {}, [Meter(meter), Controller(LOG_BYTES)])
+              for side in SIDES)]
+
+
+def _port_side(out: _Flows, side: Side, port: int, vif: VifView, is_stateful: bool,
+               view: StateView, used_remotes: dict) -> None:
+    """One filtered VIF's flows of one side (every one matches its port register)."""
+    _entry(out, side, port, vif, is_stateful)
+    if is_stateful:
+        _validity(out, side, port, vif, view)
+    if side is INGRESS:
+        for cidr in firewall.same_net_cidrs(view, vif):
+            ether = firewall.ethertype_of(cidr)
+            out.add(_f(side.rules, PRIO_SAME_NET,
+                       {side.port_reg: port, "eth_type": _ETH[ether],
+                        f"{_IP_FIELD[ether]}_src": _prefix(cidr)},
+                       _admit(LABEL_SAME_NET, is_stateful), goto=side.accept))
+    for rule in firewall.rules_of(view, vif, side.direction):
+        _rule(out, side, port, rule, is_stateful, used_remotes)
+
+
+def _provider(out: _Flows, side: Side, view: StateView) -> None:
+    for p in firewall.provider_rules(view):
+        ether = firewall.ethertype_of(p.cidr)
+        for match in _proto_matches(ether, p.protocol, p.port_min, p.port_max):
+            out.add(_f(side.rules, PRIO_PROVIDER,
+                       {**match, f"{_IP_FIELD[ether]}_src": _prefix(p.cidr)},
+                       goto=side.drop))
+
+
+# Per-port split (``sdn.flows.incremental``). Without remote-group rules every flow of a
+# filtered VIF matches its port register and reads only the VIF, its network, the groups and
+# allow_same_net_traffic; the rest (state defaults, group labels, provider rules, the drop
+# log) is shared. A remote-group rule's conj_id flow and member clauses are shared by every
+# port using the rule (first port wins): not separable, so the whole feature is compiled.
+def port_scope(dp: DatapathContext):
+    view = dp.view
+    if any(rule.remote_group is not None for group in view.security_groups.values()
+           for rule in group.rules):
+        return None
+    return (view.security_groups, view.allow_same_net_traffic)
+
+
+def compile_port(dp: DatapathContext, port: int, vif: VifView) -> list[Flow]:
+    if not firewall.filtered(vif):
+        return []
+    out, view = _Flows(), dp.view
+    is_stateful = firewall.stateful(view, vif)
+    for side in SIDES:
+        _port_side(out, side, port, vif, is_stateful, view, {})
+    return out.flows()
+
+
+def compile_shared(dp: DatapathContext) -> list[Flow]:
+    view = dp.view
+    group_sets = {vif.security_groups for _, vif in dp.vifs if firewall.filtered(vif)}
+    if not group_sets:
+        return []
+    stateful_groups = sorted({g for groups in group_sets
+                              if _stateful_groups(view, groups)
+                              for g in groups if g in view.security_groups})
+    any_stateful = any(_stateful_groups(view, groups) for groups in group_sets)
+    out = _Flows()
+    for side in SIDES:
+        if any_stateful:
+            _state_defaults(out, side, view.allow_same_net_traffic)
+            for gid in stateful_groups:
+                _group_labels(out, side, view.security_groups[gid])
+        if side is INGRESS:
+            _provider(out, side, view)
+    return out.flows() + _drop_log(dp)
+
+
+def _stateful_groups(view: StateView, groups: tuple[int, ...]) -> bool:
+    """``firewall.stateful`` of a VIF in ``groups``."""
+    present = [view.security_groups[g] for g in groups if g in view.security_groups]
+    return not present or any(g.stateful for g in present)
 
 
 class _Flows:

@@ -79,10 +79,12 @@ def ack_for(frame: bytes, xid: int) -> str | None:
     return None
 
 
-def probe(iface: str, address: str, interval: float, timeout: float) -> dict:
+def probe(iface: str, address: str, interval: float, timeout: float,
+          mac: bytes | None = None) -> dict:
+    """``mac``: the client's MAC (default: ``iface``'s own)."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_IP))
     sock.bind((iface, 0))
-    mac = sock.getsockname()[4][:6]
+    mac = mac or sock.getsockname()[4][:6]
     xid = int.from_bytes(os.urandom(4), "big")
     frame = request_frame(mac, xid, address)
     deadline = time.time() + timeout
