@@ -54,6 +54,33 @@ def _count_flows(br: str) -> int:
 
 PER_NETWORK = 1000
 
+
+def vif_networks(workdir: Path, port: int, n: int, ovs: dict | None = None):
+    """Fresh state (``lib.new_state``) with enough flat DHCP networks for ``n`` VIFs, at most
+    ``PER_NETWORK`` each: returns (conf_path, engine, network ids)."""
+    # at most PER_NETWORK VIFs per network (nova's networks were /24s): a network's flood
+    # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
+    # fits in one OpenFlow message (16-bit length)
+    nets = -(-n // PER_NETWORK)
+    conf, engine, mgr, net = lib.new_state(workdir, port, "10.64.0.0/22", ovs)
+    net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
+        "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
+    return conf, engine, net_ids
+
+
+def write_vifs(engine, net_ids: list[int], uuids: list[str], mac_base: int = 0x02AA00000000) -> list[dict]:
+    """VIF i (uuid ``uuids[i]``, MAC ``mac_base + i``) on network ``net_ids[i // PER_NETWORK]``,
+    all in ONE transaction (one state revision); returns ``lib.add_vifs``' entries."""
+    out = []
+    with lib.db.transaction(engine) as session:
+        for k, net_id in enumerate(net_ids):
+            lo, hi = k * PER_NETWORK, min(len(uuids), (k + 1) * PER_NETWORK)
+            if lo < hi:
+                out += lib.add_vifs(engine, net_id, [lib.mac_n(mac_base, i) for i in range(lo, hi)],
+                                    uuids=uuids[lo:hi], session=session)
+    return out
+
+
 def flow_programming(work: Path, n: int, log) -> dict:
     cl = lib.Cleanup()
     try:
@@ -61,10 +88,7 @@ def flow_programming(work: Path, n: int, log) -> dict:
         # at most PER_NETWORK VIFs per network (nova's networks were /24s): a network's flood
         # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
         # fits in one OpenFlow message (16-bit length)
-        nets = -(-n // PER_NETWORK)
-        conf, engine, mgr, net = lib.new_state(work / f"flows{n}", port, "10.64.0.0/22")
-        net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
-            "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
+        conf, engine, net_ids = vif_networks(work / f"flows{n}", port, n)
         br = lib.bridge(cl, "bbflow", port)
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         _patch_ports(br, ["tap" + u[:11] for u in uuids])
@@ -73,11 +97,7 @@ def flow_programming(work: Path, n: int, log) -> dict:
         lib.wait_for(lambda: _syncs(ctl_log), 120, what="first full sync")
         rss_before = lib.rss_mb(ctl.pid)
         t0 = time.time()
-        with lib.db.transaction(engine) as session:   # one state revision for all N
-            for k, net_id in enumerate(net_ids):
-                lo, hi = k * PER_NETWORK, min(n, (k + 1) * PER_NETWORK)
-                lib.add_vifs(engine, net_id, [lib.mac_n(0x02AA00000000, i) for i in range(lo, hi)],
-                             uuids=uuids[lo:hi], session=session)
+        write_vifs(engine, net_ids, uuids)
         written = time.time()   # the VIFs exist in state from here (the insert is in sdn_seconds)
         done = lib.wait_for(lambda: [s for s in _syncs(ctl_log) if s[0] >= t0 - 1 and s[2] >= 10 * n],
                             600, 0.1, what=f"{n} VIFs programmed")[0]

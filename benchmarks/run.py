@@ -2,11 +2,12 @@
 """Run every sdn benchmark side by side with what operators would pick instead (issue 6).
 
     .venv/bin/python benchmarks/run.py [--out var/bench]
-        [--only dhcp,flows,dataplane,alloc,restart,secgroups,failover]
-        [--flow-vifs 1000,10000]
+        [--only dhcp,flows,dataplane,alloc,restart,secgroups,failover,scale,ovn]
+        [--flow-vifs 1000,10000] [--ovn-quick]
 
 Prints a table of ratios with the raw numbers, writes ``results.json`` and ``results.md`` and
-draws ``dhcp.png`` (DHCP success rate against offered rate, every server) in ``--out``.
+draws ``dhcp.png`` (DHCP success rate against offered rate, every server) and ``portup.png``
+(port-up latency, sdn vs OVN: benchmarks/bench_ovn.py) in ``--out``.
 The machine is shared and noisy: compare the ratios, measured in the same run.
 Needs root, userspace OVS, perfdhcp (kea-admin), kea-dhcp4, dnsmasq, iperf3, matplotlib
 (``make bench`` installs them), and Debian's postgresql (the allocation step starts a cluster of
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import bench_alloc, bench_dhcp, bench_failover, bench_scale, bench_secgroups, bench_system  # noqa: E402
+from benchmarks import bench_ovn  # noqa: E402
 
 TARGETS = {
     "dhcp_standalone": 1.5, "dhcp_openflow": 1.0, "flows_1k": 0.5, "flows_10k": 0.5,
@@ -224,9 +226,11 @@ def plot(dhcp: dict, path: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="var/bench")
-    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups,failover,scale")
+    ap.add_argument("--only", default="dhcp,flows,dataplane,alloc,restart,secgroups,failover,scale,ovn")
     ap.add_argument("--flow-vifs", default="1000,10000",
                     help="VIF counts of the flow programming benchmark (comma-separated)")
+    ap.add_argument("--ovn-quick", action="store_true",
+                    help="OVN beside sdn at small sizes (minutes instead of ~15)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +256,8 @@ def main() -> int:
         steps.append(("failover", lambda: bench_failover.run(work, log)))
     if "scale" in only:
         steps.append(("scale", lambda: bench_scale.run(work, log)))
+    if "ovn" in only:
+        steps.append(("ovn", lambda: bench_ovn.run(work / "ovn", log, quick=args.ovn_quick)))
     for name, fn in steps:
         log(f"== {name}")
         t = time.monotonic()
@@ -262,11 +268,13 @@ def main() -> int:
             results[name] = {"error": f"{type(err).__name__}: {err}"}
         log(f"   ({time.monotonic() - t:.0f}s)")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    rows = table(results) + scale_rows(results.get("scale"))
+    rows = table(results) + scale_rows(results.get("scale")) + bench_ovn.table_rows(results.get("ovn"))
     text = render(rows)
     (out / "results.md").write_text(text + "\n")
     if isinstance(results.get("dhcp"), dict) and "error" not in results["dhcp"]:
         plot(results["dhcp"], out / "dhcp.png")
+    if isinstance(results.get("ovn"), dict) and "error" not in results["ovn"]:
+        bench_ovn.plot(results["ovn"], out / "portup.png")
     print()
     print(text)
     print(f"\nresults: {out / 'results.json'}, {out / 'results.md'}, plot {out / 'dhcp.png'}")
