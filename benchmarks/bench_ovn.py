@@ -78,15 +78,15 @@ def _percentiles(values: list[float]) -> dict:
 def _probe(ns: str, dev: str, address: str) -> subprocess.Popen:
     """DHCPREQUEST for ``address`` every 10 ms from ``dev`` until an ACK (JSON on stdout)."""
     return subprocess.Popen(["ip", "netns", "exec", ns, lib.PY, str(PROBE), "--iface", dev,
-                             "--address", address, "--interval", "0.01", "--timeout", "60"],
+                             "--address", address, "--interval", "0.01", "--timeout", "120"],
                             stdout=subprocess.PIPE, text=True)
 
 
 def _probe_result(p: subprocess.Popen) -> float:
-    out, _ = p.communicate(timeout=90)
+    out, _ = p.communicate(timeout=150)
     ack = json.loads(out.strip().splitlines()[-1])["ack_at"]
     if ack is None:
-        raise RuntimeError("no DHCPACK within 60 s")
+        raise RuntimeError("no DHCPACK within 120 s")
     return ack
 
 
@@ -278,7 +278,7 @@ class SdnSide:
         self._start_controller()
         t_start = time.time()
         done = lib.wait_for(lambda: [s for s in _syncs(self.log) if s[0] >= t_start and s[1] == "full"],
-                            300, 0.1, what="reconcile after restart")[0]
+                            900, 0.1, what="reconcile after restart")[0]
         sent, recv = _ping_result(ping)
         return dict(ping_sent=sent, ping_received=recv, lost=sent - recv,
                     lost_seconds=round((sent - recv) / 100, 2),

@@ -126,18 +126,18 @@ def transact(sock: Path, db: str, ops: list, timeout: float = 600) -> list:
         s.settimeout(timeout)
         s.connect(str(sock))
         s.sendall(json.dumps({"method": "transact", "params": [db, *ops], "id": 0}).encode())
-        buf, dec = b"", json.JSONDecoder()
+        buf, dec = "", json.JSONDecoder()
         while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                raise RuntimeError(f"{sock}: connection closed before the transact reply")
-            buf += chunk
             try:
-                msg, _ = dec.raw_decode(buf.decode())
-            except ValueError:
+                msg, end = dec.raw_decode(buf.lstrip())
+            except ValueError:              # incomplete: read more
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    raise RuntimeError(f"{sock}: connection closed before the transact reply") from None
+                buf += chunk.decode()
                 continue
+            buf = buf.lstrip()[end:]
             if msg.get("id") != 0:          # e.g. an echo request: not ours
-                buf = b""
                 continue
             if msg.get("error"):
                 raise RuntimeError(f"{sock}: transact failed: {msg['error']}")
