@@ -81,6 +81,8 @@ CONTROLLER_OPTIONS = {
     "ovn-remote-probe-interval": "180000",
     "ovn-openflow-probe-interval": "180",
 }
+#: seconds an OpenFlow bundle may stay idle in the lab switch (see ``Switch.start``)
+BUNDLE_IDLE_TIMEOUT_S = 120
 #: northd <-> NB/SB probes (NB_Global options), for the same reason.
 NORTHD_PROBE_MS = 180000
 
@@ -187,7 +189,11 @@ class Switch:
                       f"--unixctl={self.run / 'ovsdb-server.ctl'}", "--no-chdir",
                       f"--log-file={self.run / 'ovsdb-server.log'}", "-vconsole:off"])
         _wait_path(self.db_sock, self.procs["ovsdb"], "the lab's ovsdb-server")
-        self.vsctl("--no-wait", "init")
+        # bundle-idle-timeout: ovs-vswitchd's default (10 s) expired ovn-controller's flow
+        # bundle at 1k ports on this loaded 2-core machine (OFPBFC_TIMEOUT), after which
+        # ovn-controller never reported its nb_cfg and --wait=hv hung; a careful operator raises it
+        self.vsctl("--no-wait", "init", "--", "set", "Open_vSwitch", ".",
+                   f"other_config:bundle-idle-timeout={BUNDLE_IDLE_TIMEOUT_S}")
         self.procs["vswitchd"] = self.popen(
             "vswitchd", ["ovs-vswitchd", f"unix:{self.db_sock}", "--enable-dummy",
                          f"--unixctl={self.run / 'ovs-vswitchd.ctl'}", "--no-chdir",
