@@ -130,7 +130,7 @@ class OvnSide:
         done = lab.wait_installed(self.ports, timeout=OVN_WIRING_TIMEOUT)
         return dict(vifs=n, seconds=round(done.at - t0, 3), commit_seconds=round(committed - t0, 3),
                     flows=done.flows, flows_per_port=round((done.flows - before) / n, 1),
-                    rss_mb=lab.rss_mb())
+                    hv_acked=done.hv_acked, rss_mb=lab.rss_mb())
 
     def _real_port(self):
         self.extra += 1
