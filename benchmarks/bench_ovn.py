@@ -335,14 +335,14 @@ def run(work: Path, log, quick: bool = False) -> dict:
     for n in sizes:
         runs = plan["runs"] if n in plan["ratio_sizes"] else 1
         entry: dict = {"ovn": [], "sdn": []}
-        for k in range(runs):
+        for k in range(runs):   # each run's lab (logs, databases) in its own dir: <side><n/100><k>
             last = k == runs - 1
             if n not in plan["sdn_only"]:
                 entry["ovn"].append(_guarded(lambda: _one(
-                    OvnSide, work, f"o{k}", n, REPS if last and n in plan["portup_ovn"] else 0,
+                    OvnSide, work, f"o{n // 100}{k}", n, REPS if last and n in plan["portup_ovn"] else 0,
                     last and n in plan["restart_ovn"], log), log, f"ovn {n}"))
             entry["sdn"].append(_guarded(lambda: _one(
-                SdnSide, work, f"s{k}", n, REPS if last and n in plan["portup_sdn"] else 0,
+                SdnSide, work, f"s{n // 100}{k}", n, REPS if last and n in plan["portup_sdn"] else 0,
                 last and n in plan["restart_sdn"], log), log, f"sdn {n}"))
         entry["summary"] = summarize(entry)
         out["sizes"][str(n)] = entry
