@@ -70,8 +70,9 @@ demo: setup
 demo-linux: setup
 	$(PY) demo/linux_demo.py
 
-# Benchmark-only packages (perfdhcp is in kea-admin); installed only when missing.
-BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib
+# Benchmark-only packages (perfdhcp is in kea-admin; OVN 23.03, the same-run peer, in
+# ovn-central + ovn-host: benchmarks/ovn.py runs it in a lab of its own); installed only when missing.
+BENCH_PACKAGES := kea-admin kea-dhcp4-server iperf3 dnsmasq-base python3-matplotlib ovn-central ovn-host
 # gcc builds the DHCP load generator (benchmarks/dhcpgen/dhcpgen.c) into the bench's work dir
 BENCH_PACKAGES += gcc
 

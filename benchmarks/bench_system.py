@@ -69,6 +69,33 @@ FLOW_RUNS = 3      # alternating pairs (bundle, sdn) per size: the machine is sh
 PHASES_RE = re.compile(r"\((compile [^)]*)\)\s*$")
 
 
+def vif_networks(workdir: Path, port: int, n: int, ovs: dict | None = None):
+    """Fresh state (``lib.new_state``) with enough flat DHCP networks for ``n`` VIFs, at most
+    ``PER_NETWORK`` each: returns (conf_path, engine, network ids)."""
+    # at most PER_NETWORK VIFs per network (nova's networks were /24s): a network's flood
+    # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
+    # fits in one OpenFlow message (16-bit length)
+    nets = -(-n // PER_NETWORK)
+    conf, engine, mgr, net = lib.new_state(workdir, port, "10.64.0.0/22", ovs)
+    net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
+        "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
+    return conf, engine, net_ids
+
+
+def write_vifs(engine, net_ids: list[int], uuids: list[str], mac_base: int = 0x02AA00000000) -> list[dict]:
+    """VIF i (uuid ``uuids[i]``, MAC ``mac_base + i``) on network ``net_ids[i // PER_NETWORK]``,
+    all in ONE transaction (one state revision); returns ``lib.add_vifs``' entries."""
+    out = []
+    with lib.db.transaction(engine) as session:
+        for k, net_id in enumerate(net_ids):
+            lo, hi = k * PER_NETWORK, min(len(uuids), (k + 1) * PER_NETWORK)
+            if lo < hi:
+                out += lib.add_vifs(engine, net_id, [lib.mac_n(mac_base, i) for i in range(lo, hi)],
+                                    uuids=uuids[lo:hi], session=session)
+    return out
+
+
+
 def _clear_switch(br: str) -> None:
     """Every flow and group off ``br`` (both sides start from the same empty bridge)."""
     lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "del-flows", br], timeout=600)
@@ -87,27 +114,20 @@ def _spread(values: list[float]) -> dict:
                 max=round(max(values), 3), runs=[round(v, 3) for v in values])
 
 
-def _sdn_once(work: Path, k: int, n: int, br: str, port: int, uuids: list[str], nets: int,
-              log) -> dict:
+def _sdn_once(work: Path, k: int, n: int, br: str, port: int, uuids: list[str], log) -> dict:
     """One sdn run on the emptied bridge: fresh state and controller, first (empty) sync, then
     one transaction adding ``n`` VIFs; timed to the barrier-confirmed sync's log line."""
     cl = lib.Cleanup()
     try:
         run_dir = work / f"flows{n}" / f"sdn{k}"
-        conf, engine, mgr, net = lib.new_state(run_dir, port, "10.64.0.0/22")
-        net_ids = [net["id"]] + [m["id"] for m in (mgr.create_networks(
-            "bench2", "10.65.0.0/16", num_networks=nets - 1, network_size=1024) if nets > 1 else [])]
+        conf, engine, net_ids = vif_networks(run_dir, port, n)
         ctl_log = run_dir / "controller.log"
         ctl = lib.start_controller(cl, conf, ctl_log)
         lib.wait_for(lambda: _syncs(ctl_log), 120, what="first full sync")
         rss_before = lib.rss_mb(ctl.pid)
         cpu0 = _vswitchd_cpu()
         t0 = time.time()
-        with lib.db.transaction(engine) as session:   # one state revision for all N
-            for j, net_id in enumerate(net_ids):
-                lo, hi = j * PER_NETWORK, min(n, (j + 1) * PER_NETWORK)
-                lib.add_vifs(engine, net_id, [lib.mac_n(0x02AA00000000, i) for i in range(lo, hi)],
-                             uuids=uuids[lo:hi], session=session)
+        write_vifs(engine, net_ids, uuids)     # one state revision for all N
         written = time.time()   # the VIFs exist in state from here (the insert is in sdn_seconds)
         done = lib.wait_for(lambda: [s for s in _syncs(ctl_log) if s[0] >= t0 - 1 and s[2] >= 10 * n],
                             900, 0.05, what=f"{n} VIFs programmed")[0]
@@ -151,14 +171,10 @@ def flow_programming(work: Path, n: int, log, runs: int = FLOW_RUNS) -> dict:
     cl = lib.Cleanup()
     try:
         port = lib.netlab.free_tcp_port()
-        # at most PER_NETWORK VIFs per network (nova's networks were /24s): a network's flood
-        # flow outputs to every local port, and past ~4000 ports (16 bytes each) it no longer
-        # fits in one OpenFlow message (16-bit length)
-        nets = -(-n // PER_NETWORK)
         br = lib.bridge(cl, f"bbflow{n}", port)   # per size: a 10k bridge takes minutes to delete
         uuids = [str(uuidlib.uuid4()) for _ in range(n)]
         _patch_ports(br, ["tap" + u[:11] for u in uuids])
-        warm = _sdn_once(work, 0, n, br, port, uuids, nets, log)
+        warm = _sdn_once(work, 0, n, br, port, uuids, log)
         on_switch = _count_flows(br)
         flows_file = work / f"flows{n}" / "flows.txt"
         text = lib.sh(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "--no-stats", "dump-flows", br],
@@ -175,7 +191,7 @@ def flow_programming(work: Path, n: int, log, runs: int = FLOW_RUNS) -> dict:
         for k in range(1, runs + 1):
             bundle = _bundle_once(k, br, flows_file, groups_file, log)
             _clear_switch(br)
-            sdn = _sdn_once(work, k, n, br, port, uuids, nets, log)
+            sdn = _sdn_once(work, k, n, br, port, uuids, log)
             pairs.append((bundle, sdn))
         sdn_rate = [s["added"] / s["seconds"] for _, s in pairs]
         bundle_rate = [b["flows"] / b["seconds"] for b, _ in pairs]

@@ -199,7 +199,8 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})")   # logging: ",", oslo.log: "."
+#: logging's default "2026-11-30 14:53:57,072" and oslo.log's "2026-11-30 14:53:57.072"
+_LOG_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.](\d{3})")
 
 
 def log_time(line: str) -> float:
@@ -218,8 +219,10 @@ def wait_for(pred, timeout: float, interval: float = 0.05, what: str = "conditio
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-def start_controller(cl: Cleanup, conf_path: Path, log: Path) -> subprocess.Popen:
-    p = popen([SDN, "--config-file", str(conf_path), "controller"], log)
+def start_controller(cl: Cleanup, conf_path: Path, log: Path,
+                     netns: str | None = None) -> subprocess.Popen:
+    """``sdn controller`` (in ``netns``: a lab switch's namespace, benchmarks/ovn.py)."""
+    p = popen([SDN, "--config-file", str(conf_path), "controller"], log, netns=netns)
     cl.proc(p)
     return p
 
