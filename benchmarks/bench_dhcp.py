@@ -20,7 +20,6 @@ with < 1% drops in both DISCOVER-OFFER and REQUEST-ACK (rate = exchanges actuall
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -92,20 +91,7 @@ def _segment(cl, tag: str, client_mac: str | None = None):
 
 def run_kea(cl, work: Path, clients: int, log) -> dict:
     cns, sns = _segment(cl, "k")
-    conf = {"Dhcp4": {
-        "interfaces-config": {"interfaces": ["bsv"], "dhcp-socket-type": "raw"},
-        "lease-database": {"type": "memfile", "persist": True, "name": str(work / "kea-leases.csv"),
-                           "lfc-interval": 0},
-        "valid-lifetime": 3600,
-        "control-socket": {"socket-type": "unix", "socket-name": str(work / "kea.sock")},
-        "subnet4": [{"subnet": CIDR, "pools": [{"pool": "10.9.1.0 - 10.9.250.255"}]}],
-        "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
-                     "output_options": [{"output": str(work / "kea.log")}]}]}}
-    for old in work.glob("kea-leases.csv*"):   # a grown lease file from earlier runs slows Kea
-        old.unlink()
-    (work / "kea.json").write_text(json.dumps(conf))
-    env = {"KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    cl.proc(lib.popen(["kea-dhcp4", "-c", str(work / "kea.json")], work / "kea.out", sns, env=env))
+    lib.start_kea(cl, work, "bsv", sns, CIDR, "10.9.1.0 - 10.9.250.255", control_socket=True)
     time.sleep(2)
     try:
         return sweep(f"kea (R={clients})", cns, "bcv", clients, lib.mac_n(BASE_MAC, 0), log)

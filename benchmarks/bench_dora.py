@@ -163,19 +163,7 @@ def _segment(cl, tag: str) -> tuple[str, str]:
 
 def kea_lab(cl, work: Path) -> Lab:
     cns, sns = _segment(cl, "k")
-    conf = {"Dhcp4": {
-        "interfaces-config": {"interfaces": ["bgsk"], "dhcp-socket-type": "raw"},
-        "lease-database": {"type": "memfile", "persist": True, "name": str(work / "kea-leases.csv"),
-                           "lfc-interval": 0},
-        "valid-lifetime": 3600,
-        "subnet4": [{"subnet": CIDR, "pools": [{"pool": "10.9.1.0 - 10.9.250.255"}]}],
-        "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
-                     "output_options": [{"output": str(work / "kea.log")}]}]}}
-    for old in work.glob("kea-leases.csv*"):   # a grown lease file from earlier runs slows Kea
-        old.unlink()
-    (work / "kea.json").write_text(json.dumps(conf))
-    env = {"KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    p = cl.proc(lib.popen(["kea-dhcp4", "-c", str(work / "kea.json")], work / "kea.out", sns, env=env))
+    p = lib.start_kea(cl, work, "bgsk", sns, CIDR, "10.9.1.0 - 10.9.250.255")
     lab = Lab()
     lab.name, lab.ns, lab.ifaces, lab.clients, lab.server_pids = "kea", cns, ["bgck"], CLIENTS, [p.pid]
     return lab

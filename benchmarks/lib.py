@@ -7,6 +7,7 @@ namespaces created here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -277,3 +278,26 @@ def instance_names(engine, vifs: list[dict]) -> None:
             models.Instance.uuid.in_([v["instance"] for v in vifs]))).all())
     for v in vifs:
         v["name"] = names[v["instance"]]
+
+
+def start_kea(cl: Cleanup, work: Path, iface: str, netns: str, cidr: str, pool: str,
+              control_socket: bool = False) -> subprocess.Popen:
+    """Kea 2.2 (kea-dhcp4, memfile leases, raw socket on ``iface`` in ``netns``) serving
+    ``cidr`` from ``pool`` ("first - last"), its files in ``work``; the lease file of an
+    earlier run is removed first (a grown one slows Kea)."""
+    conf = {"Dhcp4": {
+        "interfaces-config": {"interfaces": [iface], "dhcp-socket-type": "raw"},
+        "lease-database": {"type": "memfile", "persist": True, "name": str(work / "kea-leases.csv"),
+                           "lfc-interval": 0},
+        "valid-lifetime": 3600,
+        "subnet4": [{"subnet": cidr, "pools": [{"pool": pool}]}],
+        "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
+                     "output_options": [{"output": str(work / "kea.log")}]}]}}
+    if control_socket:
+        conf["Dhcp4"]["control-socket"] = {"socket-type": "unix", "socket-name": str(work / "kea.sock")}
+    for old in work.glob("kea-leases.csv*"):
+        old.unlink()
+    (work / "kea.json").write_text(json.dumps(conf))
+    env = {"KEA_PIDFILE_DIR": str(work), "KEA_LOCKFILE_DIR": str(work),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return cl.proc(popen(["kea-dhcp4", "-c", str(work / "kea.json")], work / "kea.out", netns, env=env))
