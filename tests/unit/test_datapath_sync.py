@@ -697,3 +697,24 @@ def test_a_streamed_sync_without_group_or_meter_mods_waits_for_one_barrier(strea
     assert [r for r in sent if r.bundle_id is not None]
     assert len([r for r in sent if isinstance(r.msg, parser.OFPBarrierRequest)]) == 1
     assert not applied(fake, log_mark, {"meter_add", "meter_modify", "group_add", "group_modify"})
+
+
+@pytest.mark.parametrize("backlog, answered", [(0, False), (10_000, True)])
+def test_a_barrier_behind_a_backlog_of_flow_mods_gets_time_for_it(monkeypatch, backlog, answered):
+    """The wait for a reply grows with the flow mods the switch may still be parsing
+    (``SWITCH_SECONDS_PER_FLOW`` each): a streamed 380k-flow bundle outlasted the plain
+    ``reply_timeout`` on a busy switch and its sync was retried forever."""
+    fake = FakeSwitch()
+    unit = unit_on(fake, State(), reply_timeout=0.1)
+    waiter = unit._begin()
+    timer = threading.Timer(0.3, waiter.done.set)     # the switch answers after 0.3 s
+    monkeypatch.setattr(fake, "send_msg", lambda msg: timer.start())
+    msg = fake.ofproto_parser.OFPBarrierRequest(fake)
+    try:
+        if answered:      # 0.1 s + 10,000 x 50 us = 0.6 s
+            assert unit._wait(waiter, msg, "barrier", backlog=backlog) is waiter
+        else:
+            with pytest.raises(TimeoutError, match="within 0s"):
+                unit._wait(waiter, msg, "barrier", backlog=backlog)
+    finally:
+        timer.cancel()
